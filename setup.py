@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="llmtrain",
+    version="0.1.0",
+    description="GPT pretraining on DeepSpeed for scaling-law studies",
+    packages=find_packages(include=["llmtrain", "llmtrain.*", "data_prep", "data_prep.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is installed first by the README/CI command (torch==2.13.0, the CPU wheel on
+        # machines without a GPU); any torch >= 2.1 works.
+        "torch>=2.1",
+        "deepspeed>=0.14",
+        "numpy",
+        "pyyaml",
+        "tokenizers>=0.15",
+        "zstandard",
+        "tensorboard",
+        "scipy",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "megatron-core"],
+    },
+)
