@@ -1,0 +1,263 @@
+"""One typed config tree for a run: YAML file + dotted overrides, validated once.
+
+Sections: model, data, train, parallel, checkpoint, log. Unknown keys are errors naming the
+key and the file. ``load_config(path, overrides)`` returns a validated ``Config``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
+
+
+class ConfigError(ValueError):
+    """A one-line message naming the file/key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    seq_len: int = 256
+    vocab_size: Optional[int] = None  # None: taken from the tokenizer
+    pos_encoding: str = "learned"  # learned | rotary
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # gelu | swiglu
+    d_ff: Optional[int] = None  # None: 4*d_model for gelu, 8/3*d_model (rounded up to 64) for swiglu
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    bias: bool = False
+    init_std: float = 0.02
+
+    def validate(self, where: str) -> None:
+        _choice(where, "model.pos_encoding", self.pos_encoding, ("learned", "rotary"))
+        _choice(where, "model.norm", self.norm, ("layernorm", "rmsnorm"))
+        _choice(where, "model.mlp", self.mlp, ("gelu", "swiglu"))
+        for k in ("n_layer", "d_model", "n_head", "seq_len"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"{where}: model.{k} must be > 0 (got {getattr(self, k)})")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"{where}: model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+        if self.pos_encoding == "rotary" and (self.d_model // self.n_head) % 2:
+            raise ConfigError(f"{where}: rotary embeddings need an even head size (d_model/n_head = {self.d_model // self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{where}: model.dropout must be in [0, 1) (got {self.dropout})")
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return 64 * ((int(8 * self.d_model / 3) + 63) // 64)
+        return 4 * self.d_model
+
+
+@dataclass
+class DataConfig:
+    # PREFIX as given to data_prep/tokenize_corpus.py: PREFIX_train.{bin,idx},
+    # PREFIX_valid.{bin,idx} and PREFIX_manifest.json. None: the bundled sample corpus,
+    # prepared on first use under data/cache/sample/.
+    prefix: Optional[str] = None
+    tokenizer: Optional[str] = None  # tokenizer.json; None: the one named in the manifest
+    # Preparing the bundled corpus (used only when prefix is None):
+    sample_vocab_size: int = 4096
+    valid_fraction: float = 0.02
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    max_tokens: Optional[int] = None  # stop at this many training tokens (whichever comes first)
+    global_batch_size: int = 16  # sequences per optimizer step, over all data-parallel ranks
+    micro_batch_size: Optional[int] = None  # sequences per rank per forward; None: as large as fits the global batch
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"  # cosine | wsd | constant
+    warmup_steps: int = 30
+    decay_fraction: float = 0.2  # WSD: the last fraction of steps cools down (1 - sqrt)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    seed: int = 1234
+    eval_interval: int = 100
+    eval_batches: int = 8
+    log_interval: int = 10
+    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+    peak_flops: Optional[float] = None  # per device, for MFU; None: known GPU table or measured on CPU
+    activation_checkpointing: bool = False
+    threads: Optional[int] = None  # CPU: torch threads per rank; None: cores / ranks on the node
+
+    def validate(self, where: str) -> None:
+        _choice(where, "train.schedule", self.schedule, ("cosine", "wsd", "constant"))
+        _choice(where, "train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.max_steps <= 0:
+            raise ConfigError(f"{where}: train.max_steps must be > 0 (got {self.max_steps})")
+        if self.global_batch_size <= 0:
+            raise ConfigError(f"{where}: train.global_batch_size must be > 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"{where}: train.warmup_steps must be >= 0")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ConfigError(f"{where}: train.decay_fraction must be in [0, 1]")
+
+
+@dataclass
+class ParallelConfig:
+    pipeline_stages: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0  # steps between checkpoints; 0: only at the end
+    resume: bool = True  # resume from RUN_DIR/checkpoints/latest when present
+    save_final: bool = True
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    name: Optional[str] = None  # run name; default: config file stem
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self, where: str = "config") -> "Config":
+        self.model.validate(where)
+        self.train.validate(where)
+        if self.parallel.pipeline_stages < 1:
+            raise ConfigError(f"{where}: parallel.pipeline_stages must be >= 1")
+        if self.model.n_layer % self.parallel.pipeline_stages:
+            raise ConfigError(
+                f"{where}: model.n_layer={self.model.n_layer} is not divisible by parallel.pipeline_stages="
+                f"{self.parallel.pipeline_stages}; pick a stage count that divides the layers"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _choice(where: str, key: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}: {key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise ConfigError."""
+    origin = get_origin(hint)
+    if origin is Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in get_args(hint) if a is not type(None)][0]
+        return _coerce(value, inner, key, where)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str):
+                f = float(value)
+                if not f.is_integer():
+                    raise ValueError
+                return int(f)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+    except (ValueError, TypeError):
+        pass
+    else:
+        return value
+    tname = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where}: {key}={value!r} is not a valid {tname}")
+
+
+def _apply(obj: Any, updates: dict, prefix: str, where: str) -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for k, v in updates.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise ConfigError(f"{where}: unknown key '{key}'; known keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}: '{key}' must be a mapping of its fields")
+            _apply(current, v, key + ".", where)
+        else:
+            setattr(obj, k, _coerce(v, hints[k], key, where))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value (e.g. train.max_steps=50)")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"override '{text}': the key must name a section and a field, e.g. train.max_steps=50")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return path, value
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: list[str] = ()) -> Config:
+    """YAML file (default configs/tiny.yaml) + ``section.key=value`` overrides → validated Config."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML with --config")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{loc}: malformed YAML ({problem}); fix the syntax there") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train, ...)")
+    cfg = Config()
+    _apply(cfg, raw, "", str(path))
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        nested: Any = value
+        for k in reversed(keys[1:]):
+            nested = {k: nested}
+        _apply(cfg, {keys[0]: nested}, "", f"override '{ov}'")
+    if cfg.log.name is None:
+        cfg.log.name = path.stem
+    return cfg.validate(str(path))
+
+
+def dump_config(cfg: Config, path: str | os.PathLike) -> None:
+    from llmtrain.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,114 @@
+"""Metrics sinks (metrics.jsonl + TensorBoard) and the device peak FLOP/s used for MFU."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+# Dense peak FLOP/s per device by (name fragment, precision). Sources: vendor datasheets
+# (dense, no sparsity). The first fragment found in torch.cuda.get_device_name() wins.
+GPU_PEAK_FLOPS = [
+    ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
+    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
+    ("H100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
+    ("A100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
+    ("L40S", {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12}),
+    ("A10", {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12}),
+    ("V100", {"bf16": 0.0, "fp16": 125e12, "fp32": 15.7e12}),
+]
+
+
+def measure_matmul_flops(n: int = 1024, seconds: float = 0.5, dtype=torch.float32) -> float:
+    """This process's sustained matmul rate (FLOP/s) on square n x n matrices, with the
+    torch threads it has now. Used as the CPU 'peak' for MFU."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return 2.0 * n ** 3 * reps / dt
+
+
+def peak_flops(device: torch.device, precision: str, configured: float | None) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from) for MFU."""
+    if configured:
+        return float(configured), "config train.peak_flops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for frag, table in GPU_PEAK_FLOPS:
+            if frag in name and table.get(precision):
+                return table[precision], f"datasheet {frag} {precision}"
+        return 0.0, f"unknown GPU '{name}': set train.peak_flops for MFU"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return measure_matmul_flops(dtype=dtype), f"measured {precision} matmul on this CPU"
+
+
+class MetricsLogger:
+    """Writes each record to RUN/metrics.jsonl (one JSON object a line, flushed) and its
+    numeric fields to TensorBoard under train/ or valid/ by the record's split."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.fh = open(self.path, "a", buffering=1)
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb_dir = Path(run_dir) / "tb"
+            self.tb = SummaryWriter(log_dir=str(self.tb_dir))
+
+    def log(self, record: dict) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            split = record.get("split", "train")
+            step = record["step"]
+            for k, v in record.items():
+                if k in ("step", "split") or not isinstance(v, (int, float)) or isinstance(v, bool):
+                    continue
+                self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def log_hparams(self, hparams: dict, final_metrics: dict) -> None:
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hp_summary
+
+        clean = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
+        metrics = {f"hparam/{k}": v for k, v in final_metrics.items() if isinstance(v, (int, float))}
+        exp, ssi, sei = hp_summary(clean, metrics)
+        w = self.tb._get_file_writer()
+        w.add_summary(exp)
+        w.add_summary(ssi)
+        w.add_summary(sei)
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, 0)
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def memory_stats(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"mem_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30}
+    try:
+        import resource
+
+        return {"mem_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    except Exception:  # pragma: no cover
+        return {}
+
+
+def host_info() -> dict:
+    import platform
+
+    return {"hostname": platform.node(), "cpu_count": os.cpu_count()}

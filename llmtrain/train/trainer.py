@@ -1,0 +1,561 @@
+"""The training run: set-up (distributed, data, model, DeepSpeed engine), the loop, and the
+pieces around it (metrics, evaluation, checkpoints, summary) as small functions.
+
+Entry point: ``main(argv)``, used by launcher/pretrain.py.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmtrain.config import REPO_ROOT, Config, ConfigError, dump_config, load_config
+from llmtrain.utils import atomic_write_json, atomic_write_text
+
+
+class RunError(RuntimeError):
+    """A problem found while running, reported as one line."""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="pretrain.py",
+        description="Train a GPT with DeepSpeed. With no arguments: the tiny default model on the bundled corpus.",
+    )
+    p.add_argument("--config", default=None, help="YAML experiment config (default: configs/tiny.yaml)")
+    p.add_argument("--run-dir", default=None, help="run folder (default: a new folder under ./runs/); an existing one is resumed")
+    p.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON (default: ds_configs/zero0.json)")
+    p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int, torch.device]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); works under the
+    deepspeed launcher and as a plain single process."""
+    import deepspeed
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+    use_cuda = torch.cuda.is_available()
+    local_rank = env_int("LOCAL_RANK", 0)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device
+
+
+def set_cpu_threads(threads: int | None) -> int:
+    """Give each rank on this node its share of the cores (oversubscription costs far more
+    than it gains on CPU)."""
+    local_size = env_int("LOCAL_SIZE", env_int("LOCAL_WORLD_SIZE", 1))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cores = os.cpu_count() or 1
+    n = threads or max(1, cores // max(1, local_size))
+    torch.set_num_threads(n)
+    return n
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataBundle:
+    prefix: str
+    manifest: dict
+    tokenizer_path: str
+    vocab_size: int
+    train: object
+    valid: object | None
+
+
+def sample_prefix() -> Path:
+    return REPO_ROOT / "data" / "cache" / "sample" / "sample"
+
+
+def prepare_sample_data(cfg: Config, rank: int) -> str:
+    """Tokenise the bundled corpus under data/cache/sample/ if not done yet (one process does
+    it under a file lock; the others wait and reuse it)."""
+    import fcntl
+
+    prefix = sample_prefix()
+    manifest = Path(f"{prefix}_manifest.json")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with open(prefix.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not manifest.exists():
+            from data_prep.tokenize_corpus import tokenize_corpus
+            from data_prep.train_tokenizer import train_tokenizer
+
+            corpus = REPO_ROOT / "data" / "sample"
+            tok = prefix.parent / "tokenizer.json"
+            print(f"[rank {rank}] preparing the bundled corpus {corpus} -> {prefix}_*.bin/.idx", flush=True)
+            if not tok.exists():
+                train_tokenizer([str(corpus)], cfg.data.sample_vocab_size, str(tok))
+            tokenize_corpus([str(corpus)], str(tok), str(prefix), valid_fraction=cfg.data.valid_fraction)
+    return str(prefix)
+
+
+def load_data(cfg: Config, prefix: str, config_path: str) -> DataBundle:
+    """Open and validate the token datasets (train, valid) and the tokenizer; raises
+    ConfigError / DataFormatError with one line naming the file."""
+    from llmtrain.data.indexed import IndexedDataset
+    from llmtrain.data.sampler import TokenWindows
+
+    manifest_path = Path(f"{prefix}_manifest.json")
+    if not manifest_path.is_file():
+        raise ConfigError(
+            f"{manifest_path}: data manifest not found (data.prefix={prefix}); create the dataset with "
+            f"python data_prep/tokenize_corpus.py --output-prefix {prefix} ..."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{manifest_path}:{e.lineno}: malformed JSON ({e.msg}); re-run tokenize_corpus.py") from None
+    named = manifest.get("tokenizer")
+    if isinstance(named, dict):
+        named = named.get("path")
+    tok_path = cfg.data.tokenizer or named
+    if not tok_path:
+        raise ConfigError(f"{manifest_path}: names no tokenizer; set data.tokenizer=PATH")
+    if not Path(tok_path).is_file():
+        raise ConfigError(f"{tok_path}: tokenizer not found (from {'data.tokenizer' if cfg.data.tokenizer else manifest_path}); set data.tokenizer=PATH")
+    from tokenizers import Tokenizer
+
+    try:
+        vocab = Tokenizer.from_file(str(tok_path)).get_vocab_size()
+    except Exception as e:  # tokenizers raises a plain Exception on bad JSON
+        raise ConfigError(f"{tok_path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+    data_vocab = manifest.get("vocab_size")
+    if data_vocab is not None and data_vocab != vocab:
+        raise ConfigError(
+            f"{tok_path}: vocab size {vocab} does not match the {data_vocab} of the tokenizer that made "
+            f"{prefix}_*.bin (see {manifest_path}); use the same tokenizer"
+        )
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < vocab:
+        raise ConfigError(
+            f"{config_path}: model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
+            f"({tok_path}); remove model.vocab_size to take it from the tokenizer"
+        )
+    train_ds = IndexedDataset(f"{prefix}_train")
+    valid_ds = IndexedDataset(f"{prefix}_valid") if Path(f"{prefix}_valid.idx").exists() else None
+    max_id = int(train_ds.tokens[: min(train_ds.num_tokens, 1 << 20)].max()) if train_ds.num_tokens else 0
+    if max_id >= (cfg.model.vocab_size or vocab):
+        raise ConfigError(
+            f"{prefix}_train.bin: token id {max_id} is outside the vocabulary of {tok_path} ({vocab}); the data "
+            f"was made with another tokenizer"
+        )
+    train = TokenWindows(train_ds, cfg.model.seq_len, cfg.train.seed, shuffle=True)
+    valid = TokenWindows(valid_ds, cfg.model.seq_len, cfg.train.seed, shuffle=False) if valid_ds and valid_ds.num_tokens > cfg.model.seq_len else None
+    return DataBundle(prefix, manifest, str(tok_path), vocab, train, valid)
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def resolve_run_dir(args, cfg: Config, rank: int) -> Path:
+    """Rank 0 picks the folder (a new timestamped one under ./runs unless --run-dir); every rank
+    gets the same path."""
+    import torch.distributed as dist
+
+    if args.run_dir:
+        path = str(Path(args.run_dir).resolve())
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = str((Path.cwd() / "runs" / f"{cfg.log.name}-{stamp}").resolve())
+    obj = [path]
+    dist.broadcast_object_list(obj, src=0)
+    return Path(obj[0])
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except Exception:
+        return None
+
+
+def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundle, extra: dict) -> None:
+    import deepspeed
+
+    dump_config(cfg, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "ds_config.json", ds_config)
+    atomic_write_json(run_dir / "data_manifest.json", data.manifest)
+    env = {
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "python": sys.version.split()[0],
+        "git_commit": git_commit(),
+        "command": sys.argv,
+        "hostname": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    atomic_write_json(run_dir / "env.json", env)
+
+
+# ----------------------------------------------------------------------------- model / engine
+
+
+def build_engine(cfg: Config, ds_config: dict, total_steps: int):
+    import deepspeed
+
+    from llmtrain.model.gpt import GPT
+    from llmtrain.train.schedule import lr_multiplier
+
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg.model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "wpe" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    t = cfg.train
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                                  foreach=True if not torch.cuda.is_available() else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_multiplier(s, total_steps, t.schedule, t.warmup_steps, t.min_lr_ratio, t.decay_fraction),
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine, model
+
+
+# ----------------------------------------------------------------------------- loop pieces
+
+
+def all_reduce_mean(values: list[float], world: int) -> list[float]:
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(t)
+        t /= world
+    return t.tolist()
+
+
+def evaluate(engine, data: DataBundle, cfg: Config, rank: int, world: int, device) -> float | None:
+    """Mean loss over the first eval_batches x global_batch_size windows of the valid split
+    (the same windows every time), averaged over all ranks."""
+    if data.valid is None:
+        return None
+    from llmtrain.data.sampler import batch
+
+    per_rank = cfg.train.global_batch_size // world
+    micro = cfg.train.micro_batch_size or per_rank
+    n_windows = min(data.valid.num_samples, cfg.train.eval_batches * cfg.train.global_batch_size)
+    was_training = engine.module.training
+    engine.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in range(math.ceil(n_windows / cfg.train.global_batch_size)):
+            base = b * cfg.train.global_batch_size + rank * per_rank
+            for m in range(0, per_rank, micro):
+                start = (base + m) % data.valid.num_samples
+                x, y = batch(data.valid, start, micro)
+                total += float(engine(x.to(device), y.to(device)))
+                count += 1
+    if was_training:
+        engine.train()
+    return all_reduce_mean([total / max(count, 1)], world)[0]
+
+
+def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, rank: int) -> str:
+    """DeepSpeed checkpoint under RUN/checkpoints/global_step{step}; 'latest' is written only
+    after every rank finished, through a rename, so an interrupted save never becomes latest."""
+    import torch.distributed as dist
+
+    ckpt_dir = run_dir / "checkpoints"
+    tag = f"global_step{step}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    dist.barrier()
+    if rank == 0:
+        atomic_write_text(ckpt_dir / "latest", tag)
+    dist.barrier()
+    return str(ckpt_dir / tag)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    tokens: int = 0
+    wall_time: float = 0.0
+    bad_steps: int = 0
+    last_train_losses: list = field(default_factory=list)
+    last_valid_loss: float | None = None
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank_env = env_int("RANK", 0)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from llmtrain.train.ds_config import load_ds_json
+
+        user_ds, ds_path = load_ds_json(args.deepspeed_config)
+        if cfg.data.prefix is not None:
+            # validate user data before any process group or model exists
+            load_data(cfg, cfg.data.prefix, args.config or "configs/tiny.yaml")
+    except (ConfigError, ValueError, OSError) as e:
+        if rank_env == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        return train(args, cfg, user_ds, ds_path)
+    except (ConfigError, RunError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
+    import torch.distributed as dist
+
+    from llmtrain.data.sampler import batch
+    from llmtrain.model.gpt import count_params, flops_per_token
+    from llmtrain.train.ds_config import build_ds_config, zero_stage
+    from llmtrain.train.metrics import MetricsLogger, memory_stats, peak_flops
+
+    t_start = time.time()
+    config_path = args.config or str(Path("configs") / "tiny.yaml")
+    rank, world, local_rank, device = init_distributed()
+    threads = set_cpu_threads(cfg.train.threads) if device.type == "cpu" else None
+    is_main = rank == 0
+
+    def say(msg: str) -> None:
+        if is_main:
+            print(msg, flush=True)
+
+    prefix = cfg.data.prefix or prepare_sample_data(cfg, rank)
+    dist.barrier()
+    data = load_data(cfg, prefix, config_path)
+    if cfg.model.vocab_size is None:
+        cfg.model.vocab_size = 64 * math.ceil(data.vocab_size / 64)  # padded for matmul efficiency
+
+    dp_world = world // cfg.parallel.pipeline_stages
+    ds_config = build_ds_config(cfg, user_ds, ds_path, config_path, dp_world)
+    run_dir = resolve_run_dir(args, cfg, rank)
+    ckpt_dir = run_dir / "checkpoints"
+    resuming = cfg.checkpoint.resume and (ckpt_dir / "latest").is_file()
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
+    total_steps = cfg.train.max_steps
+    if cfg.train.max_tokens:
+        total_steps = min(total_steps, math.ceil(cfg.train.max_tokens / tokens_per_step))
+
+    engine, model = build_engine(cfg, ds_config, total_steps)
+    micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
+    per_rank = micro * gas
+    stage = zero_stage(ds_config)
+    counts = count_params(cfg.model)
+    fpt = flops_per_token(cfg.model)
+    peak, peak_src = peak_flops(device, cfg.train.precision, cfg.train.peak_flops)
+
+    prog = Progress()
+    if resuming:
+        tag = (ckpt_dir / "latest").read_text().strip()
+        load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        if load_path is None:
+            raise RunError(f"{ckpt_dir / tag}: checkpoint could not be loaded; remove 'latest' to start fresh")
+        prog.step, prog.tokens, prog.wall_time = client["step"], client["tokens"], client["wall_time"]
+        prog.bad_steps = client.get("bad_steps", 0)
+        set_rng_state(client["rng"][rank] if isinstance(client.get("rng"), list) else client["rng"])
+        say(f"resumed from {ckpt_dir / tag} at step {prog.step}")
+
+    logger = None
+    if is_main:
+        write_run_files(run_dir, cfg, ds_config, data, {
+            "world_size": world, "zero_stage": stage, "micro_batch": micro, "grad_accum": gas,
+            "threads_per_rank": threads, "device": str(device), "peak_flops": peak, "peak_flops_source": peak_src,
+        })
+        logger = MetricsLogger(run_dir, cfg.log.tensorboard)
+        say(f"run folder: {run_dir}")
+        say(
+            f"model: {counts['n_params'] / 1e6:.2f}M params ({counts['n_params_non_embedding'] / 1e6:.2f}M non-embedding), "
+            f"{cfg.model.n_layer}L d{cfg.model.d_model} h{cfg.model.n_head} T{cfg.model.seq_len} V{cfg.model.vocab_size}; "
+            f"{world} rank(s), ZeRO-{stage}, micro {micro} x accum {gas} x dp {dp_world} = {cfg.train.global_batch_size} seqs/step; "
+            f"{total_steps} steps ({total_steps * tokens_per_step / 1e6:.2f}M tokens); device {device}"
+            + (f", {threads} threads/rank" if threads else "")
+        )
+    need_own_norm = stage == 0 and cfg.train.precision == "fp32"
+
+    engine.train()
+    t_interval = time.time()
+    interval_tokens = 0
+    wall_before = prog.wall_time
+    t_loop = time.time()
+    while prog.step < total_steps:
+        step_loss = 0.0
+        base = prog.step * cfg.train.global_batch_size + rank * per_rank
+        grad_norm = None
+        for m in range(gas):
+            x, y = batch(data.train, base + m * micro, micro)
+            loss = engine(x.to(device), y.to(device))
+            engine.backward(loss)
+            step_loss += float(loss.detach())
+            if m == gas - 1 and need_own_norm:
+                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            engine.step()
+        if grad_norm is None:
+            gn = engine.get_global_grad_norm()
+            grad_norm = float(gn) if gn is not None else float("nan")
+        loss_mean = all_reduce_mean([step_loss / gas], world)[0]
+        lr = engine.get_lr()[0]
+        prog.step += 1
+        prog.tokens += tokens_per_step
+        interval_tokens += tokens_per_step
+        prog.last_train_losses = (prog.last_train_losses + [loss_mean])[-cfg.train.log_interval:]
+        if not math.isfinite(loss_mean):
+            prog.bad_steps += 1
+        else:
+            prog.bad_steps = 0
+
+        if is_main and (prog.step % cfg.train.log_interval == 0 or prog.step == total_steps):
+            dt = time.time() - t_interval
+            tps = interval_tokens / dt
+            achieved = tps * fpt / world
+            rec = {
+                "step": prog.step, "tokens": prog.tokens, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
+                "tokens_per_s": tps, "tflops_per_device": achieved / 1e12,
+                "mfu": achieved / peak if peak else None, "elapsed_s": wall_before + time.time() - t_loop,
+                **memory_stats(device),
+            }
+            logger.log(rec)
+            eta = (total_steps - prog.step) * dt / max(1, interval_tokens // tokens_per_step)
+            print(
+                f"step {prog.step:>6}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} gnorm {grad_norm:.3f} "
+                f"{tps:,.0f} tok/s mfu {rec['mfu'] or 0:.1%} eta {eta:,.0f}s",
+                flush=True,
+            )
+            t_interval, interval_tokens = time.time(), 0
+        if prog.bad_steps >= cfg.train.max_bad_steps:
+            latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None
+            raise RunError(
+                f"{prog.bad_steps} non-finite losses in a row at step {prog.step}; last good checkpoint: "
+                f"{ckpt_dir / latest if latest else 'none'}; lower train.lr or check the data"
+            )
+
+        do_eval = cfg.train.eval_interval and prog.step % cfg.train.eval_interval == 0 and prog.step < total_steps
+        if do_eval:
+            vl = evaluate(engine, data, cfg, rank, dp_world, device)
+            if vl is not None:
+                prog.last_valid_loss = vl
+                if is_main:
+                    logger.log({"step": prog.step, "tokens": prog.tokens, "split": "valid", "loss": vl})
+                    print(f"step {prog.step:>6} valid loss {vl:.4f}", flush=True)
+        if cfg.checkpoint.interval and prog.step % cfg.checkpoint.interval == 0 and prog.step < total_steps:
+            save_checkpoint(engine, run_dir, prog.step, checkpoint_state(prog, wall_before + time.time() - t_loop, world), rank)
+
+    # the end: final evaluation, checkpoint, summary
+    vl = evaluate(engine, data, cfg, rank, dp_world, device)
+    wall = wall_before + time.time() - t_loop
+    if vl is not None:
+        prog.last_valid_loss = vl
+        if is_main:
+            logger.log({"step": prog.step, "tokens": prog.tokens, "split": "valid", "loss": vl})
+    ckpt = None
+    if cfg.checkpoint.save_final:
+        ckpt = save_checkpoint(engine, run_dir, prog.step, checkpoint_state(prog, wall, world), rank)
+    if is_main:
+        summary = {
+            "status": "finished",
+            "name": cfg.log.name,
+            "n_params": counts["n_params"],
+            "n_params_non_embedding": counts["n_params_non_embedding"],
+            "steps": prog.step,
+            "tokens": prog.tokens,
+            "flops": 6.0 * counts["n_params"] * prog.tokens,
+            "flops_with_attention": fpt * prog.tokens,
+            "flops_per_token": fpt,
+            "final_train_loss": float(np.mean(prog.last_train_losses)) if prog.last_train_losses else None,
+            "final_valid_loss": prog.last_valid_loss,
+            "wall_time_s": wall,
+            "total_time_s": time.time() - t_start,
+            "world_size": world,
+            "seq_len": cfg.model.seq_len,
+            "global_batch_size": cfg.train.global_batch_size,
+            "lr": cfg.train.lr,
+            "checkpoint": ckpt,
+        }
+        atomic_write_json(run_dir / "summary.json", summary)
+        hp = {f"model.{k}": v for k, v in cfg.to_dict()["model"].items()}
+        hp.update({f"train.{k}": v for k, v in cfg.to_dict()["train"].items()})
+        hp.update({"n_params": counts["n_params"], "tokens": prog.tokens})
+        logger.log_hparams(hp, {"final_train_loss": summary["final_train_loss"], "final_valid_loss": vl})
+        logger.close()
+        print(
+            f"done: {prog.step} steps, {prog.tokens / 1e6:.2f}M tokens in {wall:.0f}s; final train loss "
+            f"{summary['final_train_loss']:.4f}" + (f", valid loss {vl:.4f}" if vl is not None else "")
+        )
+        print(f"checkpoint: {ckpt}")
+        print(f"metrics: {run_dir / 'metrics.jsonl'}")
+        print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    dist.barrier()
+    return 0
+
+
+def checkpoint_state(prog: Progress, wall: float, world: int) -> dict:
+    import torch.distributed as dist
+
+    states = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return {"step": prog.step, "tokens": prog.tokens, "wall_time": wall, "bad_steps": prog.bad_steps, "rng": states}
