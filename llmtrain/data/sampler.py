@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmtrain.data.indexed import IndexedDataset
-
 
 class TokenWindows:
     """Fixed-length windows over one dataset's token stream, shuffled per epoch."""
 
-    def __init__(self, dataset: IndexedDataset, seq_len: int, seed: int, shuffle: bool = True):
+    def __init__(self, dataset, seq_len: int, seed: int, shuffle: bool = True):
+        """dataset: an llmtrain.data.indexed.IndexedDataset (anything with tokens, num_tokens, prefix)."""
         self.tokens = dataset.tokens
         self.seq_len = seq_len
         self.seed = seed

@@ -142,17 +142,25 @@ class Head(nn.Module):
         return x if self.out is None else self.out(x)
 
 
-def init_weights(module: nn.Module, cfg: ModelConfig) -> None:
-    """Apply the depth-stable initialisation to every submodule of ``module``."""
+def init_weights(module: nn.Module, cfg: ModelConfig, seed: int | None = None) -> None:
+    """Apply the depth-stable initialisation to every submodule of ``module``. With a seed, the
+    draw depends only on (seed, module), so one piece initialises the same wherever it lives
+    (the whole model on one rank, or one pipeline stage)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
     resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
     for name, m in module.named_modules():
         if isinstance(m, nn.Linear):
             std = resid_std if name.endswith(("attn.proj", "mlp.down")) else cfg.init_std
-            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.normal_(m.weight, 0.0, std, generator=gen)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, 0.0, cfg.init_std)
+            nn.init.normal_(m.weight, 0.0, cfg.init_std, generator=gen)
+
+
+def piece_seed(seed: int, index: int) -> int:
+    """Seed of piece ``index`` in the layer sequence embed (0), blocks (1..L), head (L+1)."""
+    return seed * 100003 + index
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -161,7 +169,7 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size must be set (the trainer takes it from the tokenizer)")
@@ -169,7 +177,8 @@ class GPT(nn.Module):
         self.embed = Embedding(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.head = Head(cfg)
-        init_weights(self, cfg)
+        for i, piece in enumerate([self.embed, *self.blocks, self.head]):
+            init_weights(piece, cfg, piece_seed(seed, i))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids → logits (B, T, V); with targets, the mean loss instead."""

@@ -239,14 +239,33 @@ def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundl
 # ----------------------------------------------------------------------------- model / engine
 
 
+def enable_activation_checkpointing(blocks) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them."""
+    from torch.utils.checkpoint import checkpoint
+
+    for blk in blocks:
+        fwd = blk.forward
+        blk.forward = lambda x, fwd=fwd: checkpoint(fwd, x, use_reentrant=False)
+
+
 def build_engine(cfg: Config, ds_config: dict, total_steps: int):
+    """The model (GPT, or its pipeline form), AdamW with decoupled weight decay on matrices
+    only, the LR schedule, all handed to deepspeed.initialize."""
     import deepspeed
 
-    from llmtrain.model.gpt import GPT
     from llmtrain.train.schedule import lr_multiplier
 
-    torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg.model)
+    if cfg.parallel.pipeline_stages > 1:
+        from llmtrain.model.pipeline import gpt_pipeline
+
+        model = gpt_pipeline(cfg.model, cfg.parallel.pipeline_stages, seed=cfg.train.seed,
+                             activation_checkpoint_interval=1 if cfg.train.activation_checkpointing else 0)
+    else:
+        from llmtrain.model.gpt import GPT
+
+        model = GPT(cfg.model, seed=cfg.train.seed)
+        if cfg.train.activation_checkpointing:
+            enable_activation_checkpointing(model.blocks)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "wpe" not in name else no_decay).append(p)
@@ -255,14 +274,45 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int):
         {"params": no_decay, "weight_decay": 0.0},
     ]
     t = cfg.train
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
-                                  foreach=True if not torch.cuda.is_available() else None)
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_multiplier(s, total_steps, t.schedule, t.warmup_steps, t.min_lr_ratio, t.decay_fraction),
     )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    return engine, model
+    return engine
+
+
+def data_parallel_rank(engine, rank: int) -> int:
+    grid = getattr(engine, "grid", None)
+    return grid.get_data_parallel_rank() if grid is not None else rank
+
+
+def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline: bool, world: int,
+               own_norm: bool) -> tuple[float, float | None]:
+    """One optimizer step over this rank's gas micro-batches from global sample ``start``.
+    Returns (loss averaged over the whole global batch, gradient norm or None)."""
+    from llmtrain.data.sampler import batch
+
+    micro_batches = (batch(data, start + m * micro, micro) for m in range(gas))
+    if pipeline:
+        # the pipeline engine runs all micro-batches and averages the loss over data-parallel ranks
+        loss = float(engine.train_batch(data_iter=micro_batches))
+        gn = engine.get_global_grad_norm()
+        return loss, (float(gn) if gn is not None else None)
+    total, grad_norm = 0.0, None
+    for m, (x, y) in enumerate(micro_batches):
+        loss = engine(x.to(device), y.to(device))
+        engine.backward(loss)
+        total += float(loss.detach())
+        if m == gas - 1 and own_norm:
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        engine.step()
+    if grad_norm is None:
+        gn = engine.get_global_grad_norm()
+        grad_norm = float(gn) if gn is not None else None
+    return all_reduce_mean([total / gas], world)[0], grad_norm
 
 
 # ----------------------------------------------------------------------------- loop pieces
@@ -278,30 +328,29 @@ def all_reduce_mean(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
-def evaluate(engine, data: DataBundle, cfg: Config, rank: int, world: int, device) -> float | None:
+def evaluate(engine, data: DataBundle, cfg: Config, dp_rank: int, dp_world: int, world: int, device,
+             pipeline: bool) -> float | None:
     """Mean loss over the first eval_batches x global_batch_size windows of the valid split
-    (the same windows every time), averaged over all ranks."""
+    (the same windows every time), averaged over all data-parallel ranks."""
     if data.valid is None:
         return None
     from llmtrain.data.sampler import batch
 
-    per_rank = cfg.train.global_batch_size // world
-    micro = cfg.train.micro_batch_size or per_rank
-    n_windows = min(data.valid.num_samples, cfg.train.eval_batches * cfg.train.global_batch_size)
-    was_training = engine.module.training
+    G = cfg.train.global_batch_size
+    micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
+    n_batches = max(1, min(cfg.train.eval_batches, data.valid.num_samples // G))
     engine.eval()
-    total, count = 0.0, 0
+    total = 0.0
     with torch.no_grad():
-        for b in range(math.ceil(n_windows / cfg.train.global_batch_size)):
-            base = b * cfg.train.global_batch_size + rank * per_rank
-            for m in range(0, per_rank, micro):
-                start = (base + m) % data.valid.num_samples
-                x, y = batch(data.valid, start, micro)
-                total += float(engine(x.to(device), y.to(device)))
-                count += 1
-    if was_training:
-        engine.train()
-    return all_reduce_mean([total / max(count, 1)], world)[0]
+        for b in range(n_batches):
+            start = b * G + dp_rank * micro * gas
+            micro_batches = [batch(data.valid, start + m * micro, micro) for m in range(gas)]
+            if pipeline:
+                total += float(engine.eval_batch(iter(micro_batches), num_micro_batches=gas))
+            else:
+                total += sum(float(engine(x.to(device), y.to(device))) for x, y in micro_batches) / gas
+    engine.train()
+    return total / n_batches if pipeline else all_reduce_mean([total / n_batches], world)[0]
 
 
 def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, rank: int) -> str:
@@ -401,7 +450,9 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     if cfg.train.max_tokens:
         total_steps = min(total_steps, math.ceil(cfg.train.max_tokens / tokens_per_step))
 
-    engine, model = build_engine(cfg, ds_config, total_steps)
+    engine = build_engine(cfg, ds_config, total_steps)
+    pipeline = cfg.parallel.pipeline_stages > 1
+    dp_rank = data_parallel_rank(engine, rank)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     per_rank = micro * gas
     stage = zero_stage(ds_config)
@@ -435,7 +486,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
             f"{total_steps} steps ({total_steps * tokens_per_step / 1e6:.2f}M tokens); device {device}"
             + (f", {threads} threads/rank" if threads else "")
         )
-    need_own_norm = stage == 0 and cfg.train.precision == "fp32"
+    need_own_norm = stage == 0 and cfg.train.precision == "fp32" and not pipeline
 
     engine.train()
     t_interval = time.time()
@@ -443,22 +494,8 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     wall_before = prog.wall_time
     t_loop = time.time()
     while prog.step < total_steps:
-        step_loss = 0.0
-        base = prog.step * cfg.train.global_batch_size + rank * per_rank
-        grad_norm = None
-        for m in range(gas):
-            x, y = batch(data.train, base + m * micro, micro)
-            loss = engine(x.to(device), y.to(device))
-            engine.backward(loss)
-            step_loss += float(loss.detach())
-            if m == gas - 1 and need_own_norm:
-                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-                grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-            engine.step()
-        if grad_norm is None:
-            gn = engine.get_global_grad_norm()
-            grad_norm = float(gn) if gn is not None else float("nan")
-        loss_mean = all_reduce_mean([step_loss / gas], world)[0]
+        start = prog.step * cfg.train.global_batch_size + dp_rank * per_rank
+        loss_mean, grad_norm = train_step(engine, data.train, start, micro, gas, device, pipeline, world, need_own_norm)
         lr = engine.get_lr()[0]
         prog.step += 1
         prog.tokens += tokens_per_step
@@ -482,7 +519,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
             logger.log(rec)
             eta = (total_steps - prog.step) * dt / max(1, interval_tokens // tokens_per_step)
             print(
-                f"step {prog.step:>6}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} gnorm {grad_norm:.3f} "
+                f"step {prog.step:>6}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} gnorm {grad_norm or float('nan'):.3f} "
                 f"{tps:,.0f} tok/s mfu {rec['mfu'] or 0:.1%} eta {eta:,.0f}s",
                 flush=True,
             )
@@ -496,7 +533,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
 
         do_eval = cfg.train.eval_interval and prog.step % cfg.train.eval_interval == 0 and prog.step < total_steps
         if do_eval:
-            vl = evaluate(engine, data, cfg, rank, dp_world, device)
+            vl = evaluate(engine, data, cfg, dp_rank, dp_world, world, device, pipeline)
             if vl is not None:
                 prog.last_valid_loss = vl
                 if is_main:
@@ -506,7 +543,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
             save_checkpoint(engine, run_dir, prog.step, checkpoint_state(prog, wall_before + time.time() - t_loop, world), rank)
 
     # the end: final evaluation, checkpoint, summary
-    vl = evaluate(engine, data, cfg, rank, dp_world, device)
+    vl = evaluate(engine, data, cfg, dp_rank, dp_world, world, device, pipeline)
     wall = wall_before + time.time() - t_loop
     if vl is not None:
         prog.last_valid_loss = vl
