@@ -55,7 +55,7 @@ class MetricsLogger:
     """Writes each record to RUN/metrics.jsonl (one JSON object a line, flushed) and its
     numeric fields to TensorBoard under train/ or valid/ by the record's split."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.fh = open(self.path, "a", buffering=1)
         self.tb = None
@@ -63,7 +63,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb_dir = Path(run_dir) / "tb"
-            self.tb = SummaryWriter(log_dir=str(self.tb_dir))
+            # purge_step: on resume, TensorBoard hides events logged after the checkpoint
+            self.tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge_step)
 
     def log(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from llmtrain.config import REPO_ROOT, Config, ConfigError, dump_config, load_config
+from llmtrain.data.dataset import DataBundle, load_data, prepare_sample_data
 from llmtrain.utils import atomic_write_json, atomic_write_text
 
 
@@ -95,100 +96,6 @@ def set_cpu_threads(threads: int | None) -> int:
     return n
 
 
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class DataBundle:
-    prefix: str
-    manifest: dict
-    tokenizer_path: str
-    vocab_size: int
-    train: object
-    valid: object | None
-
-
-def sample_prefix() -> Path:
-    return REPO_ROOT / "data" / "cache" / "sample" / "sample"
-
-
-def prepare_sample_data(cfg: Config, rank: int) -> str:
-    """Tokenise the bundled corpus under data/cache/sample/ if not done yet (one process does
-    it under a file lock; the others wait and reuse it)."""
-    import fcntl
-
-    prefix = sample_prefix()
-    manifest = Path(f"{prefix}_manifest.json")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    with open(prefix.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not manifest.exists():
-            from data_prep.tokenize_corpus import tokenize_corpus
-            from data_prep.train_tokenizer import train_tokenizer
-
-            corpus = REPO_ROOT / "data" / "sample"
-            tok = prefix.parent / "tokenizer.json"
-            print(f"[rank {rank}] preparing the bundled corpus {corpus} -> {prefix}_*.bin/.idx", flush=True)
-            if not tok.exists():
-                train_tokenizer([str(corpus)], cfg.data.sample_vocab_size, str(tok))
-            tokenize_corpus([str(corpus)], str(tok), str(prefix), valid_fraction=cfg.data.valid_fraction)
-    return str(prefix)
-
-
-def load_data(cfg: Config, prefix: str, config_path: str) -> DataBundle:
-    """Open and validate the token datasets (train, valid) and the tokenizer; raises
-    ConfigError / DataFormatError with one line naming the file."""
-    from llmtrain.data.indexed import IndexedDataset
-    from llmtrain.data.sampler import TokenWindows
-
-    manifest_path = Path(f"{prefix}_manifest.json")
-    if not manifest_path.is_file():
-        raise ConfigError(
-            f"{manifest_path}: data manifest not found (data.prefix={prefix}); create the dataset with "
-            f"python data_prep/tokenize_corpus.py --output-prefix {prefix} ..."
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{manifest_path}:{e.lineno}: malformed JSON ({e.msg}); re-run tokenize_corpus.py") from None
-    named = manifest.get("tokenizer")
-    if isinstance(named, dict):
-        named = named.get("path")
-    tok_path = cfg.data.tokenizer or named
-    if not tok_path:
-        raise ConfigError(f"{manifest_path}: names no tokenizer; set data.tokenizer=PATH")
-    if not Path(tok_path).is_file():
-        raise ConfigError(f"{tok_path}: tokenizer not found (from {'data.tokenizer' if cfg.data.tokenizer else manifest_path}); set data.tokenizer=PATH")
-    from tokenizers import Tokenizer
-
-    try:
-        vocab = Tokenizer.from_file(str(tok_path)).get_vocab_size()
-    except Exception as e:  # tokenizers raises a plain Exception on bad JSON
-        raise ConfigError(f"{tok_path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
-    data_vocab = manifest.get("vocab_size")
-    if data_vocab is not None and data_vocab != vocab:
-        raise ConfigError(
-            f"{tok_path}: vocab size {vocab} does not match the {data_vocab} of the tokenizer that made "
-            f"{prefix}_*.bin (see {manifest_path}); use the same tokenizer"
-        )
-    if cfg.model.vocab_size is not None and cfg.model.vocab_size < vocab:
-        raise ConfigError(
-            f"{config_path}: model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
-            f"({tok_path}); remove model.vocab_size to take it from the tokenizer"
-        )
-    train_ds = IndexedDataset(f"{prefix}_train")
-    valid_ds = IndexedDataset(f"{prefix}_valid") if Path(f"{prefix}_valid.idx").exists() else None
-    max_id = int(train_ds.tokens[: min(train_ds.num_tokens, 1 << 20)].max()) if train_ds.num_tokens else 0
-    if max_id >= (cfg.model.vocab_size or vocab):
-        raise ConfigError(
-            f"{prefix}_train.bin: token id {max_id} is outside the vocabulary of {tok_path} ({vocab}); the data "
-            f"was made with another tokenizer"
-        )
-    train = TokenWindows(train_ds, cfg.model.seq_len, cfg.train.seed, shuffle=True)
-    valid = TokenWindows(valid_ds, cfg.model.seq_len, cfg.train.seed, shuffle=False) if valid_ds and valid_ds.num_tokens > cfg.model.seq_len else None
-    return DataBundle(prefix, manifest, str(tok_path), vocab, train, valid)
-
-
 # ----------------------------------------------------------------------------- run folder
 
 
@@ -222,7 +129,7 @@ def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundl
 
     dump_config(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "ds_config.json", ds_config)
-    atomic_write_json(run_dir / "data_manifest.json", data.manifest)
+    atomic_write_json(run_dir / "data_manifest.json", {"prefixes": data.prefixes, "weights": data.weights, "manifests": data.manifests})
     env = {
         "torch": torch.__version__,
         "deepspeed": deepspeed.__version__,
@@ -288,10 +195,21 @@ def data_parallel_rank(engine, rank: int) -> int:
     return grid.get_data_parallel_rank() if grid is not None else rank
 
 
+def zero_loss(engine) -> torch.Tensor:
+    """A loss of exactly 0 connected to every trainable parameter: its backward yields zero
+    gradients and keeps DeepSpeed's gradient hooks and reductions in step on every rank."""
+    return sum((p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad), torch.zeros(()))
+
+
 def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline: bool, world: int,
-               own_norm: bool) -> tuple[float, float | None]:
+               own_norm: bool) -> tuple[float, float | None, bool]:
     """One optimizer step over this rank's gas micro-batches from global sample ``start``.
-    Returns (loss averaged over the whole global batch, gradient norm or None)."""
+
+    Returns (loss averaged over the whole global batch, gradient norm or None, skipped). When
+    any rank's micro-batch loss is not finite, every rank backpropagates a zero loss instead
+    and the step is taken at LR 0, so the weights do not move (AdamW's moments decay by one
+    step); the data position and schedule move on.
+    """
     from llmtrain.data.sampler import batch
 
     micro_batches = (batch(data, start + m * micro, micro) for m in range(gas))
@@ -299,20 +217,39 @@ def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline:
         # the pipeline engine runs all micro-batches and averages the loss over data-parallel ranks
         loss = float(engine.train_batch(data_iter=micro_batches))
         gn = engine.get_global_grad_norm()
-        return loss, (float(gn) if gn is not None else None)
-    total, grad_norm = 0.0, None
+        return loss, (float(gn) if gn is not None else None), False
+    total, grad_norm, bad = 0.0, None, False
     for m, (x, y) in enumerate(micro_batches):
         loss = engine(x.to(device), y.to(device))
+        value = float(loss.detach())
+        bad = bad or any_rank(not math.isfinite(value), world)
+        if bad:
+            loss = zero_loss(engine)
         engine.backward(loss)
-        total += float(loss.detach())
-        if m == gas - 1 and own_norm:
-            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        total += value
+        if m == gas - 1:
+            if own_norm and not bad:
+                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            if bad:
+                for group in engine.optimizer.param_groups:
+                    group["lr"] = 0.0
         engine.step()
-    if grad_norm is None:
+    if grad_norm is None and not bad:
         gn = engine.get_global_grad_norm()
         grad_norm = float(gn) if gn is not None else None
-    return all_reduce_mean([total / gas], world)[0], grad_norm
+    return all_reduce_mean([total / gas], world)[0], grad_norm, bad
+
+
+def any_rank(flag: bool, world: int) -> bool:
+    """True on every rank when ``flag`` is true on any rank."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 # ----------------------------------------------------------------------------- loop pieces
@@ -413,15 +350,54 @@ def main(argv=None) -> int:
         return 2
 
 
+class StopSignal:
+    """Remembers a SIGTERM/SIGINT (preemption) so the loop can checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.received = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+
+def check_checkpoint_shape(ckpt_dir: Path, cfg: Config) -> None:
+    """Refuse, before loading, a checkpoint made by a model of another shape."""
+    saved = ckpt_dir.parent / "config.yaml"
+    if not saved.is_file():
+        return
+    import yaml
+
+    old = (yaml.safe_load(saved.read_text()) or {}).get("model", {})
+    new = cfg.to_dict()["model"]
+    diff = [k for k in ("n_layer", "d_model", "n_head", "seq_len", "vocab_size", "pos_encoding", "norm", "mlp",
+                        "d_ff", "tie_embeddings", "bias") if old.get(k) != new.get(k)]
+    if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"{ckpt_dir}: the checkpoint is of another model shape (model.{k}={old.get(k)} there, {new.get(k)} now); "
+            f"use a new --run-dir or the checkpoint's config {saved}"
+        )
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records logged after the checkpoint's step, so the log reads as one run."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
 def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     import torch.distributed as dist
 
-    from llmtrain.data.sampler import batch
     from llmtrain.model.gpt import count_params, flops_per_token
     from llmtrain.train.ds_config import build_ds_config, zero_stage
     from llmtrain.train.metrics import MetricsLogger, memory_stats, peak_flops
 
     t_start = time.time()
+    stop = StopSignal()
     config_path = args.config or str(Path("configs") / "tiny.yaml")
     rank, world, local_rank, device = init_distributed()
     threads = set_cpu_threads(cfg.train.threads) if device.type == "cpu" else None
@@ -436,12 +412,20 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     data = load_data(cfg, prefix, config_path)
     if cfg.model.vocab_size is None:
         cfg.model.vocab_size = 64 * math.ceil(data.vocab_size / 64)  # padded for matmul efficiency
+    if cfg.data.prefix is None:
+        cfg.data.prefix = prefix
 
+    pipeline = cfg.parallel.pipeline_stages > 1
+    if world % cfg.parallel.pipeline_stages:
+        raise ConfigError(f"{config_path}: parallel.pipeline_stages={cfg.parallel.pipeline_stages} does not divide "
+                          f"the {world} processes; launch a multiple of the stage count")
     dp_world = world // cfg.parallel.pipeline_stages
     ds_config = build_ds_config(cfg, user_ds, ds_path, config_path, dp_world)
     run_dir = resolve_run_dir(args, cfg, rank)
     ckpt_dir = run_dir / "checkpoints"
     resuming = cfg.checkpoint.resume and (ckpt_dir / "latest").is_file()
+    if resuming:
+        check_checkpoint_shape(ckpt_dir, cfg)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -451,7 +435,6 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         total_steps = min(total_steps, math.ceil(cfg.train.max_tokens / tokens_per_step))
 
     engine = build_engine(cfg, ds_config, total_steps)
-    pipeline = cfg.parallel.pipeline_stages > 1
     dp_rank = data_parallel_rank(engine, rank)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     per_rank = micro * gas
@@ -465,48 +448,59 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         tag = (ckpt_dir / "latest").read_text().strip()
         load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if load_path is None:
-            raise RunError(f"{ckpt_dir / tag}: checkpoint could not be loaded; remove 'latest' to start fresh")
+            raise RunError(f"{ckpt_dir / tag}: checkpoint could not be loaded; remove {ckpt_dir / 'latest'} to start fresh")
         prog.step, prog.tokens, prog.wall_time = client["step"], client["tokens"], client["wall_time"]
         prog.bad_steps = client.get("bad_steps", 0)
-        set_rng_state(client["rng"][rank] if isinstance(client.get("rng"), list) else client["rng"])
+        rngs = client["rng"]
+        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
         say(f"resumed from {ckpt_dir / tag} at step {prog.step}")
 
     logger = None
     if is_main:
         write_run_files(run_dir, cfg, ds_config, data, {
-            "world_size": world, "zero_stage": stage, "micro_batch": micro, "grad_accum": gas,
-            "threads_per_rank": threads, "device": str(device), "peak_flops": peak, "peak_flops_source": peak_src,
+            "world_size": world, "zero_stage": stage, "pipeline_stages": cfg.parallel.pipeline_stages,
+            "micro_batch": micro, "grad_accum": gas, "threads_per_rank": threads, "device": str(device),
+            "peak_flops": peak, "peak_flops_source": peak_src,
         })
-        logger = MetricsLogger(run_dir, cfg.log.tensorboard)
+        if resuming:
+            truncate_metrics(run_dir / "metrics.jsonl", prog.step)
+        logger = MetricsLogger(run_dir, cfg.log.tensorboard, purge_step=prog.step + 1 if resuming else None)
         say(f"run folder: {run_dir}")
         say(
             f"model: {counts['n_params'] / 1e6:.2f}M params ({counts['n_params_non_embedding'] / 1e6:.2f}M non-embedding), "
             f"{cfg.model.n_layer}L d{cfg.model.d_model} h{cfg.model.n_head} T{cfg.model.seq_len} V{cfg.model.vocab_size}; "
-            f"{world} rank(s), ZeRO-{stage}, micro {micro} x accum {gas} x dp {dp_world} = {cfg.train.global_batch_size} seqs/step; "
-            f"{total_steps} steps ({total_steps * tokens_per_step / 1e6:.2f}M tokens); device {device}"
+            f"{world} rank(s), ZeRO-{stage}, {cfg.parallel.pipeline_stages} stage(s), micro {micro} x accum {gas} x dp "
+            f"{dp_world} = {cfg.train.global_batch_size} seqs/step; {total_steps} steps "
+            f"({total_steps * tokens_per_step / 1e6:.2f}M tokens); device {device}"
             + (f", {threads} threads/rank" if threads else "")
         )
     need_own_norm = stage == 0 and cfg.train.precision == "fp32" and not pipeline
 
+    def state() -> dict:
+        return checkpoint_state(prog, wall_before + time.time() - t_loop, world)
+
     engine.train()
-    t_interval = time.time()
-    interval_tokens = 0
-    wall_before = prog.wall_time
-    t_loop = time.time()
+    t_interval, interval_tokens = time.time(), 0
+    wall_before, t_loop = prog.wall_time, time.time()
+    status = "finished"
     while prog.step < total_steps:
         start = prog.step * cfg.train.global_batch_size + dp_rank * per_rank
-        loss_mean, grad_norm = train_step(engine, data.train, start, micro, gas, device, pipeline, world, need_own_norm)
+        loss_mean, grad_norm, skipped = train_step(engine, data.train, start, micro, gas, device, pipeline, world,
+                                                   need_own_norm)
         lr = engine.get_lr()[0]
         prog.step += 1
         prog.tokens += tokens_per_step
         interval_tokens += tokens_per_step
-        prog.last_train_losses = (prog.last_train_losses + [loss_mean])[-cfg.train.log_interval:]
-        if not math.isfinite(loss_mean):
-            prog.bad_steps += 1
-        else:
-            prog.bad_steps = 0
+        finite = math.isfinite(loss_mean)
+        prog.bad_steps = 0 if finite else prog.bad_steps + 1
+        if finite:
+            prog.last_train_losses = (prog.last_train_losses + [loss_mean])[-cfg.train.log_interval:]
 
-        if is_main and (prog.step % cfg.train.log_interval == 0 or prog.step == total_steps):
+        if is_main and not finite:
+            logger.log({"step": prog.step, "tokens": prog.tokens, "event": "nonfinite_loss", "loss": None,
+                        "skipped": skipped, "bad_steps_in_a_row": prog.bad_steps})
+            print(f"step {prog.step:>6}: non-finite loss, step skipped ({prog.bad_steps} in a row)", flush=True)
+        elif is_main and (prog.step % cfg.train.log_interval == 0 or prog.step == total_steps):
             dt = time.time() - t_interval
             tps = interval_tokens / dt
             achieved = tps * fpt / world
@@ -517,10 +511,11 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
                 **memory_stats(device),
             }
             logger.log(rec)
-            eta = (total_steps - prog.step) * dt / max(1, interval_tokens // tokens_per_step)
+            eta = (total_steps - prog.step) * tokens_per_step / tps
             print(
-                f"step {prog.step:>6}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} gnorm {grad_norm or float('nan'):.3f} "
-                f"{tps:,.0f} tok/s mfu {rec['mfu'] or 0:.1%} eta {eta:,.0f}s",
+                f"step {prog.step:>6}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} gnorm "
+                f"{grad_norm if grad_norm is not None else float('nan'):.3f} {tps:,.0f} tok/s "
+                f"mfu {rec['mfu'] or 0:.1%} eta {eta:,.0f}s",
                 flush=True,
             )
             t_interval, interval_tokens = time.time(), 0
@@ -530,9 +525,11 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
                 f"{prog.bad_steps} non-finite losses in a row at step {prog.step}; last good checkpoint: "
                 f"{ckpt_dir / latest if latest else 'none'}; lower train.lr or check the data"
             )
-
-        do_eval = cfg.train.eval_interval and prog.step % cfg.train.eval_interval == 0 and prog.step < total_steps
-        if do_eval:
+        if any_rank(stop.received is not None, world):
+            say(f"received {stop.received or 'a stop signal'}: saving a checkpoint at step {prog.step} and exiting")
+            status = "stopped"
+            break
+        if cfg.train.eval_interval and prog.step % cfg.train.eval_interval == 0 and prog.step < total_steps:
             vl = evaluate(engine, data, cfg, dp_rank, dp_world, world, device, pipeline)
             if vl is not None:
                 prog.last_valid_loss = vl
@@ -540,7 +537,15 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
                     logger.log({"step": prog.step, "tokens": prog.tokens, "split": "valid", "loss": vl})
                     print(f"step {prog.step:>6} valid loss {vl:.4f}", flush=True)
         if cfg.checkpoint.interval and prog.step % cfg.checkpoint.interval == 0 and prog.step < total_steps:
-            save_checkpoint(engine, run_dir, prog.step, checkpoint_state(prog, wall_before + time.time() - t_loop, world), rank)
+            save_checkpoint(engine, run_dir, prog.step, state(), rank)
+
+    if status == "stopped":
+        ckpt = save_checkpoint(engine, run_dir, prog.step, state(), rank)
+        if is_main:
+            logger.close()
+            print(f"checkpoint: {ckpt}; relaunch the same command to resume", flush=True)
+        dist.barrier()
+        return 0
 
     # the end: final evaluation, checkpoint, summary
     vl = evaluate(engine, data, cfg, dp_rank, dp_world, world, device, pipeline)
@@ -549,9 +554,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         prog.last_valid_loss = vl
         if is_main:
             logger.log({"step": prog.step, "tokens": prog.tokens, "split": "valid", "loss": vl})
-    ckpt = None
-    if cfg.checkpoint.save_final:
-        ckpt = save_checkpoint(engine, run_dir, prog.step, checkpoint_state(prog, wall, world), rank)
+    ckpt = save_checkpoint(engine, run_dir, prog.step, state(), rank) if cfg.checkpoint.save_final else None
     if is_main:
         summary = {
             "status": "finished",
@@ -566,7 +569,6 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
             "final_train_loss": float(np.mean(prog.last_train_losses)) if prog.last_train_losses else None,
             "final_valid_loss": prog.last_valid_loss,
             "wall_time_s": wall,
-            "total_time_s": time.time() - t_start,
             "world_size": world,
             "seq_len": cfg.model.seq_len,
             "global_batch_size": cfg.train.global_batch_size,
@@ -585,7 +587,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         )
         print(f"checkpoint: {ckpt}")
         print(f"metrics: {run_dir / 'metrics.jsonl'}")
-        print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+        print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}", flush=True)
     dist.barrier()
     return 0
 

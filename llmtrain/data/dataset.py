@@ -1,0 +1,153 @@
+"""Opening the token data of a run: one dataset or a weighted blend, validated before training.
+
+``data.prefix`` is a PREFIX written by data_prep/tokenize_corpus.py, or a blend in Megatron's
+notation, "0.7 PREFIX_A 0.3 PREFIX_B". Every dataset must come from the same tokenizer.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmtrain.config import REPO_ROOT, Config, ConfigError
+
+
+@dataclass
+class DataBundle:
+    prefixes: list[str]
+    weights: list[float]
+    manifests: list[dict]
+    tokenizer_path: str
+    vocab_size: int
+    train: object  # BlendedSamples over TokenWindows
+    valid: object | None
+
+
+def parse_blend(spec: str) -> tuple[list[float], list[str]]:
+    """'PREFIX' → ([1.0], [PREFIX]); 'w1 P1 w2 P2 ...' → weights and prefixes."""
+    parts = spec.split()
+    if len(parts) == 1:
+        return [1.0], parts
+    if len(parts) % 2:
+        raise ConfigError(f"data.prefix='{spec}': a blend is pairs of 'WEIGHT PREFIX', e.g. '0.7 a/data 0.3 b/data'")
+    weights, prefixes = [], []
+    for w, p in zip(parts[::2], parts[1::2]):
+        try:
+            weights.append(float(w))
+        except ValueError:
+            raise ConfigError(f"data.prefix='{spec}': '{w}' is not a weight; write pairs 'WEIGHT PREFIX'") from None
+        if weights[-1] <= 0:
+            raise ConfigError(f"data.prefix='{spec}': weight {w} must be > 0")
+        prefixes.append(p)
+    return weights, prefixes
+
+
+def sample_prefix() -> Path:
+    return REPO_ROOT / "data" / "cache" / "sample" / "sample"
+
+
+def prepare_sample_data(cfg: Config, rank: int) -> str:
+    """Tokenise the bundled corpus under data/cache/sample/ if not done yet (one process does
+    it under a file lock; the others wait and reuse it)."""
+    import fcntl
+
+    prefix = sample_prefix()
+    manifest = Path(f"{prefix}_manifest.json")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with open(prefix.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not manifest.exists():
+            from data_prep.tokenize_corpus import tokenize_corpus
+            from data_prep.train_tokenizer import train_tokenizer
+
+            corpus = REPO_ROOT / "data" / "sample"
+            tok = prefix.parent / "tokenizer.json"
+            print(f"[rank {rank}] preparing the bundled corpus {corpus} -> {prefix}_*.bin/.idx", flush=True)
+            if not tok.exists():
+                train_tokenizer([str(corpus)], cfg.data.sample_vocab_size, str(tok))
+            tokenize_corpus([str(corpus)], str(tok), str(prefix), valid_fraction=cfg.data.valid_fraction)
+    return str(prefix)
+
+
+def _read_manifest(prefix: str) -> tuple[dict, Path]:
+    path = Path(f"{prefix}_manifest.json")
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: data manifest not found (data.prefix {prefix}); create the dataset with "
+            f"python data_prep/tokenize_corpus.py --output-prefix {prefix} ..."
+        )
+    try:
+        return json.loads(path.read_text()), path
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); re-run data_prep/tokenize_corpus.py") from None
+
+
+def _tokenizer_of(manifest: dict) -> tuple[str | None, str | None]:
+    tok = manifest.get("tokenizer")
+    if isinstance(tok, dict):
+        return tok.get("path"), tok.get("sha256")
+    return tok, manifest.get("tokenizer_sha256")
+
+
+def tokenizer_vocab_size(path: str, named_by: str) -> int:
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: tokenizer not found (named by {named_by}); set data.tokenizer=PATH")
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path)).get_vocab_size()
+    except Exception as e:  # tokenizers raises a plain Exception on bad JSON
+        raise ConfigError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+
+
+def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
+    """Open and validate every dataset of ``spec`` and its tokenizer. Raises ConfigError or
+    DataFormatError (both one line naming the file) before any training starts."""
+    from llmtrain.data.indexed import IndexedDataset
+    from llmtrain.data.sampler import BlendedSamples, TokenWindows
+
+    weights, prefixes = parse_blend(spec)
+    manifests, hashes = [], set()
+    for p in prefixes:
+        m, _ = _read_manifest(p)
+        manifests.append(m)
+        hashes.add(_tokenizer_of(m)[1])
+    if len(hashes) > 1:
+        raise ConfigError(f"data.prefix='{spec}': the blended datasets were made with different tokenizers "
+                          f"(see their _manifest.json); re-tokenise them with one tokenizer")
+    named, _ = _tokenizer_of(manifests[0])
+    tok_path = cfg.data.tokenizer or named
+    if not tok_path:
+        raise ConfigError(f"{prefixes[0]}_manifest.json: names no tokenizer; set data.tokenizer=PATH")
+    vocab = tokenizer_vocab_size(tok_path, "data.tokenizer" if cfg.data.tokenizer else f"{prefixes[0]}_manifest.json")
+    for p, m in zip(prefixes, manifests):
+        if m.get("vocab_size") is not None and m["vocab_size"] != vocab:
+            raise ConfigError(
+                f"{tok_path}: vocab size {vocab} does not match the {m['vocab_size']} of the tokenizer that made "
+                f"{p}_*.bin (see {p}_manifest.json); use the same tokenizer"
+            )
+    model_vocab = cfg.model.vocab_size or vocab
+    if model_vocab < vocab:
+        raise ConfigError(
+            f"{config_path}: model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
+            f"({tok_path}); remove model.vocab_size to take it from the tokenizer"
+        )
+    T, seed = cfg.model.seq_len, cfg.train.seed
+    train, valid = [], []
+    for i, p in enumerate(prefixes):
+        ds = IndexedDataset(f"{p}_train")
+        head = ds.tokens[: min(ds.num_tokens, 1 << 20)]
+        if len(head) and int(head.max()) >= model_vocab:
+            raise ConfigError(
+                f"{p}_train.bin: token id {int(head.max())} is outside the vocabulary of {tok_path} ({vocab}); "
+                f"the data was made with another tokenizer"
+            )
+        train.append(TokenWindows(ds, T, seed + 7919 * i, shuffle=True))
+        if Path(f"{p}_valid.idx").exists():
+            vds = IndexedDataset(f"{p}_valid")
+            if vds.num_tokens > T:
+                valid.append((weights[i], TokenWindows(vds, T, seed, shuffle=False)))
+    valid_blend = BlendedSamples([v for _, v in valid], [w for w, _ in valid]) if valid else None
+    if valid_blend is not None:
+        valid_blend.num_samples = sum(v.num_samples for _, v in valid)
+    return DataBundle(prefixes, weights, manifests, str(tok_path), vocab, BlendedSamples(train, weights), valid_blend)

@@ -1,0 +1,74 @@
+"""Helpers for the training tests (imported by them): a small real token dataset made from the
+bundled corpus with the project's own data_prep scripts, and helpers that launch training for
+real (DeepSpeed on CPU with gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+# A model small enough that a DeepSpeed launch is dominated by start-up, not training.
+SMALL = [
+    "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.seq_len=64",
+    "train.global_batch_size=8", "train.warmup_steps=2", "train.eval_interval=0",
+    "train.eval_batches=2", "train.log_interval=1", "train.lr=3e-3",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e.setdefault("DS_ACCELERATOR", "cpu")
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+def run_python(args, timeout=600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def deepspeed_cmd(nproc: int, *args, port: int | None = None) -> list[str]:
+    return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(port or free_port()),
+            str(REPO / "launcher" / "pretrain.py"), *map(str, args)]
+
+
+def run_deepspeed(nproc: int, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(deepspeed_cmd(nproc, *args), cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r.get("split") is None and r.get("loss") is not None}
+
+
+@pytest.fixture(scope="session")
+def token_data(tmp_path_factory) -> str:
+    """PREFIX of a real dataset: a BPE tokenizer (vocab 512) trained on part of the bundled
+    corpus by data_prep/train_tokenizer.py, and the corpus tokenised by tokenize_corpus.py."""
+    out = tmp_path_factory.mktemp("tokens")
+    tok = out / "tokenizer.json"
+    r = run_python([REPO / "data_prep" / "train_tokenizer.py", "--input", SAMPLE, "--vocab-size", "512",
+                    "--output", tok])
+    assert r.returncode == 0, r.stderr
+    r = run_python([REPO / "data_prep" / "tokenize_corpus.py", "--input", SAMPLE, "--tokenizer", tok,
+                    "--output-prefix", out / "sample", "--valid-fraction", "0.05"])
+    assert r.returncode == 0, r.stderr
+    return str(out / "sample")
