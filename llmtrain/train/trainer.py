@@ -336,9 +336,11 @@ def main(argv=None) -> int:
         from llmtrain.train.ds_config import load_ds_json
 
         user_ds, ds_path = load_ds_json(args.deepspeed_config)
+        # validate the layout and the user's data before any process group or model exists
+        config_path = args.config or "configs/tiny.yaml"
+        check_layout(cfg, user_ds, ds_path, config_path, env_int("WORLD_SIZE", 1))
         if cfg.data.prefix is not None:
-            # validate user data before any process group or model exists
-            load_data(cfg, cfg.data.prefix, args.config or "configs/tiny.yaml")
+            load_data(cfg, cfg.data.prefix, config_path)
     except (ConfigError, ValueError, OSError) as e:
         if rank_env == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -348,6 +350,16 @@ def main(argv=None) -> int:
     except (ConfigError, RunError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+
+
+def check_layout(cfg: Config, user_ds: dict, ds_path: str, config_path: str, world: int) -> dict:
+    """The DeepSpeed config for ``world`` processes, or ConfigError when the layout cannot run."""
+    from llmtrain.train.ds_config import build_ds_config
+
+    if world % cfg.parallel.pipeline_stages:
+        raise ConfigError(f"{config_path}: parallel.pipeline_stages={cfg.parallel.pipeline_stages} does not divide "
+                          f"the {world} processes; launch a multiple of the stage count")
+    return build_ds_config(cfg, user_ds, ds_path, config_path, world // cfg.parallel.pipeline_stages)
 
 
 class StopSignal:
@@ -393,7 +405,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     import torch.distributed as dist
 
     from llmtrain.model.gpt import count_params, flops_per_token
-    from llmtrain.train.ds_config import build_ds_config, zero_stage
+    from llmtrain.train.ds_config import zero_stage
     from llmtrain.train.metrics import MetricsLogger, memory_stats, peak_flops
 
     t_start = time.time()
@@ -416,11 +428,8 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         cfg.data.prefix = prefix
 
     pipeline = cfg.parallel.pipeline_stages > 1
-    if world % cfg.parallel.pipeline_stages:
-        raise ConfigError(f"{config_path}: parallel.pipeline_stages={cfg.parallel.pipeline_stages} does not divide "
-                          f"the {world} processes; launch a multiple of the stage count")
     dp_world = world // cfg.parallel.pipeline_stages
-    ds_config = build_ds_config(cfg, user_ds, ds_path, config_path, dp_world)
+    ds_config = check_layout(cfg, user_ds, ds_path, config_path, world)
     run_dir = resolve_run_dir(args, cfg, rank)
     ckpt_dir = run_dir / "checkpoints"
     resuming = cfg.checkpoint.resume and (ckpt_dir / "latest").is_file()
