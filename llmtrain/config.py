@@ -121,8 +121,12 @@ class ParallelConfig:
 @dataclass
 class CheckpointConfig:
     interval: int = 0  # steps between checkpoints; 0: only at the end
+    save_steps: list[int] = field(default_factory=list)  # extra steps to checkpoint at (WSD branch points)
     resume: bool = True  # resume from RUN_DIR/checkpoints/latest when present
     save_final: bool = True
+    # Start from another run's checkpoint folder (.../checkpoints/global_stepN): weights,
+    # optimizer, schedule position, RNG and data position; used for WSD cooldown branches.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -164,6 +168,15 @@ def _choice(where: str, key: str, value: Any, choices) -> None:
 def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     """Convert a YAML or command-line value to the field's type, or raise ConfigError."""
     origin = get_origin(hint)
+    if origin is list:
+        (inner,) = get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key}={value!r} is not a list")
+        return [_coerce(v, inner, key, where) for v in value]
     if origin is Union:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None

@@ -435,6 +435,11 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     resuming = cfg.checkpoint.resume and (ckpt_dir / "latest").is_file()
     if resuming:
         check_checkpoint_shape(ckpt_dir, cfg)
+    elif cfg.checkpoint.init_from:
+        init = Path(cfg.checkpoint.init_from)
+        if not init.is_dir():
+            raise ConfigError(f"{init}: checkpoint.init_from is not a checkpoint folder (.../checkpoints/global_stepN)")
+        check_checkpoint_shape(init.parent, cfg)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -453,16 +458,20 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     peak, peak_src = peak_flops(device, cfg.train.precision, cfg.train.peak_flops)
 
     prog = Progress()
+    source = None
     if resuming:
-        tag = (ckpt_dir / "latest").read_text().strip()
-        load_path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        source = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
+    elif cfg.checkpoint.init_from:
+        source = Path(cfg.checkpoint.init_from)
+    if source is not None:
+        load_path, client = engine.load_checkpoint(str(source.parent), tag=source.name)
         if load_path is None:
-            raise RunError(f"{ckpt_dir / tag}: checkpoint could not be loaded; remove {ckpt_dir / 'latest'} to start fresh")
+            raise RunError(f"{source}: checkpoint could not be loaded; remove {ckpt_dir / 'latest'} to start fresh")
         prog.step, prog.tokens, prog.wall_time = client["step"], client["tokens"], client["wall_time"]
         prog.bad_steps = client.get("bad_steps", 0)
         rngs = client["rng"]
         set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
-        say(f"resumed from {ckpt_dir / tag} at step {prog.step}")
+        say(f"{'resumed' if resuming else 'started'} from {source} at step {prog.step}")
 
     logger = None
     if is_main:
@@ -494,9 +503,9 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     status = "finished"
     while prog.step < total_steps:
         start = prog.step * cfg.train.global_batch_size + dp_rank * per_rank
+        lr = engine.get_lr()[0]  # the LR this step uses
         loss_mean, grad_norm, skipped = train_step(engine, data.train, start, micro, gas, device, pipeline, world,
                                                    need_own_norm)
-        lr = engine.get_lr()[0]
         prog.step += 1
         prog.tokens += tokens_per_step
         interval_tokens += tokens_per_step
@@ -545,7 +554,8 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
                 if is_main:
                     logger.log({"step": prog.step, "tokens": prog.tokens, "split": "valid", "loss": vl})
                     print(f"step {prog.step:>6} valid loss {vl:.4f}", flush=True)
-        if cfg.checkpoint.interval and prog.step % cfg.checkpoint.interval == 0 and prog.step < total_steps:
+        periodic = cfg.checkpoint.interval and prog.step % cfg.checkpoint.interval == 0
+        if (periodic or prog.step in cfg.checkpoint.save_steps) and prog.step < total_steps:
             save_checkpoint(engine, run_dir, prog.step, state(), rank)
 
     if status == "stopped":
