@@ -66,7 +66,7 @@ class ModelConfig:
 class DataConfig:
     # PREFIX as given to data_prep/tokenize_corpus.py: PREFIX_train.{bin,idx},
     # PREFIX_valid.{bin,idx} and PREFIX_manifest.json. None: the bundled sample corpus,
-    # prepared on first use under data/cache/sample/.
+    # prepared on first use under data/cache/sample_v<vocab>/.
     prefix: Optional[str] = None
     tokenizer: Optional[str] = None  # tokenizer.json; None: the one named in the manifest
     # Preparing the bundled corpus (used only when prefix is None):

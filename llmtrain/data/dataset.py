@@ -42,16 +42,16 @@ def parse_blend(spec: str) -> tuple[list[float], list[str]]:
     return weights, prefixes
 
 
-def sample_prefix() -> Path:
-    return REPO_ROOT / "data" / "cache" / "sample" / "sample"
+def sample_prefix(vocab_size: int) -> Path:
+    return REPO_ROOT / "data" / "cache" / f"sample_v{vocab_size}" / "sample"
 
 
 def prepare_sample_data(cfg: Config, rank: int) -> str:
-    """Tokenise the bundled corpus under data/cache/sample/ if not done yet (one process does
-    it under a file lock; the others wait and reuse it)."""
+    """Tokenise the bundled corpus under data/cache/sample_v<vocab>/ if not done yet (one
+    process does it under a file lock; the others wait and reuse it)."""
     import fcntl
 
-    prefix = sample_prefix()
+    prefix = sample_prefix(cfg.data.sample_vocab_size)
     manifest = Path(f"{prefix}_manifest.json")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     with open(prefix.parent / ".lock", "w") as lock:

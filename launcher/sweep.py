@@ -1,0 +1,161 @@
+"""Plan and run a scaling-law sweep: a model ladder x token budgets.
+
+    python launcher/sweep.py --config configs/scaling/cpu_ladder.yaml --dry-run   # the plan as a table
+    python launcher/sweep.py --config configs/scaling/cpu_ladder.yaml             # run it, one run after another
+    python launcher/sweep.py --config configs/scaling/cpu_ladder.yaml --slurm     # write a Slurm array instead
+
+Runs go to SWEEP_DIR/<run name>/ (default SWEEP_DIR: runs/sweeps/<sweep name>). A finished run
+(summary.json with status finished) is skipped, an interrupted one resumes from its latest
+checkpoint, so rerunning the same command continues the sweep. Fit the result with
+python launcher/fit_scaling.py SWEEP_DIR --method chinchilla --out SWEEP_DIR/fit
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llmtrain.config import REPO_ROOT, ConfigError  # noqa: E402
+from llmtrain.scaling.plan import format_table, load_sweep, plan, resolve, seq_len_and_model  # noqa: E402
+from llmtrain.utils import atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def vocab_size_for(sw: dict, base_model, base_cfg_path: str) -> int:
+    """The padded vocabulary the runs will have (as the trainer pads it)."""
+    if sw.get("vocab_size"):
+        return int(sw["vocab_size"])
+    if base_model.vocab_size:
+        return base_model.vocab_size
+    from llmtrain.config import load_config
+    from llmtrain.data.dataset import parse_blend, tokenizer_vocab_size
+
+    cfg = load_config(base_cfg_path, [o for o in sw.get("overrides", []) if o.startswith("data.")])
+    if cfg.data.prefix:
+        _, prefixes = parse_blend(cfg.data.prefix)
+        man = json.loads(Path(f"{prefixes[0]}_manifest.json").read_text())
+        tok = cfg.data.tokenizer or (man["tokenizer"]["path"] if isinstance(man.get("tokenizer"), dict) else man.get("tokenizer"))
+        v = tokenizer_vocab_size(tok, f"{prefixes[0]}_manifest.json")
+    else:
+        v = cfg.data.sample_vocab_size  # the bundled corpus' tokenizer has exactly this size
+    return 64 * math.ceil(v / 64)
+
+
+def is_finished(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status") == "finished"
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def command(run, sw: dict, out: Path, base_cfg: str) -> list[str]:
+    ds = resolve(sw["deepspeed_config"], sw["_path"])
+    script = str(REPO_ROOT / "launcher" / "pretrain.py")
+    if int(sw["nproc"]) > 1:
+        head = ["deepspeed", "--num_gpus", str(sw["nproc"]), script]
+    else:
+        head = [sys.executable, script]
+    cmd = head + ["--config", base_cfg, "--deepspeed_config", ds, "--run-dir", str(out / run.name)]
+    cmd += run.overrides(sw)
+    if run.init_from:
+        cmd.append(f"checkpoint.init_from={out / run.init_from / 'checkpoints' / f'global_step{run.init_step}'}")
+    return cmd
+
+
+def write_slurm(runs, sw: dict, out: Path, base_cfg: str) -> None:
+    """Two arrays: trunks (and unbranched runs), then branches after them (afterok)."""
+    slurm = out / "slurm"
+    phase1 = [r for r in runs if not r.init_from]
+    phase2 = [r for r in runs if r.init_from]
+    for name, group in (("phase1", phase1), ("phase2", phase2)):
+        atomic_write_text(slurm / f"{name}.txt", "".join(shlex.join(command(r, sw, out, base_cfg)) + "\n" for r in group))
+    nproc = int(sw["nproc"])
+    sbatch = f"""#!/bin/bash
+#SBATCH --job-name={sw['name']}
+#SBATCH --nodes=1
+#SBATCH --gpus-per-node={nproc}
+#SBATCH --cpus-per-task={8 * nproc}
+#SBATCH --time=24:00:00
+#SBATCH --output={slurm}/%x-%A_%a.out
+#SBATCH --signal=TERM@120
+# One sweep run per array task; its command is line SLURM_ARRAY_TASK_ID (1-based) of $1.
+# A requeued or repeated task resumes from the run's latest checkpoint; finished runs exit at once.
+set -euo pipefail
+cd {REPO_ROOT}
+CMD=$(sed -n "${{SLURM_ARRAY_TASK_ID}}p" "$1")
+exec bash -c "$CMD"
+"""
+    atomic_write_text(slurm / "run.sbatch", sbatch)
+    submit = f"""#!/bin/bash
+# Submit the sweep: trunks first, then the cooldown branches once every trunk has finished.
+set -euo pipefail
+J1=$(sbatch --parsable --array=1-{len(phase1)} {slurm}/run.sbatch {slurm}/phase1.txt)
+echo "phase 1: job $J1 ({len(phase1)} runs)"
+"""
+    if phase2:
+        submit += (f"J2=$(sbatch --parsable --dependency=afterok:$J1 --array=1-{len(phase2)} {slurm}/run.sbatch "
+                   f"{slurm}/phase2.txt)\necho \"phase 2: job $J2 ({len(phase2)} cooldown branches)\"\n")
+    atomic_write_text(slurm / "submit.sh", submit)
+    os.chmod(slurm / "submit.sh", 0o755)
+    print(f"wrote {slurm}/submit.sh ({len(phase1)} + {len(phase2)} runs); run it on the cluster's login node")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="sweep YAML (configs/scaling/*.yaml)")
+    ap.add_argument("--out", default=None, help="sweep folder (default runs/sweeps/<name>)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--slurm", action="store_true", help="write Slurm array scripts instead of running")
+    args = ap.parse_args(argv)
+    try:
+        sw = load_sweep(args.config)
+        seq_len, base_model, base_cfg = seq_len_and_model(sw)
+        vocab = vocab_size_for(sw, base_model, base_cfg)
+        runs = plan(sw, seq_len, vocab, base_model)
+    except (ConfigError, OSError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("runs") / "sweeps" / sw["name"]).resolve()
+    from llmtrain.train.metrics import measure_matmul_flops
+
+    rate = measure_matmul_flops(seconds=0.5)
+    table = format_table(runs, seq_len, rate, float(sw["assumed_mfu"]), int(sw["nproc"]))
+    print(table)
+    if args.dry_run:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "plan.json", {"sweep": {k: v for k, v in sw.items() if not k.startswith("_")},
+                                          "config": str(Path(args.config).resolve()), "runs": [asdict(r) for r in runs]})
+    atomic_write_text(out / "plan.md", table + "\n")
+    if args.slurm:
+        write_slurm(runs, sw, out, base_cfg)
+        return 0
+    t0 = time.time()
+    for i, r in enumerate(runs, 1):
+        rd = out / r.name
+        if is_finished(rd):
+            print(f"[{i}/{len(runs)}] {r.name}: finished, skipped", flush=True)
+            continue
+        print(f"[{i}/{len(runs)}] {r.name}: N={r.n_params:,} D={r.tokens:,} ({time.time() - t0:.0f}s into the sweep)", flush=True)
+        rd.mkdir(parents=True, exist_ok=True)
+        with open(rd / "train.log", "a") as log:
+            rc = subprocess.run(command(r, sw, out, base_cfg), stdout=log, stderr=subprocess.STDOUT, cwd=Path.cwd()).returncode
+        if rc != 0:
+            print(f"error: run {r.name} failed (exit {rc}); see {rd / 'train.log'}; rerun the same command to resume",
+                  file=sys.stderr)
+            return 1
+    print(f"sweep done in {time.time() - t0:.0f}s: {out}")
+    print(f"fit: python launcher/fit_scaling.py {out} --method chinchilla --out {out / 'fit'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

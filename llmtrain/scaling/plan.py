@@ -1,0 +1,258 @@
+"""Sweep planning: a model ladder x token budgets → a list of training runs.
+
+Shape rule: a target non-embedding size N ≈ 12·n_layer·d_model² is met at a fixed aspect ratio
+d_model / n_layer (Kaplan et al. found loss flat over a wide band of shapes), d_model a
+multiple of head_dim, n_head = d_model / head_dim.
+
+Token budgets: ``tokens_per_param`` (D = k·N for each k) or ``isoflop`` (D = C / (6N) for each
+compute budget C and each ladder size whose D stays within [min_tokens_per_param,
+max_tokens_per_param]·N).
+
+Hyperparameter rule: lr = lr · (lr_ref_params / N)^lr_exponent; global batch fixed (in
+sequences); warmup = warmup_fraction of the shortest run of a size, clamped to
+[warmup_min_steps, warmup_max_steps].
+
+One run, many points: with ``branch: true`` and schedule wsd, each size trains once to its
+largest D at constant LR, saving checkpoints where the shorter budgets' cooldowns must start;
+each shorter budget is a branch that starts from that checkpoint and cools down over its last
+decay_fraction of steps, so it costs only its cooldown.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from llmtrain.config import REPO_ROOT, ConfigError, ModelConfig
+from llmtrain.model.gpt import count_params, flops_per_token
+
+SWEEP_KEYS = {"name", "base", "deepspeed_config", "nproc", "vocab_size", "overrides", "ladder", "tokens", "hparams",
+              "assumed_mfu"}
+LADDER_KEYS = {"params", "aspect_ratio", "head_dim", "rows"}
+TOKENS_KEYS = {"tokens_per_param", "isoflop", "basis"}
+ISOFLOP_KEYS = {"flops", "min_tokens_per_param", "max_tokens_per_param"}
+HP_KEYS = {"lr", "lr_ref_params", "lr_exponent", "global_batch_size", "warmup_fraction", "warmup_min_steps",
+           "warmup_max_steps", "schedule", "decay_fraction", "branch"}
+
+
+@dataclass
+class RunSpec:
+    name: str
+    size: str
+    n_layer: int
+    d_model: int
+    n_head: int
+    n_params: int
+    n_params_non_embedding: int
+    n_basis: int  # the N that token budgets are relative to (total or non-embedding)
+    tokens: int
+    steps: int
+    flops: float  # 6·N·D
+    flops_with_attention: float
+    lr: float
+    global_batch_size: int
+    warmup_steps: int
+    compute_steps: int  # steps this run computes itself (a branch only its cooldown)
+    init_from: str | None = None  # run name and step this branch starts from
+    init_step: int = 0
+    save_steps: list = field(default_factory=list)
+
+    def overrides(self, sweep: dict) -> list[str]:
+        hp = sweep["hparams"]
+        ov = [
+            f"model.n_layer={self.n_layer}", f"model.d_model={self.d_model}", f"model.n_head={self.n_head}",
+            f"train.max_steps={self.steps}", f"train.lr={self.lr}", f"train.global_batch_size={self.global_batch_size}",
+            f"train.warmup_steps={self.warmup_steps}", f"train.schedule={hp['schedule']}",
+            f"train.decay_fraction={hp['decay_fraction']}", f"log.name={self.name}",
+        ]
+        if sweep.get("vocab_size"):
+            ov.append(f"model.vocab_size={sweep['vocab_size']}")
+        if self.save_steps:
+            ov.append("checkpoint.save_steps=" + ",".join(map(str, self.save_steps)))
+        return ov + list(sweep.get("overrides", []))
+
+
+def _check_keys(where: str, section: str, d: dict, allowed: set) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: '{section}' must be a mapping")
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"{where}: unknown key '{section}.{k}' (known: {', '.join(sorted(allowed))})")
+
+
+def load_sweep(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep config not found")
+    try:
+        sw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"{path}{':' + str(mark.line + 1) if mark else ''}: malformed YAML; fix the syntax there") from None
+    where = str(path)
+    _check_keys(where, "(top level)", sw, SWEEP_KEYS)
+    sw.setdefault("name", path.stem)
+    sw.setdefault("base", "configs/tiny.yaml")
+    sw.setdefault("deepspeed_config", "ds_configs/zero0.json")
+    sw.setdefault("nproc", 1)
+    sw.setdefault("overrides", [])
+    sw.setdefault("assumed_mfu", 0.4)
+    _check_keys(where, "ladder", sw.setdefault("ladder", {}), LADDER_KEYS)
+    _check_keys(where, "tokens", sw.setdefault("tokens", {}), TOKENS_KEYS)
+    _check_keys(where, "hparams", sw.setdefault("hparams", {}), HP_KEYS)
+    lad, tok, hp = sw["ladder"], sw["tokens"], sw["hparams"]
+    lad.setdefault("aspect_ratio", 32)
+    lad.setdefault("head_dim", 32)
+    if not lad.get("params") and not lad.get("rows"):
+        raise ConfigError(f"{where}: ladder needs 'params' (target non-embedding sizes) or 'rows' (explicit shapes)")
+    if bool(tok.get("tokens_per_param")) == bool(tok.get("isoflop")):
+        raise ConfigError(f"{where}: tokens needs exactly one of 'tokens_per_param' or 'isoflop'")
+    if tok.get("isoflop"):
+        _check_keys(where, "tokens.isoflop", tok["isoflop"], ISOFLOP_KEYS)
+    tok.setdefault("basis", "total")
+    if tok["basis"] not in ("total", "non_embedding"):
+        raise ConfigError(f"{where}: tokens.basis must be 'total' or 'non_embedding'")
+    hp.setdefault("lr", 3e-3)
+    hp.setdefault("lr_ref_params", 1e6)
+    hp.setdefault("lr_exponent", 0.0)
+    hp.setdefault("global_batch_size", 16)
+    hp.setdefault("warmup_fraction", 0.05)
+    hp.setdefault("warmup_min_steps", 5)
+    hp.setdefault("warmup_max_steps", 500)
+    hp.setdefault("schedule", "wsd")
+    hp.setdefault("decay_fraction", 0.2)
+    hp.setdefault("branch", hp["schedule"] == "wsd")
+    if hp["branch"] and hp["schedule"] != "wsd":
+        raise ConfigError(f"{where}: hparams.branch needs hparams.schedule: wsd (cooldown branches need a constant-LR trunk)")
+    sw["_path"] = where
+    return sw
+
+
+def shape_for(target_non_embedding: float, aspect_ratio: float, head_dim: int,
+              base: ModelConfig | None = None) -> tuple[int, int, int]:
+    """(n_layer, d_model, n_head) whose exact non-embedding count is closest to the target,
+    preferring d_model / n_layer near aspect_ratio: the score is |log(N/target)| +
+    0.25·|log((d/L)/aspect_ratio)| over depths 1..128 and widths that are multiples of head_dim."""
+    best, best_score = None, math.inf
+    for L in range(1, 129):
+        d0 = math.sqrt(target_non_embedding / (12.0 * L))
+        for d in {max(head_dim, head_dim * math.floor(d0 / head_dim)), max(head_dim, head_dim * math.ceil(d0 / head_dim))}:
+            if base is not None:
+                mc = ModelConfig(**{**base.__dict__, "n_layer": L, "d_model": d, "n_head": d // head_dim,
+                                    "vocab_size": base.vocab_size or 256, "d_ff": None})
+                n = count_params(mc)["n_params_non_embedding"]
+            else:
+                n = 12 * L * d * d
+            score = abs(math.log(n / target_non_embedding)) + 0.25 * abs(math.log((d / L) / aspect_ratio))
+            if score < best_score:
+                best, best_score = (L, d, d // head_dim), score
+    return best
+
+
+def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> list[RunSpec]:
+    lad, tok, hp = sw["ladder"], sw["tokens"], sw["hparams"]
+    shapes = []
+    if lad.get("rows"):
+        for r in lad["rows"]:
+            shapes.append((int(r["n_layer"]), int(r["d_model"]), int(r.get("n_head", r["d_model"] // lad["head_dim"]))))
+    else:
+        shapes = [shape_for(float(n), lad["aspect_ratio"], lad["head_dim"], base_model) for n in lad["params"]]
+    G = int(hp["global_batch_size"])
+    tokens_per_step = G * seq_len
+    runs: list[RunSpec] = []
+    for L, d, h in shapes:
+        mcfg = ModelConfig(**{**base_model.__dict__, "n_layer": L, "d_model": d, "n_head": h, "vocab_size": vocab_size})
+        counts = count_params(mcfg)
+        N = counts["n_params"] if tok["basis"] == "total" else counts["n_params_non_embedding"]
+        fpt = flops_per_token(mcfg)
+        if tok.get("tokens_per_param"):
+            budgets = sorted({float(k) * N for k in tok["tokens_per_param"]})
+        else:
+            iso = tok["isoflop"]
+            lo, hi = float(iso.get("min_tokens_per_param", 1)), float(iso.get("max_tokens_per_param", 200))
+            budgets = sorted({float(C) / (6.0 * N) for C in iso["flops"] if lo * N <= float(C) / (6.0 * N) <= hi * N})
+        steps_list = sorted({max(1, round(D / tokens_per_step)) for D in budgets})
+        if not steps_list:
+            continue
+        shortest = steps_list[0]
+        warmup = int(min(hp["warmup_max_steps"], max(hp["warmup_min_steps"], round(hp["warmup_fraction"] * shortest))))
+        lr = float(hp["lr"]) * (float(hp["lr_ref_params"]) / N) ** float(hp["lr_exponent"])
+        size = f"L{L}_d{d}"
+
+        def spec(steps: int, **kw) -> RunSpec:
+            D = steps * tokens_per_step
+            return RunSpec(
+                name=f"{size}_D{D}", size=size, n_layer=L, d_model=d, n_head=h, n_params=counts["n_params"],
+                n_params_non_embedding=counts["n_params_non_embedding"], n_basis=N, tokens=D, steps=steps,
+                flops=6.0 * counts["n_params"] * D, flops_with_attention=fpt * D, lr=lr, global_batch_size=G,
+                warmup_steps=warmup, **kw,
+            )
+
+        longest = steps_list[-1]
+        if hp["branch"] and len(steps_list) > 1:
+            starts = {s: s - max(1, round(hp["decay_fraction"] * s)) for s in steps_list[:-1]}
+            for s, b in starts.items():
+                if b <= warmup:
+                    raise ConfigError(
+                        f"{sw['_path']}: the {s}-step budget of {size} would branch at step {b}, inside the "
+                        f"{warmup}-step warmup; use larger token budgets or a shorter warmup"
+                    )
+            trunk = spec(longest, compute_steps=longest, save_steps=sorted(set(starts.values())))
+            runs.append(trunk)
+            for s, b in starts.items():
+                runs.append(spec(s, compute_steps=s - b, init_from=trunk.name, init_step=b))
+        else:
+            runs += [spec(s, compute_steps=s) for s in steps_list]
+    if not runs:
+        raise ConfigError(f"{sw['_path']}: the plan is empty: no size has a token budget in range")
+    return runs
+
+
+def estimate_seconds(run: RunSpec, seq_len: int, rate_flops: float, assumed_mfu: float) -> float:
+    per_step = run.flops_with_attention / run.steps
+    return run.compute_steps * per_step / (rate_flops * assumed_mfu)
+
+
+def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_mfu: float, nproc: int) -> str:
+    head = ("| run | L | d | N | N non-emb | D (tokens) | D/N | steps | FLOPs 6ND | lr | from | est. time |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows, total = [head], 0.0
+    for r in runs:
+        t = estimate_seconds(r, seq_len, rate_flops * nproc, assumed_mfu)
+        total += t
+        src = f"{r.init_from}@{r.init_step}" if r.init_from else "-"
+        rows.append(
+            f"| {r.name} | {r.n_layer} | {r.d_model} | {r.n_params:,} | {r.n_params_non_embedding:,} | {r.tokens:,} | "
+            f"{r.tokens / r.n_basis:.1f} | {r.steps} | {r.flops:.2e} | {r.lr:.2e} | {src} | {_fmt_time(t)} |"
+        )
+    rows.append(f"\n{len(runs)} runs; estimated total {_fmt_time(total)} at {assumed_mfu:.0%} of "
+                f"{rate_flops / 1e9:,.0f} GFLOP/s per process x {nproc} (measured matmul rate)")
+    return "\n".join(rows)
+
+
+def _fmt_time(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}min"
+    return f"{s / 3600:.1f}h"
+
+
+def resolve(path: str, sweep_path: str) -> str:
+    p = Path(path)
+    if p.is_absolute():
+        return str(p)
+    for base in (Path(sweep_path).parent, REPO_ROOT, Path.cwd()):
+        if (base / p).exists():
+            return str((base / p).resolve())
+    return str(p)
+
+
+def seq_len_and_model(sw: dict) -> tuple[int, ModelConfig, str]:
+    from llmtrain.config import load_config
+
+    base = resolve(sw["base"], sw["_path"])
+    cfg = load_config(base, [o for o in sw.get("overrides", []) if o.startswith(("model.", "train.", "data."))])
+    return cfg.model.seq_len, cfg.model, base
