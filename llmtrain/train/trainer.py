@@ -356,6 +356,8 @@ def check_layout(cfg: Config, user_ds: dict, ds_path: str, config_path: str, wor
     """The DeepSpeed config for ``world`` processes, or ConfigError when the layout cannot run."""
     from llmtrain.train.ds_config import build_ds_config
 
+    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError(f"{config_path}: train.precision=fp16 is not supported on CPU by DeepSpeed; use bf16 or fp32")
     if world % cfg.parallel.pipeline_stages:
         raise ConfigError(f"{config_path}: parallel.pipeline_stages={cfg.parallel.pipeline_stages} does not divide "
                           f"the {world} processes; launch a multiple of the stage count")
