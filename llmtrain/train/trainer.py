@@ -155,14 +155,48 @@ def enable_activation_checkpointing(blocks) -> None:
         blk.forward = lambda x, fwd=fwd: checkpoint(fwd, x, use_reentrant=False)
 
 
-def build_engine(cfg: Config, ds_config: dict, total_steps: int):
+def pipeline_key_to_gpt(key: str, n_layer: int) -> str | None:
+    """PipelineModule parameter name ('0.wte.weight', 'tied_modules.embed.wte.weight',
+    '3.attn.qkv.weight', ...) → the GPT's name for it."""
+    if key.startswith("tied_modules.embed."):
+        return "embed." + key[len("tied_modules.embed."):]
+    idx, _, rest = key.partition(".")
+    if not idx.isdigit():
+        return None
+    i = int(idx)
+    if i == 0:
+        return "embed." + rest
+    if i <= n_layer:
+        return f"blocks.{i - 1}.{rest}"
+    if i == n_layer + 1:
+        return "head." + rest
+    return None
+
+
+def load_weights(model, state: dict, cfg: Config, pipeline: bool) -> None:
+    """Copy a consolidated GPT state dict into the model (or this rank's pipeline stages)."""
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            src = pipeline_key_to_gpt(name, cfg.model.n_layer) if pipeline else name
+            if src is None or name.endswith(("rope_cos", "rope_sin")):
+                continue
+            if src not in state or state[src].shape != t.shape:
+                raise ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from}: no matching weight for {src}; "
+                                  f"the file is from another model shape")
+            t.copy_(state[src])
+
+
+def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dict | None = None,
+                 start_step: int = 0):
     """The model (GPT, or its pipeline form), AdamW with decoupled weight decay on matrices
-    only, the LR schedule, all handed to deepspeed.initialize."""
+    only, the LR schedule, all handed to deepspeed.initialize. ``init_state``: a consolidated
+    GPT state dict to start from, at schedule position ``start_step``."""
     import deepspeed
 
     from llmtrain.train.schedule import lr_multiplier
 
-    if cfg.parallel.pipeline_stages > 1:
+    pipeline = cfg.parallel.pipeline_stages > 1
+    if pipeline:
         from llmtrain.model.pipeline import gpt_pipeline
 
         model = gpt_pipeline(cfg.model, cfg.parallel.pipeline_stages, seed=cfg.train.seed,
@@ -173,6 +207,8 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int):
         model = GPT(cfg.model, seed=cfg.train.seed)
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model.blocks)
+    if init_state is not None:
+        load_weights(model, init_state, cfg, pipeline)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "wpe" not in name else no_decay).append(p)
@@ -186,6 +222,10 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int):
         optimizer,
         lambda s: lr_multiplier(s, total_steps, t.schedule, t.warmup_steps, t.min_lr_ratio, t.decay_fraction),
     )
+    if start_step:
+        scheduler.last_epoch = start_step
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * scheduler.lr_lambdas[0](start_step)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine
 
@@ -437,11 +477,21 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     resuming = cfg.checkpoint.resume and (ckpt_dir / "latest").is_file()
     if resuming:
         check_checkpoint_shape(ckpt_dir, cfg)
-    elif cfg.checkpoint.init_from:
+    init_file = None
+    if not resuming and cfg.checkpoint.init_from:
         init = Path(cfg.checkpoint.init_from)
-        if not init.is_dir():
-            raise ConfigError(f"{init}: checkpoint.init_from is not a checkpoint folder (.../checkpoints/global_stepN)")
-        check_checkpoint_shape(init.parent, cfg)
+        if init.is_file():  # a consolidated checkpoint (python -m llmtrain.train.consolidate)
+            init_file = torch.load(init, map_location="cpu", weights_only=False)
+            old = init_file.get("model_config", {})
+            diff = [k for k, v in cfg.to_dict()["model"].items() if k in old and old[k] != v and k != "dropout"]
+            if diff:
+                raise ConfigError(f"{init}: the checkpoint is of another model shape (model.{diff[0]}={old[diff[0]]} "
+                                  f"there, {getattr(cfg.model, diff[0])} now)")
+        elif init.is_dir():
+            check_checkpoint_shape(init.parent, cfg)
+        else:
+            raise ConfigError(f"{init}: checkpoint.init_from is neither a checkpoint folder (.../checkpoints/global_stepN) "
+                              f"nor a consolidated .pt file")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -450,7 +500,8 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     if cfg.train.max_tokens:
         total_steps = min(total_steps, math.ceil(cfg.train.max_tokens / tokens_per_step))
 
-    engine = build_engine(cfg, ds_config, total_steps)
+    engine = build_engine(cfg, ds_config, total_steps, init_file["state_dict"] if init_file else None,
+                          int(init_file.get("step") or 0) if init_file else 0)
     dp_rank = data_parallel_rank(engine, rank)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     per_rank = micro * gas
@@ -463,6 +514,9 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     source = None
     if resuming:
         source = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
+    elif init_file is not None:
+        prog.step, prog.tokens = int(init_file.get("step") or 0), int(init_file.get("tokens") or 0)
+        say(f"started from {cfg.checkpoint.init_from} (weights; step {prog.step}; fresh optimizer state)")
     elif cfg.checkpoint.init_from:
         source = Path(cfg.checkpoint.init_from)
     if source is not None:
