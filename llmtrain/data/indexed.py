@@ -11,18 +11,26 @@
     doc_idx  int64[document count]    sequence index where each document starts (0 ... n)
 
 Here one sequence is one document, so doc_idx = 0, 1, ..., n. megatron-core's
-``IndexedDataset`` reads these files as they are.
+``IndexedDataset`` reads these files as they are (tests/test_indexed.py checks it).
+
+A tokenised dataset also has ``PREFIX_manifest.json`` (written by data_prep/tokenize_corpus.py
+for the common prefix of its ``_train``/``_valid`` splits); `load_manifest` and
+`write_manifest` read and write it.
 """
 from __future__ import annotations
 
+import json
 import os
 import struct
+import tempfile
+from array import array
 from pathlib import Path
 
 import numpy as np
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
+# Megatron's codes (megatron.core.datasets.indexed_dataset.DType).
 DTYPE_CODES = {
     1: np.uint8,
     2: np.int8,
@@ -35,35 +43,59 @@ DTYPE_CODES = {
 }
 CODE_OF = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 HEADER = struct.Struct("<9sQBQQ")
+MAX_SEQUENCE_LEN = np.iinfo(np.int32).max
+FIX = "re-create it with python data_prep/tokenize_corpus.py"
 
 
 class DataFormatError(ValueError):
-    """A .bin/.idx problem; the message is one line naming the file and the fix."""
+    """A .bin/.idx/manifest problem; the message is one line naming the file and the fix."""
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
     """uint16 when every token id fits (vocab_size <= 65536), int32 otherwise."""
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.int32)
+
+
+def _remove(*paths: str) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
 
 
 class IndexedDatasetWriter:
     """Streams documents to PREFIX.bin and writes PREFIX.idx on a clean exit.
 
-    Both files are written under temporary names and renamed at the end (.bin first, .idx
-    last); on an exception the temporaries are removed and nothing half-written remains.
+    Tokens go straight to a temporary .bin as they are added (only the per-document sizes stay
+    in memory). On a clean exit the .idx is written under a temporary name too, then both are
+    renamed (.bin first, .idx last, so a reader never finds a new .idx beside an old .bin); on
+    an exception the temporaries are removed and nothing half-written remains.
     """
 
     def __init__(self, prefix: str | os.PathLike, dtype):
         self.prefix = str(prefix)
         self.dtype = np.dtype(dtype)
         if self.dtype not in CODE_OF:
-            raise ValueError(f"dtype {self.dtype} has no Megatron dtype code")
-        self._max = np.iinfo(self.dtype).max if self.dtype.kind in "ui" else None
-        self._min = np.iinfo(self.dtype).min if self.dtype.kind in "ui" else None
-        self.sizes: list[int] = []
+            raise ValueError(f"dtype {self.dtype} has no Megatron dtype code; use one of "
+                             f"{', '.join(str(np.dtype(t)) for t in DTYPE_CODES.values())}")
+        integer = self.dtype.kind in "ui"
+        self._min = int(np.iinfo(self.dtype).min) if integer else None
+        self._max = int(np.iinfo(self.dtype).max) if integer else None
+        self._sizes = array("i")
+        self.num_tokens = 0
         self._tmp_bin = f"{self.prefix}.bin.tmp{os.getpid()}"
         self._tmp_idx = f"{self.prefix}.idx.tmp{os.getpid()}"
         self._fh = None
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.frombuffer(self._sizes, dtype=np.int32) if len(self._sizes) else np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
 
     def __enter__(self) -> "IndexedDatasetWriter":
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
@@ -71,90 +103,188 @@ class IndexedDatasetWriter:
         return self
 
     def add_document(self, tokens) -> None:
+        """Append one document (a 1-D array of integer token ids) as one sequence."""
+        if self._fh is None:
+            raise RuntimeError("use IndexedDatasetWriter as a context manager: with IndexedDatasetWriter(...) as w:")
         arr = np.asarray(tokens)
         if arr.ndim != 1:
-            raise ValueError("a document is a 1-D array of token ids")
+            raise ValueError(f"a document is a 1-D array of token ids, got shape {arr.shape}")
         if arr.size and self._max is not None:
+            if arr.dtype.kind not in "uib":
+                raise ValueError(f"token ids must be integers, got {arr.dtype}")
             lo, hi = int(arr.min()), int(arr.max())
             if lo < self._min or hi > self._max:
-                raise ValueError(f"token id {hi if hi > self._max else lo} does not fit {self.dtype}; use a wider dtype")
+                bad = hi if hi > self._max else lo
+                raise ValueError(f"token id {bad} does not fit {self.dtype} (range {self._min}..{self._max}); "
+                                 f"use a wider dtype (dtype_for_vocab)")
+        if arr.size > MAX_SEQUENCE_LEN:
+            raise ValueError(f"a document of {arr.size} tokens is longer than the format's int32 size limit")
         self._fh.write(arr.astype(self.dtype, copy=False).tobytes())
-        self.sizes.append(int(arr.size))
+        self._sizes.append(int(arr.size))
+        self.num_tokens += int(arr.size)
+
+    def _write_index(self, path: str) -> None:
+        sizes = self.sizes
+        pointers = np.zeros(len(sizes), dtype=np.int64)
+        if len(sizes) > 1:
+            np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
+        doc_idx = np.arange(len(sizes) + 1, dtype=np.int64)
+        with open(path, "wb") as fh:
+            fh.write(HEADER.pack(MAGIC, VERSION, CODE_OF[self.dtype], len(sizes), len(doc_idx)))
+            fh.write(sizes.astype("<i4", copy=False).tobytes())
+            fh.write(pointers.astype("<i8", copy=False).tobytes())
+            fh.write(doc_idx.astype("<i8", copy=False).tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._fh.close()
+        try:
+            self._fh.flush()
+            if exc_type is None:
+                os.fsync(self._fh.fileno())
+        finally:
+            self._fh.close()
         if exc_type is not None:
-            for p in (self._tmp_bin, self._tmp_idx):
-                if os.path.exists(p):
-                    os.unlink(p)
+            _remove(self._tmp_bin, self._tmp_idx)
             return
         try:
-            sizes = np.asarray(self.sizes, dtype=np.int32)
-            pointers = np.zeros(len(sizes), dtype=np.int64)
-            if len(sizes) > 1:
-                np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-            doc_idx = np.arange(len(sizes) + 1, dtype=np.int64)
-            with open(self._tmp_idx, "wb") as fh:
-                fh.write(HEADER.pack(MAGIC, VERSION, CODE_OF[self.dtype], len(sizes), len(doc_idx)))
-                fh.write(sizes.tobytes())
-                fh.write(pointers.tobytes())
-                fh.write(doc_idx.tobytes())
+            self._write_index(self._tmp_idx)
             os.replace(self._tmp_bin, f"{self.prefix}.bin")
             os.replace(self._tmp_idx, f"{self.prefix}.idx")
         except BaseException:
-            for p in (self._tmp_bin, self._tmp_idx):
-                if os.path.exists(p):
-                    os.unlink(p)
+            _remove(self._tmp_bin, self._tmp_idx)
             raise
 
 
 class IndexedDataset:
-    """Read-only view of PREFIX.bin/.idx, validated when opened."""
+    """Read-only view of PREFIX.bin/.idx, validated when opened.
+
+    prefix, dtype, sizes (int32 tokens per document), pointers (int64 byte offsets), doc_idx,
+    tokens (a read-only np.memmap over the whole .bin), num_tokens; len() is the number of
+    documents and ds[i] the tokens of document i.
+    """
 
     def __init__(self, prefix: str | os.PathLike):
         self.prefix = str(prefix)
         idx_path, bin_path = f"{self.prefix}.idx", f"{self.prefix}.bin"
         for p in (idx_path, bin_path):
             if not os.path.isfile(p):
-                raise DataFormatError(f"{p}: not found; create it with python data_prep/tokenize_corpus.py --output-prefix ...")
+                raise DataFormatError(f"{p}: not found; create the dataset with python data_prep/tokenize_corpus.py "
+                                      f"--input CORPUS --tokenizer tokenizer.json --output-prefix PREFIX")
         idx_size = os.path.getsize(idx_path)
         with open(idx_path, "rb") as fh:
             head = fh.read(HEADER.size)
-        if len(head) < HEADER.size or head[:9] != MAGIC:
-            raise DataFormatError(f"{idx_path}: not a Megatron .idx file (bad header); re-run tokenize_corpus.py")
+        if len(head) < 9 or head[:9] != MAGIC:
+            raise DataFormatError(f"{idx_path}: not a Megatron .idx file (bad magic); {FIX}")
+        if len(head) < HEADER.size:
+            raise DataFormatError(f"{idx_path}: truncated header ({idx_size} bytes); {FIX}")
         _, version, code, n_seq, n_doc = HEADER.unpack(head)
         if version != VERSION:
-            raise DataFormatError(f"{idx_path}: index version {version} is not supported (expected {VERSION})")
+            raise DataFormatError(f"{idx_path}: index version {version} is not supported (expected {VERSION}); {FIX}")
         if code not in DTYPE_CODES:
-            raise DataFormatError(f"{idx_path}: unknown dtype code {code}; the file is corrupt, re-run tokenize_corpus.py")
+            raise DataFormatError(f"{idx_path}: unknown dtype code {code}; the file is corrupt, {FIX}")
         expected = HEADER.size + n_seq * 4 + n_seq * 8 + n_doc * 8
         if idx_size != expected:
-            raise DataFormatError(
-                f"{idx_path}: {idx_size} bytes where the header promises {expected} (truncated or corrupt); "
-                f"re-run tokenize_corpus.py"
-            )
+            raise DataFormatError(f"{idx_path}: {idx_size} bytes where its header promises {expected} "
+                                  f"(truncated or corrupt); {FIX}")
         self.dtype = np.dtype(DTYPE_CODES[code])
         off = HEADER.size
-        self.sizes = np.fromfile(idx_path, dtype=np.int32, count=n_seq, offset=off)
-        self.pointers = np.fromfile(idx_path, dtype=np.int64, count=n_seq, offset=off + 4 * n_seq)
-        self.doc_idx = np.fromfile(idx_path, dtype=np.int64, count=n_doc, offset=off + 12 * n_seq)
+        self.sizes = np.fromfile(idx_path, dtype="<i4", count=n_seq, offset=off).astype(np.int32, copy=False)
+        self.pointers = np.fromfile(idx_path, dtype="<i8", count=n_seq, offset=off + 4 * n_seq).astype(np.int64, copy=False)
+        self.doc_idx = np.fromfile(idx_path, dtype="<i8", count=n_doc, offset=off + 12 * n_seq).astype(np.int64, copy=False)
+        if n_seq and int(self.sizes.min()) < 0:
+            raise DataFormatError(f"{idx_path}: negative sequence size; the index is corrupt, {FIX}")
         self.num_tokens = int(self.sizes.sum(dtype=np.int64))
+        item = self.dtype.itemsize
         bin_size = os.path.getsize(bin_path)
-        if bin_size != self.num_tokens * self.dtype.itemsize:
+        if bin_size != self.num_tokens * item:
             raise DataFormatError(
-                f"{bin_path}: {bin_size} bytes but {idx_path} describes {self.num_tokens} tokens of {self.dtype} "
-                f"({self.num_tokens * self.dtype.itemsize} bytes); the pair is truncated or mismatched, re-run tokenize_corpus.py"
-            )
-        if n_seq and (self.pointers[0] != 0 or (np.diff(self.pointers) != self.sizes[:-1].astype(np.int64) * self.dtype.itemsize).any()):
-            raise DataFormatError(f"{idx_path}: sequence pointers do not match the sizes; the index is corrupt, re-run tokenize_corpus.py")
+                f"{bin_path}: {bin_size} bytes but {os.path.basename(idx_path)} describes {self.num_tokens} tokens of "
+                f"{self.dtype} ({self.num_tokens * item} bytes); the pair is truncated or mismatched, {FIX}")
+        if n_seq and (self.pointers[0] != 0
+                      or (np.diff(self.pointers) != self.sizes[:-1].astype(np.int64) * item).any()):
+            raise DataFormatError(f"{idx_path}: sequence pointers do not match the sizes; the index is corrupt, {FIX}")
+        if (n_doc < 1 or self.doc_idx[0] != 0 or self.doc_idx[-1] != n_seq
+                or (n_doc > 1 and (np.diff(self.doc_idx) < 0).any())):
+            raise DataFormatError(f"{idx_path}: document index is not 0..{n_seq} in order; the index is corrupt, {FIX}")
         if self.num_tokens:
-            self.tokens = np.memmap(bin_path, dtype=self.dtype, mode="r")
-        else:
+            self.tokens = np.memmap(bin_path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+        else:  # an empty file cannot be memory-mapped
             self.tokens = np.zeros(0, dtype=self.dtype)
+            self.tokens.flags.writeable = False
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.sizes)
 
     def __len__(self) -> int:
         return len(self.sizes)
 
     def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self.sizes)
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"document {i} out of range for {self.prefix} ({n} documents)")
         start = int(self.pointers[i]) // self.dtype.itemsize
         return np.asarray(self.tokens[start : start + int(self.sizes[i])])
+
+    def __repr__(self) -> str:
+        return f"IndexedDataset({self.prefix!r}: {len(self)} documents, {self.num_tokens} tokens of {self.dtype})"
+
+
+# ---- the manifest beside a tokenised dataset -------------------------------------------------
+
+def manifest_path(prefix_or_path: str | os.PathLike) -> Path:
+    """PREFIX → PREFIX_manifest.json; a path already ending in .json is returned as is. A split
+    prefix (PREFIX_train / PREFIX_valid) maps to the manifest of its dataset."""
+    s = str(prefix_or_path)
+    if s.endswith(".json"):
+        return Path(s)
+    for split in ("_train", "_valid"):
+        if s.endswith(split) and not os.path.exists(f"{s}_manifest.json"):
+            s = s[: -len(split)]
+            break
+    return Path(f"{s}_manifest.json")
+
+
+def load_manifest(prefix_or_path: str | os.PathLike) -> dict:
+    """Read PREFIX_manifest.json; DataFormatError (one line naming the file) when it is
+    missing or not a JSON object."""
+    path = manifest_path(prefix_or_path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: manifest not found; create the dataset with python "
+                              f"data_prep/tokenize_corpus.py --output-prefix {str(path)[:-len('_manifest.json')]} ...")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); {FIX}") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{path}: expected a JSON object; {FIX}")
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a manifest is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_manifest(prefix: str | os.PathLike, manifest: dict) -> Path:
+    """Write PREFIX_manifest.json atomically; returns its path."""
+    path = Path(f"{prefix}_manifest.json")
+    write_json_atomic(path, manifest)
+    return path
