@@ -103,7 +103,8 @@ def open_binary(path: str):
         import zstandard
 
         fh = open(path, "rb")
-        return zstandard.ZstdDecompressor().stream_reader(fh, closefd=True, read_across_frames=True)
+        # BufferedReader: zstandard's stream reader has no readline(), which the line readers need.
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(fh, closefd=True, read_across_frames=True))
     return open(path, "rb")
 
 
