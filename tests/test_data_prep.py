@@ -70,6 +70,12 @@ def test_tokenizer_is_byte_level_with_eod(tokenizer, corpus):
     assert tok.encode("a").tokens == ["a"]  # no prefix space is added
 
 
+def test_tokenizer_training_is_reproducible(tokenizer, corpus, tmp_path):
+    again = train_tokenizer([corpus[0]], 600, str(tmp_path / "again.json"), quiet=True)
+    assert Path(again).read_bytes() == Path(tokenizer).read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["again.json"]  # no temporary file left
+
+
 def test_manifest_counts_match_the_files(tokenized, tokenizer, corpus):
     prefix, manifest = tokenized
     _, docs = corpus
