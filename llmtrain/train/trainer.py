@@ -387,9 +387,15 @@ def main(argv=None) -> int:
         return 2
     try:
         return train(args, cfg, user_ds, ds_path)
-    except (ConfigError, RunError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except (ConfigError, RunError, ValueError) as e:
+        if env_int("RANK", 0) == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def check_layout(cfg: Config, user_ds: dict, ds_path: str, config_path: str, world: int) -> dict:
