@@ -433,17 +433,30 @@ def fit_chinchilla(pts: Points, n_boot: int = 0, seed: int = 0, target_flops: fl
 
 
 def group_budgets(C: np.ndarray, tol_dex: float = 0.05) -> np.ndarray:
-    """Group labels for compute values: sorted log10 C split where consecutive values differ by
-    more than tol_dex (0.05 dex is 12%); exact repeats always share a group."""
-    lc = np.log10(C)
-    order = np.argsort(lc)
-    labels = np.empty(len(C), dtype=int)
+    """Group labels for compute values (log-space bins centred on the densest values).
+
+    Repeatedly: among the values not yet grouped, take the one with the most ungrouped values
+    within +-tol_dex (log10) of it (ties: the smaller C), and make those values a group. Exact
+    repeats always share a group; a dense IsoFLOP budget is not chained to its neighbours through
+    scattered points in between (as splitting sorted values at gaps would).
+    """
+    lc = np.log10(np.asarray(C, float))
+    labels = np.full(len(lc), -1)
+    near = np.abs(lc[:, None] - lc[None, :]) <= tol_dex + 1e-12
     g = 0
-    for i, j in enumerate(order):
-        if i and lc[j] - lc[order[i - 1]] > tol_dex:
-            g += 1
-        labels[j] = g
-    return labels
+    while (labels < 0).any():
+        free = labels < 0
+        counts = (near & free[None, :]).sum(1)
+        counts[~free] = -1
+        best = np.flatnonzero(counts == counts.max())
+        c = best[np.argmin(lc[best])]
+        labels[near[c] & free] = g
+        g += 1
+    # number groups in order of compute
+    order = np.argsort([lc[labels == k].mean() for k in range(g)])
+    remap = np.empty(g, dtype=int)
+    remap[order] = np.arange(g)
+    return remap[labels]
 
 
 def _parabola(x, y):
@@ -555,7 +568,7 @@ def fit_isoflop(pts: Points, n_boot: int = 0, seed: int = 0, target_flops: float
         "budgets": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in e.items()
                      if k not in ("index", "used")} for e in budgets],
         "budgets_dropped": dropped,
-        "fit": {"grouping": f"budgets: sorted log10 C split at gaps > {tol_dex} dex",
+        "fit": {"grouping": f"budgets: values within +-{tol_dex} dex of the densest remaining value, repeatedly",
                 "minimum": f"parabola in log10 N refitted on the points within +-{window_dex} dex of its vertex "
                            "(>= 3 points) until stable; budgets whose lowest loss is at an edge of the N grid are "
                            "dropped", "interval": "OLS t-interval on the log-log regression"},
@@ -687,20 +700,40 @@ def fit_kaplan(pts: Points, n_boot: int = 0, seed: int = 0, target_flops: float 
                    "grid": "log(x_c)*alpha in {0, 5, ..., 25}, log E in {-1, -0.5, ..., 1}, alpha in {0, 0.25, ..., 2}",
                    "optimizer": "batched L-BFGS from every start, best end points polished with scipy L-BFGS-B"}}
     out["a"] = out["b"] = None
-    if "C" in laws and "N" in laws and "D" in laws:
-        # Kaplan's reading: the compute-optimal model has reducible loss matching L(C):
-        # (N_c/N)^alpha_N = (C_c/C)^alpha_C  =>  N_opt ∝ C^(alpha_C/alpha_N); likewise D_opt
-        aC, aN, aD = (params[f"alpha_{k}"]["value"] for k in "CND")
-        out["a"], out["b"] = aC / aN, aC / aD
-        out["a_b_note"] = ("a = alpha_C/alpha_N and b = alpha_C/alpha_D: the N and D whose reducible loss equals "
-                           "that of the compute frontier (Kaplan et al.); a + b need not be 1")
+    env = sets["C"][1]
+    if len(env) >= 3 and len(np.unique(np.round(np.log10(pts.C[env]), 6))) >= 3:
+        # Kaplan et al. (Fig. 14): the model sizes on the compute frontier, N_opt = k_N C^a, and
+        # their token counts, D_opt = k_D C^b, by least squares in log-log
+        lC, lN, lD = np.log(pts.C[env]), np.log(pts.N[env]), np.log(pts.D[env])
+        a, kN, se_a, se_kN = _linfit(lC, lN)
+        b, kD, se_b, se_kD = _linfit(lC, lD)
+        out["a"], out["b"] = float(a), float(b)
+        params["a"] = {"value": float(a), "ci_low": None, "ci_high": None, "se": _finite(se_a)}
+        params["b"] = {"value": float(b), "ci_low": None, "ci_high": None, "se": _finite(se_b)}
+        if n_boot:
+            rng = np.random.default_rng(seed)
+            Bs = []
+            for _ in range(n_boot):
+                i = rng.integers(0, len(lC), len(lC))
+                if len(np.unique(lC[i])) >= 2:
+                    Bs.append((*_linfit(lC[i], lN[i])[:2], *_linfit(lC[i], lD[i])[:2]))
+            Bs = np.array(Bs)
+            params["a"] = interval(a, Bs[:, 0], level)
+            params["b"] = interval(b, Bs[:, 2], level)
+        out["a_b_note"] = ("a, b: log-log least squares of N and D against C over the compute frontier's points "
+                           "(Kaplan et al. Fig. 14); a + b need not be 1 when C is not exactly 6ND")
         if target_flops:
-            Nc, Cc = params["N_c"]["value"], params["C_c"]["value"]
-            N = Nc * (target_flops / Cc) ** (aC / aN)
-            D = target_flops / (6 * N)
-            out["compute_optimal"] = {"flops": float(target_flops), "rule": "(N_c/N)^alpha_N = (C_c/C)^alpha_C; D = C/(6N)",
-                                      "N": interval(N, None, level), "D": interval(D, None, level),
-                                      "tokens_per_param": interval(D / N, None, level)}
+            lt = math.log(target_flops)
+            N, D = math.exp(kN + a * lt), math.exp(kD + b * lt)
+            co = {"flops": float(target_flops), "rule": "power laws of N and D along the compute frontier"}
+            if n_boot:
+                Nb, Db = np.exp(Bs[:, 1] + Bs[:, 0] * lt), np.exp(Bs[:, 3] + Bs[:, 2] * lt)
+                co.update(N=interval(N, Nb, level), D=interval(D, Db, level),
+                          tokens_per_param=interval(D / N, Db / Nb, level))
+            else:
+                co.update(N=interval(N, None, level), D=interval(D, None, level),
+                          tokens_per_param=interval(D / N, None, level))
+            out["compute_optimal"] = co
     if n_boot:
         out["bootstrap"] = {"n": n_boot, "seed": seed, "level": level, "resampling": "frontier points with replacement"}
     return out

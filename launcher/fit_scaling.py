@@ -1,0 +1,150 @@
+"""Fit scaling laws to a sweep's runs (or a CSV) and predict the compute-optimal model.
+
+    python launcher/fit_scaling.py runs/sweeps/NAME --method chinchilla --out runs/sweeps/NAME/fit \\
+        --target-flops 1e21 --bootstrap 1000
+    python launcher/fit_scaling.py data.csv --method isoflop --out fit --n-col params --d-col tokens \\
+        --loss-col loss --c-col flops
+
+SOURCE: a sweep folder (its run folders), one run folder, or a CSV. Methods:
+  chinchilla  approach 3: L = E + A/N^alpha + B/D^beta, Huber on log loss, 4,500-start grid
+  isoflop     approach 2: per compute budget the loss-minimising N, then N_opt = k C^a
+  kaplan      L(N), L(D), L(C) each E + (X_c/X)^alpha_X on the loss frontiers
+Writes OUT/fit.json and PNG plots. Bad input: one line on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from llmtrain.scaling.fit import FitError, fit_chinchilla, fit_isoflop, fit_kaplan  # noqa: E402
+from llmtrain.scaling.sources import SourceError, drop_highest_loss, load  # noqa: E402
+from llmtrain.utils import atomic_write_json  # noqa: E402
+
+
+def _plain(o):
+    """JSON-ready copy: numpy to Python, keys starting with '_' (internal arrays) left out."""
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items() if not str(k).startswith("_")}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _plain(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("source", help="sweep folder, run folder or CSV file")
+    ap.add_argument("--method", required=True, choices=["chinchilla", "isoflop", "kaplan"])
+    ap.add_argument("--out", required=True, help="output folder for fit.json and plots")
+    ap.add_argument("--target-flops", type=float, help="predict the compute-optimal N, D for this budget")
+    ap.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap refits for intervals (e.g. 1000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ci-level", type=float, default=0.95)
+    ap.add_argument("--n-col", default="params", help="CSV column of N (default params)")
+    ap.add_argument("--d-col", default="tokens", help="CSV column of D (default tokens)")
+    ap.add_argument("--loss-col", default="loss", help="CSV column of the loss (default loss)")
+    ap.add_argument("--c-col", default="flops", help="CSV column of C (default flops; C = 6ND without it)")
+    ap.add_argument("--params", choices=["total", "non_embedding"], default="total",
+                    help="run folders: N is n_params (default) or n_params_non_embedding")
+    ap.add_argument("--allow-unfinished", action="store_true", help="fit the finished runs, listing the others")
+    ap.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
+                    help="drop the K highest-loss points (Epoch AI drop 5 on Hoffmann's data)")
+    ap.add_argument("--flops-tol-dex", type=float, default=0.05,
+                    help="isoflop: compute values within this many log10 units form one budget (default 0.05)")
+    ap.add_argument("--window-dex", type=float, default=0.5,
+                    help="isoflop: parabola fitted to points within this many log10 units of the minimum")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.bootstrap < 0:
+            raise SourceError(f"--bootstrap {args.bootstrap}: must be >= 0")
+        if not 0 < args.ci_level < 1:
+            raise SourceError(f"--ci-level {args.ci_level}: must be between 0 and 1")
+        if args.target_flops is not None and not (args.target_flops > 0 and np.isfinite(args.target_flops)):
+            raise SourceError(f"--target-flops {args.target_flops}: must be a positive number")
+        ld = load(args.source, n_col=args.n_col, d_col=args.d_col, loss_col=args.loss_col, c_col=args.c_col,
+                  basis=args.params, allow_unfinished=args.allow_unfinished)
+        n_read = len(ld.points) + len(ld.dropped)
+        ld = drop_highest_loss(ld, args.drop_highest_loss)
+        for note in ld.notes:
+            print(f"note: {note}", file=sys.stderr)
+        pts = ld.points
+        print(f"{args.method}: {len(pts)} points from {args.source} ({ld.kind}); loss: {ld.loss_source}", flush=True)
+        if args.bootstrap:
+            print(f"fitting, then {args.bootstrap} bootstrap refits ...", flush=True)
+        t0 = time.perf_counter()
+        kw = dict(n_boot=args.bootstrap, seed=args.seed, target_flops=args.target_flops, level=args.ci_level)
+        if args.method == "chinchilla":
+            res = fit_chinchilla(pts, **kw)
+        elif args.method == "isoflop":
+            res = fit_isoflop(pts, tol_dex=args.flops_tol_dex, window_dex=args.window_dex, **kw)
+        else:
+            res = fit_kaplan(pts, **kw)
+        elapsed = time.perf_counter() - t0
+    except (SourceError, FitError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    out = Path(args.out)
+    plots = []
+    if not args.no_plots:
+        from llmtrain.scaling import plot
+
+        fn = {"chinchilla": plot.chinchilla_plots, "isoflop": plot.isoflop_plots, "kaplan": plot.kaplan_plots}
+        plots = fn[args.method](out, pts, res)
+    doc = {
+        "method": args.method,
+        "source": str(Path(args.source).resolve()),
+        "source_kind": ld.kind,
+        "n_points": len(pts),
+        "n_rows_read": n_read,
+        "loss_source": ld.loss_source,
+        "n_basis": "n_params_non_embedding" if args.params == "non_embedding" and ld.kind != "csv" else
+                   ("n_params" if ld.kind != "csv" else f"column {args.n_col!r}"),
+        "dropped": ld.dropped,
+        "unfinished_runs_skipped": ld.unfinished,
+        "notes": ld.notes,
+        **res,
+        "elapsed_s": round(elapsed, 3),
+        "plots": plots,
+        "points": [{"label": lab, "N": float(n), "D": float(d), "C": float(c), "loss": float(lo)}
+                   for lab, n, d, c, lo in zip(pts.labels, pts.N, pts.D, pts.C, pts.L)],
+    }
+    atomic_write_json(out / "fit.json", _plain(doc))
+    print(summary(doc), flush=True)
+    print(f"wrote {out / 'fit.json'}" + (f" and {', '.join(plots)}" if plots else ""))
+    return 0
+
+
+def summary(doc: dict) -> str:
+    def fmt(k, v):
+        s = f"  {k:>14} = {v['value']:.6g}"
+        if v.get("ci_low") is not None:
+            s += f"  [{v['ci_low']:.4g}, {v['ci_high']:.4g}]"
+        if v.get("se") is not None:
+            s += f"  se {v['se']:.3g}"
+        return s
+
+    lines = [f"{doc['method']} fit on {doc['n_points']} points ({doc['elapsed_s']:.1f}s):"]
+    lines += [fmt(k, v) for k, v in doc["parameters"].items()]
+    co = doc.get("compute_optimal")
+    if co:
+        lines.append(f"compute-optimal at C = {co['flops']:.3g}:")
+        lines += [fmt(k, co[k]) for k in ("N", "D", "tokens_per_param", "loss") if k in co]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""PNG plots of scaling-law fits (matplotlib, Agg backend). Each file is written under a
+temporary name and renamed, so a reader never sees a half-written plot."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from llmtrain.scaling.fit import Points, chinchilla_optimal, chinchilla_params, lse_predict  # noqa: E402
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path.name
+
+
+def _span(x, target=None, lo=1 / 3, hi=30):
+    """A log range past the data: [min*lo, max*hi], stretched to include target."""
+    a, b = float(np.min(x)) * lo, float(np.max(x)) * hi
+    if target:
+        a, b = min(a, target / 3), max(b, target * 3)
+    return np.geomspace(a, b, 200)
+
+
+def chinchilla_plots(out: Path, pts: Points, res: dict) -> list[str]:
+    theta = res["_theta"]
+    p = {k: float(v) for k, v in chinchilla_params(theta).items()}
+    co = res.get("compute_optimal")
+    files = []
+
+    def law(N, D):
+        return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+    Cs = _span(pts.C, co["flops"] if co else None, 1, 100)
+    opt = chinchilla_optimal(theta, Cs)
+    for var, other, name in ((pts.N, pts.D, "N"), (pts.D, pts.N, "D")):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        sc = ax.scatter(var, pts.L, c=np.log10(other), cmap="viridis", s=14, zorder=3)
+        fig.colorbar(sc, ax=ax, label=f"log10 {'D (tokens)' if name == 'N' else 'N (parameters)'}")
+        xs = _span(var, co[name]["value"] if co else None)
+        cmap = plt.get_cmap("viridis")
+        lo, hi = np.log10(other).min(), np.log10(other).max()
+        for q in np.quantile(other, [0.0, 0.25, 0.5, 0.75, 1.0]):
+            y = law(xs, q) if name == "N" else law(q, xs)
+            ax.plot(xs, y, color=cmap((np.log10(q) - lo) / max(hi - lo, 1e-9)), lw=1, alpha=0.8)
+        ax.plot(opt[name], opt["loss"], "k--", lw=1.5, label="compute-optimal frontier (C = 6ND)")
+        if co:
+            ax.plot([co[name]["value"]], [co["loss"]["value"]], "r*", ms=14,
+                    label=f"optimum at C = {co['flops']:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("N (parameters)" if name == "N" else "D (tokens)")
+        ax.set_ylabel("loss")
+        ymax = np.quantile(pts.L, 0.98) * 1.05
+        ax.set_ylim(min(p["E"], pts.L.min()) * 0.95, ymax)
+        ax.set_title(f"L = {p['E']:.3f} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f}\n"
+                     f"curves at fixed {'D' if name == 'N' else 'N'} (quantiles), extended past the data", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        files.append(_save(fig, out / f"loss_vs_{name}.png"))
+    files.append(_residuals(out, pts, np.asarray(res["residuals_log"]), [("N", pts.N), ("D", pts.D)]))
+    return files
+
+
+def _residuals(out: Path, pts: Points, r: np.ndarray, axes, title="predicted - observed log loss") -> str:
+    fig, axs = plt.subplots(1, len(axes), figsize=(5 * len(axes), 4), squeeze=False)
+    for ax, (name, x) in zip(axs[0], axes):
+        ax.scatter(x, r, s=10)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    return _save(fig, out / "residuals.png")
+
+
+def isoflop_plots(out: Path, pts: Points, res: dict) -> list[str]:
+    budgets = res["_budgets"]
+    files = []
+    fig, ax = plt.subplots(figsize=(7, 5))
+    cmap = plt.get_cmap("plasma")
+    used_any = np.zeros(len(pts), dtype=bool)
+    lcs = np.log10([b["flops"] for b in budgets])
+    for b in budgets:
+        col = cmap(0.85 * (np.log10(b["flops"]) - lcs.min()) / max(np.ptp(lcs), 1e-9))
+        idx = b["index"]
+        used_any[idx] = True
+        x10 = np.log10(pts.N[idx])
+        ax.scatter(pts.N[idx], pts.L[idx], color=col, s=16, zorder=3, label=f"C = {b['flops']:.2g}")
+        xu = x10[b["used"]]
+        xs = np.linspace(xu.min() - 0.1, xu.max() + 0.1, 100)
+        ax.plot(10 ** xs, np.polyval(b["coef_log10N"], xs), color=col, lw=1.2)
+        ax.plot([b["N_opt"]], [b["loss_opt"]], marker="*", color=col, ms=13, mec="k", zorder=4)
+    if (~used_any).any():
+        ax.scatter(pts.N[~used_any], pts.L[~used_any], color="0.7", s=12, label="budgets not used")
+    ax.set_xscale("log")
+    ax.set_xlabel("N (parameters)")
+    ax.set_ylabel("loss")
+    ax.set_title("IsoFLOP profiles: parabola in log N near each minimum (stars: fitted minima)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    files.append(_save(fig, out / "isoflop.png"))
+
+    co = res.get("compute_optimal")
+    C = np.array([b["flops"] for b in budgets])
+    Cs = _span(C, co["flops"] if co else None, 1 / 3, 30)
+    par = res["parameters"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for key, k, e, col in (("N_opt", "k_N", "a", "C0"), ("D_opt", "k_D", "b", "C1")):
+        ax.scatter(C, [b[key] for b in budgets], color=col, zorder=3, label=f"{key} per budget")
+        ax.plot(Cs, par[k]["value"] * Cs ** par[e]["value"], color=col,
+                label=f"{key} = {par[k]['value']:.3g} C^{par[e]['value']:.3f}")
+    if co:
+        ax.plot([co["flops"]] * 2, [co["N"]["value"], co["D"]["value"]], "r*", ms=13, label=f"C = {co['flops']:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("C (FLOPs)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("compute-optimal N and D, fitted power laws extended past the data", fontsize=9)
+    files.append(_save(fig, out / "optimal.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for b in budgets:
+        idx = b["index"][b["used"]]
+        x10 = np.log10(pts.N[idx])
+        ax.scatter(x10 - np.log10(b["N_opt"]), np.polyval(b["coef_log10N"], x10) - pts.L[idx], s=12,
+                   label=f"C = {b['flops']:.2g}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("log10 N - log10 N_opt (points used in each parabola)")
+    ax.set_ylabel("fitted - observed loss")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    files.append(_save(fig, out / "residuals.png"))
+    return files
+
+
+def kaplan_plots(out: Path, pts: Points, res: dict) -> list[str]:
+    files = []
+    xs_all = {"N": pts.N, "D": pts.D, "C": pts.C}
+    label = {"N": "N (parameters)", "D": "D (tokens)", "C": "C (FLOPs)"}
+    resid = []
+    for name, law in res["laws"].items():
+        x = xs_all[name]
+        idx = law["_idx"]
+        fig, ax = plt.subplots(figsize=(7, 5))
+        ax.scatter(x, pts.L, color="0.75", s=10, label="all points")
+        ax.scatter(x[idx], pts.L[idx], color="C0", s=18, zorder=3, label=law["points"])
+        xs = _span(x[idx])
+        ax.plot(xs, np.exp(lse_predict(law["_theta"], np.log(xs)[:, None])), "C3",
+                label=law["law"] + " (extended past the data)")
+        p = res["parameters"]
+        ax.axhline(p[f"E_{name}"]["value"], color="C3", ls=":", lw=1, label=f"E = {p[f'E_{name}']['value']:.3f}")
+        ax.set_xscale("log")
+        ax.set_xlabel(label[name])
+        ax.set_ylabel("loss")
+        ax.set_title(f"alpha_{name} = {p[f'alpha_{name}']['value']:.3f}, {name}_c = {p[f'{name}_c']['value']:.3g}",
+                     fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        files.append(_save(fig, out / f"loss_vs_{name}.png"))
+        resid.append((name, x[idx], np.asarray(law["residuals_log"])))
+    fig, axs = plt.subplots(1, len(resid), figsize=(5 * len(resid), 4), squeeze=False)
+    for ax, (name, x, r) in zip(axs[0], resid):
+        ax.scatter(x, r, s=12)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel(label[name])
+        ax.set_ylabel("predicted - observed log loss")
+        ax.grid(alpha=0.3)
+    files.append(_save(fig, out / "residuals.png"))
+    return files
