@@ -78,8 +78,6 @@ def main(argv=None) -> int:
                   basis=args.params, allow_unfinished=args.allow_unfinished)
         n_read = len(ld.points) + len(ld.dropped)
         ld = drop_highest_loss(ld, args.drop_highest_loss)
-        for note in ld.notes:
-            print(f"note: {note}", file=sys.stderr)
         pts = ld.points
         print(f"{args.method}: {len(pts)} points from {args.source} ({ld.kind}); loss: {ld.loss_source}", flush=True)
         if args.bootstrap:
@@ -97,6 +95,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    for note in ld.notes:
+        print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     plots = []
     if not args.no_plots:
