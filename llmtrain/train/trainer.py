@@ -517,6 +517,11 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     peak, peak_src = peak_flops(device, cfg.train.precision, cfg.train.peak_flops)
 
     prog = Progress()
+    # Training randomness (dropout) starts from a known state whatever set-up consumed: a
+    # per-rank seed, so data-parallel replicas draw different masks. Resume restores it.
+    random.seed(cfg.train.seed + rank)
+    np.random.seed(cfg.train.seed + rank)
+    torch.manual_seed(cfg.train.seed * 1009 + rank)
     source = None
     if resuming:
         source = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
