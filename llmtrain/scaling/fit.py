@@ -277,6 +277,19 @@ def fit_lse(X: np.ndarray, y: np.ndarray, starts: np.ndarray, delta: float = HUB
                          time_s=time.perf_counter() - t0, n_evals=res.n_evals, n_converged=int(res.converged.sum()))
 
 
+def bootstrap_starts(fit: MultiStartFit, n_starts: int = 4) -> np.ndarray:
+    """Starts for a bootstrap refit: the full fit's optimum, then the grid points whose runs
+    ended at its n_starts - 1 best distinct local optima (grid points rather than their end
+    points, so a refit may still fall into a different basin)."""
+    ends = [fit.theta]
+    for i in np.argsort(fit.end_f):
+        if len(ends) > n_starts - 1:
+            break
+        if np.isfinite(fit.end_f[i]) and not any(np.allclose(fit.ends[i], e, rtol=1e-3, atol=1e-3) for e in ends):
+            ends.append(fit.ends[i])
+    return np.array([fit.theta] + [fit.starts[np.flatnonzero((fit.ends == e).all(1))[0]] for e in ends[1:]])
+
+
 def bootstrap_lse(X: np.ndarray, y: np.ndarray, fit: MultiStartFit, n_boot: int, seed: int,
                   n_starts: int = 4, delta: float = HUBER_DELTA, chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """Refit on n_boot resamples (rows drawn with replacement, as multinomial weights).
@@ -288,16 +301,7 @@ def bootstrap_lse(X: np.ndarray, y: np.ndarray, fit: MultiStartFit, n_boot: int,
     n = len(y)
     rng = np.random.default_rng(seed)
     W_all = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
-    starts = [fit.theta]
-    for i in np.argsort(fit.end_f):
-        if len(starts) >= n_starts:
-            break
-        if not any(np.allclose(fit.ends[i], s, rtol=1e-3, atol=1e-3) for s in starts):
-            starts.append(fit.ends[i])
-    # the start *grid points* of those runs, not their end points, keep the refits honest about
-    # which basin they fall into; the optimum itself is the first start
-    grid_starts = [fit.theta] + [fit.starts[np.flatnonzero((fit.ends == s).all(1))[0]] for s in starts[1:]]
-    st = np.array(grid_starts)
+    st = bootstrap_starts(fit, n_starts)
     K = len(st)
     thetas = np.empty((n_boot, st.shape[1]))
     fs = np.empty(n_boot)
