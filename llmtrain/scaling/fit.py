@@ -705,7 +705,8 @@ def fit_kaplan(pts: Points, n_boot: int = 0, seed: int = 0, target_flops: float 
                    "optimizer": "batched L-BFGS from every start, best end points polished with scipy L-BFGS-B"}}
     out["a"] = out["b"] = None
     env = sets["C"][1]
-    if len(env) >= 3 and len(np.unique(np.round(np.log10(pts.C[env]), 6))) >= 3:
+    distinct = lambda v: len(np.unique(np.round(np.log10(v[env]), 6)))  # noqa: E731
+    if len(env) >= 3 and distinct(pts.C) >= 3 and distinct(pts.N) >= 2 and distinct(pts.D) >= 2:
         # Kaplan et al. (Fig. 14): the model sizes on the compute frontier, N_opt = k_N C^a, and
         # their token counts, D_opt = k_D C^b, by least squares in log-log
         lC, lN, lD = np.log(pts.C[env]), np.log(pts.N[env]), np.log(pts.D[env])
