@@ -69,6 +69,16 @@ def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):
     assert {"train/loss", "valid/loss", "train/lr", "train/tokens_per_s"} <= tags
     tb_loss = [e.value for e in acc.Scalars("train/loss")]
     assert tb_loss == pytest.approx([x["loss"] for x in train], rel=1e-6)
+    # the HParams tab: this run's hyperparameters and final metrics, for comparing a ladder
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model.n_layer"].number_value == 2
+    assert start.hparams["n_params"].number_value == s["n_params"]
+    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in exp.metric_infos} == {"hparam/final_train_loss", "hparam/final_valid_loss"}
+    assert acc.Scalars("hparam/final_valid_loss")[0].value == pytest.approx(s["final_valid_loss"], rel=1e-6)
 
 
 def test_layouts_agree_on_the_same_model(token_data, tmp_path):
