@@ -46,7 +46,7 @@ def plain_loop(cfg, data, steps: int, start_step: int, state: dict) -> float:
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
         other = [p for n, p in model.named_parameters() if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                                lr=cfg.train.lr, betas=(0.9, 0.95))
+                                lr=cfg.train.lr, betas=(0.9, 0.95), fused=True)
         state.update(model=model, opt=opt)
     model, opt = state["model"], state["opt"]
     G = cfg.train.global_batch_size
