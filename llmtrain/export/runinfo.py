@@ -1,0 +1,144 @@
+"""What a checkpoint needs from its run folder: the model (any layout, through
+llmtrain.train.consolidate), the tokenizer the run was trained with, its end-of-document token
+and its token data. Every problem is an ExportError (or CheckpointError / DataFormatError), a
+ValueError whose message is one line naming the file and the fix."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from llmtrain.train.consolidate import CheckpointError, resolve_checkpoint
+
+EOD_TOKEN = "<|endoftext|>"
+
+
+class ExportError(ValueError):
+    """One line naming what is wrong and how to fix it."""
+
+
+@dataclass
+class RunInfo:
+    step_dir: Path
+    run_dir: Path
+    config: dict  # the run's resolved config.yaml
+    manifests: list[dict]  # from data_manifest.json (may be empty when the file is missing)
+    prefixes: list[str]
+
+
+def run_info(path) -> RunInfo:
+    step_dir, run_dir = resolve_checkpoint(path)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing; the run's config is needed to know the model's shape")
+    try:
+        config = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ExportError(f"{cfg_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    man_path = run_dir / "data_manifest.json"
+    manifests, prefixes = [], []
+    if man_path.is_file():
+        try:
+            dm = json.loads(man_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ExportError(f"{man_path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        manifests = list(dm.get("manifests") or [])
+        prefixes = list(dm.get("prefixes") or [])
+    return RunInfo(step_dir, run_dir, config, manifests, prefixes)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tokenizer_path(info: RunInfo, override: str | None = None) -> Path:
+    """The run's tokenizer.json: --tokenizer, else the run's data.tokenizer, else the one named in
+    data_manifest.json. When the manifest records a sha256, the file must match it."""
+    man_file = info.run_dir / "data_manifest.json"
+    tok = (info.manifests[0].get("tokenizer") if info.manifests else None) or {}
+    if isinstance(tok, str):
+        tok = {"path": tok}
+    named_by = "--tokenizer" if override else None
+    path = override
+    if not path and (info.config.get("data") or {}).get("tokenizer"):
+        path, named_by = info.config["data"]["tokenizer"], f"{info.run_dir / 'config.yaml'} (data.tokenizer)"
+    if not path:
+        path, named_by = tok.get("path"), str(man_file)
+    if not path:
+        what = "names no tokenizer" if man_file.is_file() else "is missing"
+        raise ExportError(f"{man_file}: {what}, so the run's tokenizer is unknown; pass --tokenizer tokenizer.json")
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"{p}: tokenizer not found (named by {named_by}); pass --tokenizer PATH to the "
+                          f"tokenizer.json the run was trained with")
+    want = tok.get("sha256")
+    if want and _sha256(p) != want:
+        raise ExportError(f"{p}: sha256 differs from the {want[:12]}... recorded in {man_file}; this is not the "
+                          f"tokenizer the run was trained with (pass --tokenizer PATH to the right one)")
+    return p
+
+
+def load_tokenizer(path: Path):
+    """The tokenizers.Tokenizer, set up as data_prep/tokenize_corpus.py encodes the training data:
+    no special tokens added, and a literal '<|endoftext|>' in text encoded as text."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a plain Exception on a bad file
+        raise ExportError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+    tok.encode_special_tokens = True
+    return tok
+
+
+def eod_token_id(info: RunInfo, tok) -> int:
+    for m in info.manifests:
+        if m.get("eod_token_id") is not None:
+            return int(m["eod_token_id"])
+    eod = tok.token_to_id(EOD_TOKEN)
+    if eod is None:
+        raise ExportError(f"the tokenizer has no {EOD_TOKEN} token and {info.run_dir / 'data_manifest.json'} "
+                          f"records no eod_token_id")
+    return eod
+
+
+def eod_token(info: RunInfo, tok) -> str:
+    for m in info.manifests:
+        if m.get("eod_token"):
+            return str(m["eod_token"])
+    return EOD_TOKEN
+
+
+def load_model(path):
+    """(GPT in eval mode, fp32; the consolidated record) for any layout's checkpoint."""
+    from llmtrain.train.consolidate import load_gpt
+
+    try:
+        return load_gpt(path)
+    except CheckpointError:
+        raise
+    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as e:
+        # a truncated or foreign file inside a checkpoint folder: torch.load / zero_to_fp32 fail deep inside
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: the checkpoint cannot be read ({msg}); it is incomplete or damaged, "
+                              f"name another checkpoints/global_stepN") from None
+
+
+def run_cli(main, argv=None) -> int:
+    """Run a CLI body; a known bad-input error prints one line 'error: ...' and exits with 2."""
+    import sys
+
+    from llmtrain.data.indexed import DataFormatError
+
+    try:
+        return main(argv) or 0
+    except (ExportError, CheckpointError, DataFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
