@@ -82,6 +82,33 @@ def _check_keys(where: str, section: str, d: dict, allowed: set) -> None:
             raise ConfigError(f"{where}: unknown key '{section}.{k}' (known: {', '.join(sorted(allowed))})")
 
 
+def _positive_list(where: str, key: str, value) -> list[float]:
+    """A YAML list of positive numbers (PyYAML reads 1e5 without a dot as a string; float() takes it)."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: '{key}' must be a non-empty list of positive numbers, e.g. [5, 10, 20]; got {value!r}")
+    out = []
+    for v in value:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            x = float("nan")
+        if not (math.isfinite(x) and x > 0) or isinstance(v, bool):
+            raise ConfigError(f"{where}: '{key}' holds {v!r}; every entry must be a positive number")
+        out.append(x)
+    return out
+
+
+def _number(where: str, key: str, value, lo: float = 0.0, hi: float = math.inf, lo_open: bool = False) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if isinstance(value, bool) or not math.isfinite(x) or x < lo or (lo_open and x == lo) or x > hi:
+        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise ConfigError(f"{where}: '{key}' is {value!r}; it must be a number in {rng}")
+    return x
+
+
 def load_sweep(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -124,6 +151,17 @@ def load_sweep(path: str | Path) -> dict:
     hp.setdefault("schedule", "wsd")
     hp.setdefault("decay_fraction", 0.2)
     hp.setdefault("branch", hp["schedule"] == "wsd")
+    if lad.get("params"):
+        _positive_list(where, "ladder.params", lad["params"])
+    if tok.get("tokens_per_param"):
+        _positive_list(where, "tokens.tokens_per_param", tok["tokens_per_param"])
+    if tok.get("isoflop"):
+        _positive_list(where, "tokens.isoflop.flops", tok["isoflop"].get("flops"))
+    for k, lo, hi, lo_open in (("lr", 0, math.inf, True), ("lr_ref_params", 0, math.inf, True),
+                               ("lr_exponent", -math.inf, math.inf, False), ("global_batch_size", 1, math.inf, False),
+                               ("warmup_fraction", 0, 1, False), ("warmup_min_steps", 0, math.inf, False),
+                               ("warmup_max_steps", 0, math.inf, False), ("decay_fraction", 0, 1, True)):
+        _number(where, f"hparams.{k}", hp[k], lo, hi, lo_open)
     if hp["branch"] and hp["schedule"] != "wsd":
         raise ConfigError(f"{where}: hparams.branch needs hparams.schedule: wsd (cooldown branches need a constant-LR trunk)")
     sw["_path"] = where
@@ -197,7 +235,7 @@ def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> li
                 if b <= warmup:
                     raise ConfigError(
                         f"{sw['_path']}: the {s}-step budget of {size} would branch at step {b}, inside the "
-                        f"{warmup}-step warmup; use larger token budgets or a shorter warmup"
+                        f"{warmup}-step warmup; raise tokens.tokens_per_param or lower hparams.warmup_min_steps / warmup_fraction"
                     )
             trunk = spec(longest, compute_steps=longest, save_steps=sorted(set(starts.values())))
             runs.append(trunk)
