@@ -1,0 +1,199 @@
+"""Merge the manifests of N tokenisation tasks into one dataset manifest (no data is copied).
+
+    python data_prep/merge_manifests.py PREFIX [--num-tasks N]
+    python data_prep/tokenize_corpus.py --output-prefix PREFIX --merge      # the same
+
+After ``tokenize_corpus.py --task-index I --num-tasks N --output-prefix PREFIX`` has finished for
+every I, this reads PREFIX.task-00000_manifest.json ... PREFIX.task-{N-1}_manifest.json, checks
+that they are all there and agree (same tokenizer, dtype, split options and input list), and
+writes PREFIX_manifest.json whose ``splits.<split>.shards`` lists every task's shards in task
+order, paths relative to the merged manifest's folder, with documents and tokens summed. The
+trainer then reads ``data.prefix=PREFIX`` like any single-run dataset. Rerunning the merge
+rewrites the same manifest (atomically).
+
+    python data_prep/merge_manifests.py --blend PREFIX_A PREFIX_B [--split train]
+
+prints a ``data.prefix`` blend weighting each dataset by its tokens in that split (Megatron's
+"w1 P1 w2 P2" notation), to edit by hand for up- or down-sampling.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python data_prep/merge_manifests.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data_prep.readers import InputError  # noqa: E402
+from llmtrain.data.indexed import write_manifest  # noqa: E402
+
+# What every task must agree on to be one dataset.
+_SAME = ("dtype", "vocab_size", "eod_token", "eod_token_id")
+_SAME_OPTIONS = ("valid_fraction", "seed")
+
+
+def _load(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); rerun that task with --overwrite") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("splits"), dict):
+        raise InputError(f"{path}: not a tokenize_corpus manifest (no 'splits'); rerun that task with --overwrite")
+    return obj
+
+
+def find_task_manifests(prefix: str) -> dict[int, Path]:
+    """{task index: PREFIX.task-NNNNN_manifest.json} of the finished tasks of ``prefix``."""
+    folder, name = os.path.split(os.path.abspath(prefix))
+    pat = re.compile(re.escape(name) + r"\.task-(\d{5,})_manifest\.json$")
+    found = {}
+    if os.path.isdir(folder):
+        for f in os.listdir(folder):
+            m = pat.fullmatch(f)
+            if m:
+                found[int(m.group(1))] = Path(folder) / f
+    return found
+
+
+def merge_manifests(prefix: str, num_tasks: int | None = None, quiet: bool = False) -> dict:
+    """Write PREFIX_manifest.json from the finished tasks' manifests; returns it. InputError
+    (one line) when a task is missing or the tasks disagree."""
+    prefix = str(prefix)
+    found = find_task_manifests(prefix)
+    if not found:
+        raise InputError(f"{prefix}.task-*_manifest.json: no finished task; run python data_prep/tokenize_corpus.py "
+                         f"--task-index I --num-tasks N --output-prefix {prefix} ... for every task first")
+    manifests = {i: _load(p) for i, p in sorted(found.items())}
+    counts = {(m.get("task") or {}).get("count") for m in manifests.values()}
+    if len(counts) != 1 or None in counts:
+        raise InputError(f"{prefix}.task-*_manifest.json: the tasks were run with different --num-tasks "
+                         f"({', '.join(sorted(str(c) for c in counts))}); remove the stale ones and merge again")
+    count = counts.pop()
+    if num_tasks is not None and num_tasks != count:
+        raise InputError(f"--num-tasks {num_tasks} but the tasks of {prefix} were run with --num-tasks {count}")
+    missing = [i for i in range(count) if i not in manifests]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise InputError(f"{prefix}: {len(missing)} of {count} tasks not finished (task {shown}: no "
+                         f"{os.path.basename(prefix)}.task-{missing[0]:05d}_manifest.json); run them "
+                         f"(finished tasks are skipped) and merge again")
+    extra = [i for i in manifests if i >= count]
+    for i in extra:
+        del manifests[i]
+    first = manifests[0]
+    ref = {
+        **{k: first.get(k) for k in _SAME},
+        **{f"options.{k}": (first.get("options") or {}).get(k) for k in _SAME_OPTIONS},
+        "tokenizer.sha256": (first.get("tokenizer") or {}).get("sha256"),
+        "task.inputs_sha256": first["task"].get("inputs_sha256"),
+    }
+    for i, m in manifests.items():
+        got = {
+            **{k: m.get(k) for k in _SAME},
+            **{f"options.{k}": (m.get("options") or {}).get(k) for k in _SAME_OPTIONS},
+            "tokenizer.sha256": (m.get("tokenizer") or {}).get("sha256"),
+            "task.inputs_sha256": m["task"].get("inputs_sha256"),
+        }
+        for k in ref:
+            if got[k] != ref[k]:
+                what = "input list" if k == "task.inputs_sha256" else k
+                raise InputError(f"{found[i]}: {what} differs from task 0's ({found[0]}); rerun that task with the "
+                                 f"same --input, --tokenizer and options (and --overwrite)")
+
+    out = Path(f"{prefix}_manifest.json")
+    out_dir = os.path.abspath(out.parent)
+    split_names = [s for s in ("train", "valid") if s in first["splits"]]
+    splits = {s: {"documents": 0, "tokens": 0, "shards": []} for s in split_names}
+    inputs, tasks = [], []
+    for i, m in manifests.items():
+        task_dir = os.path.dirname(os.path.abspath(found[i]))
+        if sorted(m["splits"]) != sorted(split_names):
+            raise InputError(f"{found[i]}: splits {sorted(m['splits'])} differ from task 0's {split_names}")
+        for s in split_names:
+            sp = m["splits"][s]
+            for sh in sp.get("shards", []):
+                if not sh["documents"]:
+                    continue  # an empty task's empty file holds nothing to list
+                path = os.path.join(task_dir, sh["prefix"])
+                if not (os.path.isfile(f"{path}.idx") and os.path.isfile(f"{path}.bin")):
+                    raise InputError(f"{path}.idx: listed in {found[i]} but missing; rerun task {i} with --overwrite")
+                splits[s]["shards"].append({"prefix": os.path.relpath(path, out_dir), "documents": sh["documents"],
+                                            "tokens": sh["tokens"]})
+            splits[s]["documents"] += sp["documents"]
+            splits[s]["tokens"] += sp["tokens"]
+        inputs.extend(m.get("inputs", []))
+        tasks.append({"index": i, "manifest": os.path.relpath(found[i], out_dir), "documents": m["documents"],
+                      "tokens": m["tokens"], "elapsed_s": m.get("elapsed_s")})
+    total_docs = sum(v["documents"] for v in splits.values())
+    if total_docs == 0:
+        raise InputError(f"{prefix}: the {count} tasks found no documents at all; check the --input of the tasks")
+    options = {k: v for k, v in (first.get("options") or {}).items() if k != "workers"}
+    manifest = {
+        "format": first.get("format", "megatron-indexed-dataset"),
+        "format_version": first.get("format_version", 2),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "prefix": prefix,
+        "splits": splits,
+        "documents": total_docs,
+        "tokens": sum(v["tokens"] for v in splits.values()),
+        **{k: first.get(k) for k in _SAME},
+        "tokenizer": first.get("tokenizer"),
+        "inputs": inputs,
+        "options": options,
+        "merged_from": {"num_tasks": count, "inputs_sha256": first["task"].get("inputs_sha256"), "tasks": tasks},
+        "command": [sys.executable] + sys.argv,
+    }
+    write_manifest(prefix, manifest)
+    if not quiet:
+        parts = ", ".join(f"{s} {v['documents']:,} docs {v['tokens']:,} tokens in {len(v['shards'])} shard(s)"
+                          for s, v in splits.items())
+        print(f"merge_manifests: {count} tasks -> {out}: {parts}", flush=True)
+    return manifest
+
+
+def blend_spec(prefixes: list[str], split: str = "train") -> str:
+    """'w1 P1 w2 P2 ...' with each weight the dataset's share of the tokens in ``split``."""
+    tokens = []
+    for p in prefixes:
+        path = Path(f"{p}_manifest.json")
+        if not path.is_file():
+            raise InputError(f"{path}: manifest not found; tokenise {p} first")
+        m = _load(path)
+        if split not in m["splits"]:
+            raise InputError(f"{path}: has no '{split}' split")
+        tokens.append(m["splits"][split]["tokens"])
+    total = sum(tokens)
+    if total == 0:
+        raise InputError(f"no {split} tokens in {', '.join(prefixes)}")
+    return " ".join(f"{t / total:.6g} {p}" for t, p in zip(tokens, prefixes))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Merge tokenize_corpus task manifests into PREFIX_manifest.json, "
+                                             "or print a token-weighted blend.")
+    ap.add_argument("prefix", nargs="+", help="the --output-prefix of the tasks (with --blend: datasets to blend)")
+    ap.add_argument("--num-tasks", type=int, default=None, help="expected number of tasks (default: as the tasks say)")
+    ap.add_argument("--blend", action="store_true", help="print a data.prefix blend weighted by tokens")
+    ap.add_argument("--split", default="train", help="the split whose tokens weight --blend (default train)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.blend:
+            print(blend_spec(args.prefix, args.split))
+        else:
+            if len(args.prefix) != 1:
+                ap.error("give one PREFIX to merge (several only with --blend)")
+            merge_manifests(args.prefix[0], args.num_tasks, args.quiet)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
