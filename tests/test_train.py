@@ -232,7 +232,8 @@ def test_corrupt_token_files(token_data, tmp_path, damage):
     import shutil
 
     src = Path(token_data)
-    dst = tmp_path / "copy"
+    (tmp_path / "copy").mkdir()
+    dst = tmp_path / "copy" / src.name  # same names: the manifest lists its shards by name
     for suffix in ("_train.bin", "_train.idx", "_valid.bin", "_valid.idx", "_manifest.json"):
         shutil.copy(f"{src}{suffix}", f"{dst}{suffix}")
     if damage == "truncate_idx":

@@ -100,6 +100,18 @@ def tokenizer_vocab_size(path: str, named_by: str) -> int:
         raise ConfigError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
 
 
+def split_shards(prefix: str, manifest: dict, split: str) -> list[str]:
+    """The .bin/.idx prefixes of one split: the manifest's splits.<split>.shards (paths
+    relative to the manifest's folder), else PREFIX_<split> when its .idx exists."""
+    entry = (manifest.get("splits") or {}).get(split) or {}
+    shards = entry.get("shards")
+    if shards:
+        base = Path(f"{prefix}_manifest.json").parent
+        return [str(base / (s["prefix"] if isinstance(s, dict) else s)) for s in shards]
+    single = f"{prefix}_{split}"
+    return [single] if split == "train" or Path(f"{single}.idx").exists() else []
+
+
 def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
     """Open and validate every dataset of ``spec`` and its tokenizer. Raises ConfigError or
     DataFormatError (both one line naming the file) before any training starts."""
@@ -134,19 +146,18 @@ def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
         )
     T, seed = cfg.model.seq_len, cfg.train.seed
     train, valid = [], []
-    for i, p in enumerate(prefixes):
-        ds = IndexedDataset(f"{p}_train")
-        head = ds.tokens[: min(ds.num_tokens, 1 << 20)]
+    for i, (p, m) in enumerate(zip(prefixes, manifests)):
+        shards = [IndexedDataset(s) for s in split_shards(p, m, "train")]
+        head = shards[0].tokens[: min(shards[0].num_tokens, 1 << 20)]
         if len(head) and int(head.max()) >= model_vocab:
             raise ConfigError(
-                f"{p}_train.bin: token id {int(head.max())} is outside the vocabulary of {tok_path} ({vocab}); "
+                f"{shards[0].prefix}.bin: token id {int(head.max())} is outside the vocabulary of {tok_path} ({vocab}); "
                 f"the data was made with another tokenizer"
             )
-        train.append(TokenWindows(ds, T, seed + 7919 * i, shuffle=True))
-        if Path(f"{p}_valid.idx").exists():
-            vds = IndexedDataset(f"{p}_valid")
-            if vds.num_tokens > T:
-                valid.append((weights[i], TokenWindows(vds, T, seed, shuffle=False)))
+        train.append(TokenWindows(shards, T, seed + 7919 * i, shuffle=True))
+        vshards = [IndexedDataset(s) for s in split_shards(p, m, "valid")]
+        if vshards and sum(v.num_tokens for v in vshards) > T + 1:
+            valid.append((weights[i], TokenWindows(vshards, T, seed, shuffle=False)))
     valid_blend = BlendedSamples([v for _, v in valid], [w for w, _ in valid]) if valid else None
     if valid_blend is not None:
         valid_blend.num_samples = sum(v.num_samples for _, v in valid)

@@ -15,19 +15,25 @@ import numpy as np
 
 
 class TokenWindows:
-    """Fixed-length windows over one dataset's token stream, shuffled per epoch."""
+    """Fixed-length windows over one dataset's token stream (one or several shards), shuffled
+    per epoch. Windows never cross a shard boundary."""
 
     def __init__(self, dataset, seq_len: int, seed: int, shuffle: bool = True):
-        """dataset: an llmtrain.data.indexed.IndexedDataset (anything with tokens, num_tokens, prefix)."""
-        self.tokens = dataset.tokens
+        """dataset: an llmtrain.data.indexed.IndexedDataset (anything with tokens, num_tokens,
+        prefix), or a list of them (the shards of one split)."""
+        shards = dataset if isinstance(dataset, (list, tuple)) else [dataset]
+        self.shards = [d.tokens for d in shards]
         self.seq_len = seq_len
         self.seed = seed
         self.shuffle = shuffle
-        self.num_samples = (dataset.num_tokens - 1) // seq_len
+        counts = np.array([max(0, (d.num_tokens - 1) // seq_len) for d in shards], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+        self.num_samples = int(self.starts[-1])
+        self.tokens = self.shards[0]
         if self.num_samples < 1:
             raise ValueError(
-                f"{dataset.prefix}: {dataset.num_tokens} tokens are fewer than one sample of seq_len+1="
-                f"{seq_len + 1}; use more data or a shorter model.seq_len"
+                f"{shards[0].prefix}: {sum(d.num_tokens for d in shards)} tokens are fewer than one sample of "
+                f"seq_len+1={seq_len + 1}; use more data or a shorter model.seq_len"
             )
         self._perm_epoch = -1
         self._perm = None
@@ -44,8 +50,10 @@ class TokenWindows:
         return int(self._order(epoch)[pos])
 
     def __getitem__(self, i: int) -> np.ndarray:
-        start = self.window_index(i) * self.seq_len
-        return self.tokens[start : start + self.seq_len + 1]
+        w = self.window_index(i)
+        shard = int(np.searchsorted(self.starts, w, side="right")) - 1
+        start = (w - int(self.starts[shard])) * self.seq_len
+        return self.shards[shard][start : start + self.seq_len + 1]
 
 
 class BlendedSamples:
