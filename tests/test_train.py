@@ -257,3 +257,20 @@ def test_pipeline_with_zero2_is_refused_before_training(token_data, tmp_path):
     assert "ZeRO-0/1 only" in r.stderr + r.stdout
     assert "Traceback" not in r.stderr + r.stdout
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_checkpoint_from_another_model_shape_is_refused(token_data, tmp_path):
+    run = tmp_path / "run"
+    r = run_python([PRETRAIN, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_python([PRETRAIN, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=4",
+                    "model.d_model=32"])
+    assert_one_line_error(r, str(run / "checkpoints"), "another model shape", "model.d_model=64")
+
+
+def test_global_batch_the_ranks_cannot_split(token_data, tmp_path):
+    r = run_deepspeed(2, "--run-dir", tmp_path / "run", f"data.prefix={token_data}", *SMALL,
+                      "train.global_batch_size=7")
+    assert r.returncode != 0
+    assert "cannot be split over 2 data-parallel ranks" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
