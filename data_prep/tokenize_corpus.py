@@ -23,7 +23,11 @@ writes PREFIX.task-0000I_{train,valid}[_SSSSS].bin/.idx and PREFIX.task-0000I_ma
 Rerunning a task whose manifest exists (same inputs, tokenizer and options) skips it; a task
 killed half-way has no manifest and is done again. When all N have finished, ``--merge`` (or
 python data_prep/merge_manifests.py PREFIX) writes PREFIX_manifest.json listing every task's
-shards; no data is copied. See data_prep/slurm/tokenize.sbatch.
+shards; no data is copied. On SLURM:
+
+    sbatch --array=0-31 --cpus-per-task=32 --wrap "python data_prep/tokenize_corpus.py --input /shared/clean \
+        --tokenizer tok.json --output-prefix /shared/tok/web --workers 31"
+    python data_prep/tokenize_corpus.py --output-prefix /shared/tok/web --merge   # once all have finished
 
 Documents are read and hashed by a reader thread while the previous batch is encoded, either
 in this process (tokenizers' encode_batch on its own thread pool, --workers 1) or by N worker
