@@ -10,7 +10,6 @@ rounds so that machine noise hits both alike. Prints a Markdown table for BENCHM
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import sys
 import time

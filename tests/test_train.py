@@ -12,8 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trainutil import (REPO, SMALL, deepspeed_cmd, env, free_port, read_metrics, run_deepspeed, run_python,
-                       token_data, train_losses)  # noqa: F401 (token_data is a fixture)
+from trainutil import REPO, SMALL, deepspeed_cmd, env, free_port, read_metrics, run_deepspeed, run_python, train_losses
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 

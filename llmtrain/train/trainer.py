@@ -457,7 +457,6 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     from llmtrain.train.ds_config import zero_stage
     from llmtrain.train.metrics import MetricsLogger, memory_stats, peak_flops
 
-    t_start = time.time()
     stop = StopSignal()
     config_path = args.config or str(Path("configs") / "tiny.yaml")
     rank, world, local_rank, device = init_distributed()

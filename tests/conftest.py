@@ -1,0 +1,2 @@
+"""Fixtures shared by the test modules (defined in trainutil.py)."""
+from trainutil import token_data  # noqa: F401  (a session fixture: a small real token dataset)
