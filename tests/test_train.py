@@ -273,3 +273,23 @@ def test_global_batch_the_ranks_cannot_split(token_data, tmp_path):
     assert r.returncode != 0
     assert "cannot be split over 2 data-parallel ranks" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("layout", ["zero0_x1", "zero2_x2"])
+def test_non_finite_steps_are_skipped_then_the_run_stops(token_data, tmp_path, layout):
+    """An absurd LR blows the gradients up: each such step is skipped and logged, and after
+    train.max_bad_steps in a row the run stops naming the last good checkpoint."""
+    run = tmp_path / "run"
+    args = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=30", "train.lr=1e5",
+            "train.warmup_steps=0", "train.grad_clip=0", "checkpoint.interval=1", "train.max_bad_steps=3"]
+    if layout == "zero0_x1":
+        r = run_python([PRETRAIN, *args])
+    else:
+        r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", *args)
+    assert r.returncode != 0
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "3 skipped steps" in err[0] and "last good checkpoint" in err[0], r.stderr[-2000:]
+    events = [x for x in read_metrics(run) if x.get("skipped")]
+    assert len(events) == 3 and [e["bad_steps_in_a_row"] for e in events] == [1, 2, 3]
+    named = err[0].split("last good checkpoint: ")[1].split(";")[0]
+    assert Path(named).is_dir()

@@ -247,9 +247,11 @@ def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline:
     """One optimizer step over this rank's gas micro-batches from global sample ``start``.
 
     Returns (loss averaged over the whole global batch, gradient norm or None, skipped). When
-    any rank's micro-batch loss is not finite, every rank backpropagates a zero loss instead
-    and the step is taken at LR 0, so the weights do not move (AdamW's moments decay by one
-    step); the data position and schedule move on.
+    any rank's micro-batch loss is not finite, every rank backpropagates a zero loss instead,
+    and when the gradient norm is not finite the gradients are zeroed; either way the step is
+    taken at LR 0, so the weights do not move (AdamW's moments decay by one step) while the
+    data position and schedule move on. Under ZeRO/bf16 DeepSpeed itself skips a step whose
+    gradients overflow; that counts as skipped too.
     """
     from llmtrain.data.sampler import batch
 
@@ -259,6 +261,7 @@ def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline:
         loss = float(engine.train_batch(data_iter=micro_batches))
         gn = engine.get_global_grad_norm()
         return loss, (float(gn) if gn is not None else None), False
+    skipped_before = engine.skipped_steps
     total, grad_norm, bad = 0.0, None, False
     for m, (x, y) in enumerate(micro_batches):
         loss = engine(x.to(device), y.to(device))
@@ -269,9 +272,13 @@ def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline:
         engine.backward(loss)
         total += value
         if m == gas - 1:
-            if own_norm and not bad:
+            if own_norm and not bad:  # ZeRO-0: gradients are already averaged over ranks here
                 grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
                 grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+                if not math.isfinite(grad_norm):
+                    bad = True
+                    for g in grads:
+                        g.zero_()
             if bad:
                 for group in engine.optimizer.param_groups:
                     group["lr"] = 0.0
@@ -279,7 +286,8 @@ def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline:
     if grad_norm is None and not bad:
         gn = engine.get_global_grad_norm()
         grad_norm = float(gn) if gn is not None else None
-    return all_reduce_mean([total / gas], world)[0], grad_norm, bad
+    skipped = bad or engine.skipped_steps > skipped_before
+    return all_reduce_mean([total / gas], world)[0], grad_norm, skipped
 
 
 def any_rank(flag: bool, world: int) -> bool:
@@ -577,14 +585,16 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         prog.tokens += tokens_per_step
         interval_tokens += tokens_per_step
         finite = math.isfinite(loss_mean)
-        prog.bad_steps = 0 if finite else prog.bad_steps + 1
+        bad = skipped or not finite
+        prog.bad_steps = prog.bad_steps + 1 if bad else 0
         if finite:
             prog.last_train_losses = (prog.last_train_losses + [loss_mean])[-cfg.train.log_interval:]
 
-        if is_main and not finite:
-            logger.log({"step": prog.step, "tokens": prog.tokens, "event": "nonfinite_loss", "loss": None,
-                        "skipped": skipped, "bad_steps_in_a_row": prog.bad_steps})
-            print(f"step {prog.step:>6}: non-finite loss, step skipped ({prog.bad_steps} in a row)", flush=True)
+        if is_main and bad:
+            what = "non-finite loss" if not finite else "non-finite gradients"
+            logger.log({"step": prog.step, "tokens": prog.tokens, "event": what.replace(" ", "_"),
+                        "loss": loss_mean if finite else None, "skipped": True, "bad_steps_in_a_row": prog.bad_steps})
+            print(f"step {prog.step:>6}: {what}, step skipped ({prog.bad_steps} in a row)", flush=True)
         elif is_main and (prog.step % cfg.train.log_interval == 0 or prog.step == total_steps):
             dt = time.time() - t_interval
             tps = interval_tokens / dt
@@ -607,7 +617,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         if prog.bad_steps >= cfg.train.max_bad_steps:
             latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None
             raise RunError(
-                f"{prog.bad_steps} non-finite losses in a row at step {prog.step}; last good checkpoint: "
+                f"{prog.bad_steps} skipped steps (non-finite loss or gradients) in a row at step {prog.step}; last good checkpoint: "
                 f"{ckpt_dir / latest if latest else 'none'}; lower train.lr or check the data"
             )
         if any_rank(stop.received is not None, world):
