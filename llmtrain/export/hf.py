@@ -251,6 +251,18 @@ def logit_difference(ours, hf_model, ids: torch.Tensor) -> float:
     return float((a.float() - b_.float()).abs().max())
 
 
+def save_model(hf_model, cfg, arch: str, out_dir: Path) -> None:
+    """config.json (with the legacy rope keys too) and model.safetensors."""
+    hf_model.save_pretrained(str(out_dir), safe_serialization=True)
+    cfg_file = Path(out_dir) / "config.json"
+    hcfg = json.loads(cfg_file.read_text())
+    for k, v in _legacy_config_keys(arch, cfg).items():
+        hcfg.setdefault(k, v)
+    cfg_file.write_text(json.dumps(hcfg, indent=2, sort_keys=True) + "\n")
+    for f in Path(out_dir).iterdir():  # files meant to be read by others (some are written 0600)
+        os.chmod(f, 0o644)
+
+
 def save_tokenizer(tok_file: Path, out_dir: Path, eos: str, seq_len: int) -> None:
     from transformers import PreTrainedTokenizerFast
 
@@ -316,12 +328,7 @@ def export(checkpoint, output, tokenizer: str | None = None, force: bool = False
         "torch_version": torch.__version__,
     }
     try:
-        hf_model.save_pretrained(str(tmp), safe_serialization=True)
-        cfg_file = tmp / "config.json"
-        hcfg = json.loads(cfg_file.read_text())
-        for k, v in _legacy_config_keys(arch, cfg).items():
-            hcfg.setdefault(k, v)
-        cfg_file.write_text(json.dumps(hcfg, indent=2, sort_keys=True) + "\n")
+        save_model(hf_model, cfg, arch, tmp)
         save_tokenizer(tok_file, tmp, eos, cfg.seq_len)
         (tmp / "llmtrain_export.json").write_text(json.dumps(record, indent=2) + "\n")
         if output.exists():  # --force: swap the new folder in, then drop the old one

@@ -118,13 +118,18 @@ def eod_token(info: RunInfo, tok) -> str:
 
 def load_model(path):
     """(GPT in eval mode, fp32; the consolidated record) for any layout's checkpoint."""
+    import contextlib
+    import pickle
+    import sys
+
     from llmtrain.train.consolidate import load_gpt
 
-    try:
-        return load_gpt(path)
+    try:  # DeepSpeed's zero_to_fp32 reports progress on stdout: keep stdout for the command's own output
+        with contextlib.redirect_stdout(sys.stderr):
+            return load_gpt(path)
     except CheckpointError:
         raise
-    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, KeyError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
         # a truncated or foreign file inside a checkpoint folder: torch.load / zero_to_fp32 fail deep inside
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: the checkpoint cannot be read ({msg}); it is incomplete or damaged, "
