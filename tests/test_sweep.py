@@ -4,11 +4,11 @@ run and Slurm scripts, and a real tiny sweep end to end: trunks and their cooldo
 trained by DeepSpeed on CPU, a rerun that skips them all, and fit_scaling.py on the result."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import shlex
-import importlib.util
 import stat
 import subprocess
 import sys
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from trainutil import REPO, read_metrics, run_python, train_losses
 
 from llmtrain.config import ConfigError, ModelConfig, load_config
 from llmtrain.model.gpt import count_params
 from llmtrain.scaling.plan import load_sweep, plan, seq_len_and_model, shape_for
 from llmtrain.train.schedule import lr_multiplier
-from trainutil import REPO, read_metrics, run_python, token_data, train_losses  # noqa: F401 (token_data is a fixture)
 
 SWEEP = REPO / "launcher" / "sweep.py"
 FIT = REPO / "launcher" / "fit_scaling.py"
@@ -118,13 +118,13 @@ def test_tokens_per_param_budgets_and_lr_rule(tmp_path, basis):
         ks = sorted(r.tokens / r.n_basis for r in mine)
         assert ks == pytest.approx([5, 10, 20], rel=0.15)
     # the smaller model gets the larger LR under a positive exponent
-    small, big = sorted({(r.n_basis, r.lr) for r in runs})[0], sorted({(r.n_basis, r.lr) for r in runs})[-1]
-    assert small[1] > big[1]
+    small, big = min((r.n_basis, r.lr) for r in runs), max((r.n_basis, r.lr) for r in runs)
+    assert small[0] < big[0] and small[1] > big[1]
 
 
 def test_branches_start_where_the_cooldown_of_their_budget_starts(tmp_path):
     path = write_sweep(tmp_path / "s.yaml", hparams={"decay_fraction": 0.25})
-    sw, seq_len, runs = plan_of(path)
+    sw, _, runs = plan_of(path)
     sizes = sorted({r.size for r in runs})
     assert len(sizes) == 2
     for size in sizes:
@@ -141,7 +141,7 @@ def test_branches_start_where_the_cooldown_of_their_budget_starts(tmp_path):
             assert (b.init_from, b.init_step, b.compute_steps) == (trunk.name, B, b.steps - B)
             assert b.warmup_steps == trunk.warmup_steps < B and b.lr == trunk.lr
             # the trainer's WSD schedule for the branch is constant up to B and cools down from there
-            sched = dict(schedule="wsd", warmup_steps=b.warmup_steps, decay_fraction=0.25)
+            sched = {"schedule": "wsd", "warmup_steps": b.warmup_steps, "decay_fraction": 0.25}
             assert lr_multiplier(B - 1, b.steps, **sched) == 1.0
             assert lr_multiplier(B, b.steps, **sched) < 1.0
             assert lr_multiplier(b.steps - 1, b.steps, **sched) == pytest.approx(0.1)
@@ -162,7 +162,7 @@ def test_isoflop_keeps_budgets_within_the_tokens_per_param_band(tmp_path, branch
                        tokens={"basis": "non_embedding", "tokens_per_param": None,
                                "isoflop": {"flops": flops, "min_tokens_per_param": 4, "max_tokens_per_param": 60}},
                        hparams={"branch": branch, "warmup_min_steps": 1, "warmup_fraction": 0.0})
-    sw, seq_len, runs = plan_of(path)
+    _, seq_len, runs = plan_of(path)
     tps = 8 * seq_len
     base = tiny_model(vocab_size=512)
     expected = set()
