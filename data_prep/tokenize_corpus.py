@@ -30,8 +30,9 @@ shards; no data is copied. On SLURM:
     python data_prep/tokenize_corpus.py --output-prefix /shared/tok/web --merge   # once all have finished
 
 Documents are read and hashed by a reader thread while the previous batch is encoded, either
-in this process (tokenizers' encode_batch on its own thread pool, --workers 1) or by N worker
-processes (--workers N); a progress line with docs/s, tokens/s and an ETA is printed every
+in this process (--workers 1: an encoder thread calls tokenizers' encode_batch_fast, which runs
+on tokenizers' own thread pool, while the main thread turns the previous batch into arrays and
+writes it) or by N worker processes (--workers N); a progress line with docs/s, tokens/s and an ETA is printed every
 --progress-every seconds. Any error leaves the previous output as it was: the shards are
 written under temporary names and renamed only when all documents are encoded, then the
 manifest is written.
@@ -119,11 +120,9 @@ def load_tokenizer(path: str):
     return tok, eod
 
 
-def _encode(tok, texts: list[str], eod: int, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
-    """Flat token array of the batch (EOD after each document) in ``dtype`` and per-document
-    lengths (EOD included)."""
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    encs = encode(texts, add_special_tokens=False)
+def _flatten(encs, eod: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Flat token array of a batch of encodings (EOD after each document) in ``dtype`` and
+    per-document lengths (EOD included)."""
     ids = [e.ids for e in encs]
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
     flat = np.empty(int(lengths.sum()), dtype=dtype)
@@ -134,6 +133,27 @@ def _encode(tok, texts: list[str], eod: int, dtype=np.int64) -> tuple[np.ndarray
         flat[pos : end - 1] = seq
         pos = end
     return flat, lengths
+
+
+def _encoder(tok):
+    # encode_batch_fast: the same ids without computing character offsets (tokenizers >= 0.20).
+    return getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+
+def _encode(tok, texts: list[str], eod: int, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+    return _flatten(_encoder(tok)(texts, add_special_tokens=False), eod, dtype)
+
+
+def _encoded(batches, tok, timing: dict):
+    """(is_valid, encodings) of each batch; meant to run in its own thread (tokenizers releases
+    the GIL while encoding), so that the main thread turns batch k into arrays and writes it
+    while batch k+1 is encoded."""
+    encode = _encoder(tok)
+    for texts, valid in batches:
+        t = time.perf_counter()
+        encs = encode(texts, add_special_tokens=False)
+        timing["encode_s"] += time.perf_counter() - t
+        yield valid, encs
 
 
 # ---- worker processes ----------------------------------------------------------------------
@@ -231,6 +251,10 @@ def _prefetch(gen, depth: int = 2):
             put(_END)
         except BaseException as e:  # handed to the consumer
             put(e)
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()  # stops a _prefetch inside gen too
 
     t = threading.Thread(target=run, name="tokenize_corpus-reader", daemon=True)
     t.start()
@@ -501,7 +525,9 @@ def tokenize_corpus(inputs, tokenizer_path: str, output_prefix: str, valid_fract
 
     split_names = SPLITS if valid_fraction > 0 else ("train",)
     writers = {s: _SplitWriter(f"{prefix}_{s}", dtype, max_shard_tokens) for s in split_names}
-    timing = {"wait_read_s": 0.0, "encode_s": 0.0, "write_s": 0.0}
+    # Wall seconds: encode_s in the encoder thread (0 with --workers > 1), the rest in this
+    # thread (wait_s: waiting for the next batch from the stage before).
+    timing = {"encode_s": 0.0, "wait_s": 0.0, "ids_to_array_s": 0.0, "write_s": 0.0}
     t0 = time.time()
 
     def write(valid: np.ndarray, flat: np.ndarray, lengths: np.ndarray) -> None:
@@ -521,7 +547,7 @@ def tokenize_corpus(inputs, tokenizer_path: str, output_prefix: str, valid_fract
         while True:
             t = time.perf_counter()
             item = next(it, _END)
-            timing["wait_read_s"] += time.perf_counter() - t
+            timing["wait_s"] += time.perf_counter() - t
             if item is _END:
                 return
             yield item
@@ -530,10 +556,12 @@ def tokenize_corpus(inputs, tokenizer_path: str, output_prefix: str, valid_fract
         batches = _prefetch(_batches(files, progress, per_file, valid_fraction, key))
         try:
             if n_workers == 1:
-                for texts, valid in timed(batches):
+                # Three stages: a reader thread, an encoder thread, this thread (ids -> arrays, write).
+                batches = _prefetch(_encoded(batches, tok, timing))
+                for valid, encs in timed(batches):
                     t = time.perf_counter()
-                    flat, lengths = _encode(tok, texts, eod, dtype)
-                    timing["encode_s"] += time.perf_counter() - t
+                    flat, lengths = _flatten(encs, eod, dtype)
+                    timing["ids_to_array_s"] += time.perf_counter() - t
                     write(valid, flat, lengths)
             else:
                 import multiprocessing as mp
