@@ -307,9 +307,6 @@ def test_branch_continues_the_trunk_and_cools_down_to_the_minimum(swept):
             assert m["lr"] == pytest.approx(want, rel=1e-6), m["step"]
 
 
-@pytest.mark.xfail(strict=True, reason="trainer bug: checkpoint.init_from=<global_stepB> loads the trunk's optimizer "
-                                       "LR, so the branch's first cooldown step runs at the peak LR; fix in "
-                                       "llmtrain/train/trainer.py, then drop this mark")
 def test_branch_first_step_already_cools_down(swept):
     for b in (r for r in swept["plan"] if r["init_from"]):
         first = [m for m in read_metrics(swept["out"] / b["name"]) if m.get("split") is None][0]

@@ -546,6 +546,16 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         prog.bad_steps = client.get("bad_steps", 0)
         rngs = client["rng"]
         set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+        if not resuming:
+            # A branch from another run's checkpoint follows this run's schedule and peak LR
+            # from its first step (the loaded optimizer carries the source run's LR), and its
+            # wall time counts only its own work.
+            sched = engine.lr_scheduler
+            sched.base_lrs = [cfg.train.lr for _ in sched.base_lrs]
+            sched.last_epoch = prog.step
+            for group, base in zip(engine.optimizer.param_groups, sched.base_lrs):
+                group["lr"] = base * sched.lr_lambdas[0](prog.step)
+            prog.wall_time = 0.0
         say(f"{'resumed' if resuming else 'started'} from {source} at step {prog.step}")
 
     logger = None
