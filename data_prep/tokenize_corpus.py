@@ -456,10 +456,12 @@ def _finished_task(prefix: str, expect: dict) -> dict | None:
         "seed": (old.get("options") or {}).get("seed"),
         "task": old.get("task"),
     }
-    diff = [k for k in expect if got.get(k) != expect[k]]
+    words = {"tokenizer_sha256": "tokenizer", "inputs": "input files", "valid_fraction": "--valid-fraction",
+             "seed": "--seed", "task": "input list or --num-tasks"}
+    diff = [words[k] for k in expect if got.get(k) != expect[k]]
     if diff:
-        raise InputError(f"{path}: a finished task made with other {', '.join(diff).replace('_', ' ')} than this run; "
-                         f"delete its files or pass --overwrite to redo it")
+        raise InputError(f"{path}: a finished task made with another {', '.join(diff)} than this run; "
+                         f"pass --overwrite to redo it (or delete its files)")
     if not shard_files_present(old, path):
         return None
     return old
@@ -587,6 +589,12 @@ def tokenize_corpus(inputs, tokenizer_path: str, output_prefix: str, valid_fract
         # Everything is encoded: drop a previous manifest before the new shards replace the old
         # ones, so no manifest ever describes shards it did not make.
         _remove(manifest_path(prefix))
+        if tasked and manifest_path(base_prefix).exists():
+            # A merged manifest lists this task's old shards: it is stale once they are replaced.
+            _remove(manifest_path(base_prefix))
+            if not quiet:
+                print(f"tokenize_corpus: removed {manifest_path(base_prefix)} (it listed this task's old shards); "
+                      f"merge again when all tasks have finished", flush=True)
         published = {s: w.publish() for s, w in writers.items()}
     except BaseException:
         for w in writers.values():

@@ -196,11 +196,29 @@ def test_finished_task_is_skipped(corpus, tokenizer, tmp_path, capsys):
     assert "already finished" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps  # nothing rewritten
     # The same task asked with other options: an error, not a silent mix; --overwrite redoes it.
-    with pytest.raises(InputError, match="other seed"):
+    with pytest.raises(InputError, match="another --seed than this run; pass --overwrite"):
         tokenize_corpus([corpus[0]], tokenizer, prefix, seed=3, task_index=1, num_tasks=2, quiet=True)
+    # A merged manifest survives a skipped rerun, but not a task that replaces its shards.
+    tokenize_corpus([corpus[0]], tokenizer, prefix, task_index=0, num_tasks=2, quiet=True)
+    merge_manifests(prefix, quiet=True)
+    tokenize_corpus([corpus[0]], tokenizer, prefix, task_index=0, num_tasks=2, quiet=True)
+    assert Path(f"{prefix}_manifest.json").exists()
     redone = tokenize_corpus([corpus[0]], tokenizer, prefix, seed=3, task_index=1, num_tasks=2, quiet=True,
                              overwrite=True)
     assert redone["options"]["seed"] == 3 and redone["documents"] == first["documents"]
+    assert not Path(f"{prefix}_manifest.json").exists()
+
+
+def test_worker_processes_write_the_same_shards(corpus, tokenizer, tmp_path):
+    kw = dict(valid_fraction=0.15, max_shard_tokens=6000, quiet=True)
+    one = tokenize_corpus([corpus[0]], tokenizer, str(tmp_path / "one"), workers=1, **kw)
+    two = tokenize_corpus([corpus[0]], tokenizer, str(tmp_path / "two"), workers=2, **kw)
+    assert len(one["splits"]["train"]["shards"]) > 1
+    for split in ("train", "valid"):
+        for a, b in zip(one["splits"][split]["shards"], two["splits"][split]["shards"], strict=True):
+            assert (a["documents"], a["tokens"]) == (b["documents"], b["tokens"])
+            for ext in ("bin", "idx"):
+                assert (tmp_path / f"{a['prefix']}.{ext}").read_bytes() == (tmp_path / f"{b['prefix']}.{ext}").read_bytes()
 
 
 def test_half_written_task_never_looks_finished(corpus, tokenizer, tmp_path):
