@@ -41,8 +41,9 @@ encoder thread calls `encode_batch_fast` (the same ids as `encode_batch`, withou
 which releases the GIL and runs on tokenizers' thread pool; the main thread turns the previous batch's
 ids into one numpy array (the only per-token Python work: `Encoding.ids` builds a list, ~13 M tokens/s),
 splits it by a per-token mask and appends each document to its shard. Reading and hashing 30 MB costs
-~0.3 s of one core, the ids ~0.7 s, writing ~0.2 s, against ~6 s of encoding on 2 threads, so end to end
-runs within a few percent of `encode_batch_fast` and faster than `encode_batch`. The code before the
+~0.3 s of one core, the ids ~0.7 s, writing ~0.2 s, against 6-9 s of encoding, so end to end runs at
+about the speed of `encode_batch` and within ~5% of `encode_batch_fast` (an earlier run of 3 rounds at
+load ~7: 1.12x and 0.96x). The code before the
 threads (everything in the main thread, one after another) measured 0.98x of `encode_batch` on 20 MB at
 load ~1.6; an A/B of the serial, reader-thread and three-stage versions on 10 MB (6 rotated rounds,
 load ~7) gave medians of 4.50 s, 3.96 s and 3.71 s with the same CPU time (2.9 s).
