@@ -1,37 +1,118 @@
 """Text helpers shared by the cleaning stages: word and sentence splitting, unicode repair.
 
-The word splitter is a single compiled regex written to give the same tokens as spaCy's
-blank English tokenizer on ordinary prose (the tokenizer the published filter code runs):
+The word splitter reproduces the tokens of spaCy's blank English tokenizer (the one the
+published filter code runs) closely enough that the filters take the same decisions:
 punctuation marks are tokens of their own, ``don't`` → ``do`` ``n't``, ``it's`` → ``it``
 ``'s``, hyphenated words are split, while numbers (``3.5``, ``1,000``), abbreviations
-(``e.g.``, ``U.S.``), URLs and e-mail addresses stay whole. It is ~20x faster than spaCy.
+(``e.g.``, ``U.S.``) and URLs stay whole. It is several times faster than spaCy.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 
-# Order matters: the first alternative that matches at a position wins.
-_WORD_RE = re.compile(
-    r"""
-      [a-z][a-z0-9+.-]*://[^\s"'<>()]*[^\s"'<>().,;:!?]     # URL
-    | [\w.+-]+@[\w-]+(?:\.[\w-]+)+                         # e-mail
-    | (?:[^\W\d_]\.){2,}                                   # e.g.  U.S.
-    | \w+(?=n't\b)                                         # do|n't
-    | n't\b
-    | '(?:s|re|ve|ll|d|m)\b                                # 's 're ...
-    | \d+(?:[.,:/]\d+)+                                    # 3.5  1,000  10:30
-    | \w+(?:\.\w+)*                                        # words (x.y.z stays whole)
-    | \.\.\.+                                              # ellipsis
-    | [^\w\s]                                              # any other mark, one by one
-    """,
-    re.VERBOSE | re.IGNORECASE,
+# The word splitter follows the algorithm of spaCy's rule-based tokenizer, with English
+# rules written out here: split the text at whitespace; for each piece, look up the
+# exceptions (contractions, abbreviations), else peel off prefix and suffix punctuation
+# until none is left, then split what remains at infixes (hyphens between letters, "/",
+# ":" or "=" between letters, commas between letters, "..." anywhere).
+_PREFIX_RE = re.compile(r"""^(?:\.\.+|…+|\+(?![0-9])|[§%=—–()\[\]{}<>"“”‘’`´«»„‚,:;!?¿¡_#*&~·$£€¥'])""")
+_SUFFIX_RE = re.compile(r"""(?:\.\.+|…+|(?<=.)['’][sS]|[,:;!?()\[\]{}<>_#*&~"”“`‘´’'»«%—–°]|(?<=[0-9])\+)$""")
+_INFIX_RE = re.compile(
+    r"""\.\.+|…|(?<=[0-9])[+\-*^](?=[0-9-])|(?<=[^\W\d_]),(?=[^\W\d_])"""
+    r"""|(?<=[^\W_])(?:---|--|-|–|—|~)(?=[^\W\d_])|(?<=[^\W_])[:<>=/](?=[^\W\d_])"""
+    r"""|(?<=[a-z'"”“`‘´’])\.(?=[A-Z])"""
 )
+_URL_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)
+
+
+def _build_exceptions() -> dict[str, list[str]]:
+    exc: dict[str, list[str]] = {}
+    neg = ["do", "does", "did", "is", "are", "was", "were", "have", "has", "had", "could", "would", "should",
+           "must", "might", "need", "dare", "may", "ought"]
+    pairs = [(v + "n't", [v, "n't"]) for v in neg]
+    pairs += [("can't", ["ca", "n't"]), ("won't", ["wo", "n't"]), ("shan't", ["sha", "n't"]),
+              ("ain't", ["ai", "n't"]), ("cannot", ["can", "not"])]
+    for pron in ["i", "you", "he", "she", "it", "we", "they", "that", "there", "who", "what"]:
+        for tail in ["'ll", "'d", "'ve", "'re", "'m"]:
+            pairs.append((pron + tail, [pron, tail]))
+    for word, parts in pairs:
+        for apo in ("'", "’"):
+            w = word.replace("'", apo)
+            p = [x.replace("'", apo) for x in parts]
+            exc[w] = p
+            exc[w[0].upper() + w[1:]] = [p[0][0].upper() + p[0][1:]] + p[1:]
+    for word, parts in (("id", ["i", "d"]), ("im", ["i", "m"]), ("ive", ["i", "ve"]), ("dont", ["do", "nt"]),
+                        ("doesnt", ["does", "nt"]), ("didnt", ["did", "nt"]), ("isnt", ["is", "nt"]),
+                        ("cant", ["ca", "nt"]), ("wont", ["wo", "nt"]), ("youre", ["you", "re"]),
+                        ("and/or", ["and/or"])):
+        exc[word] = parts
+        exc[word[0].upper() + word[1:]] = [parts[0][0].upper() + parts[0][1:]] + parts[1:]
+    for ab in ["e.g.", "i.e.", "Mr.", "Mrs.", "Ms.", "Dr.", "St.", "vs.", "Jr.", "Sr.", "Inc.", "Ltd.", "Co.",
+               "Corp.", "a.m.", "p.m.", "No.", "Prof.", "Mt.", "Jan.", "Feb.", "Aug.", "Sept.", "Oct.", "Nov.",
+               "Dec.", "U.S.", "U.K."]:
+        exc[ab] = [ab]
+    return exc
+
+
+_EXC = _build_exceptions()
+
+
+def _split_piece(piece: str, out: list) -> None:
+    suffixes = []
+    while piece:
+        ex = _EXC.get(piece)
+        if ex is not None:
+            out.extend(ex)
+            piece = ""
+            break
+        if _URL_RE.match(piece) and not piece[-1] in ".,;:!?)\"'":
+            break
+        m = _PREFIX_RE.match(piece)
+        if m and m.end() < len(piece) + (1 if len(piece) == 1 else 0):
+            out.append(m.group())
+            piece = piece[m.end():]
+            continue
+        if len(piece) > 1:
+            if piece[-1] == "." and not piece.endswith(".."):
+                prev = piece[-2]
+                if prev.islower() or prev.isdigit() or prev in "%²-+'\"”“`‘´’)]}" or \
+                        (prev.isupper() and len(piece) > 2 and piece[-3].isupper()):
+                    suffixes.append(".")
+                    piece = piece[:-1]
+                    continue
+            m = _SUFFIX_RE.search(piece)
+            if m and m.start() > 0:
+                suffixes.append(m.group())
+                piece = piece[:m.start()]
+                continue
+        break
+    if piece:
+        if _URL_RE.match(piece) or piece.isalnum():
+            out.append(piece)
+        else:
+            start = 0
+            for m in _INFIX_RE.finditer(piece):
+                if m.start() > start:
+                    out.append(piece[start:m.start()])
+                if m.end() > m.start():
+                    out.append(m.group())
+                start = m.end()
+            if start < len(piece):
+                out.append(piece[start:])
+    out.extend(reversed(suffixes))
 
 
 def split_words(text: str) -> list[str]:
     """Words and punctuation tokens of ``text`` (see the module doc)."""
-    return _WORD_RE.findall(text)
+    out: list[str] = []
+    append = out.append
+    for piece in text.split():
+        if piece.isalnum() and piece not in _EXC:
+            append(piece)
+        else:
+            _split_piece(piece, out)
+    return out
 
 
 _ABBREV = {"mr", "mrs", "ms", "dr", "st", "vs", "prof", "inc", "ltd", "jr", "sr", "no", "fig", "etc", "approx"}
