@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import numpy as np
+
 from .text import count_sentences, split_words
 
 # Punctuation and symbol characters: a token made only of these is a "symbol", not a word.
@@ -159,27 +161,55 @@ class GopherRepetition(Filter):
             # characters of the n-gram written with single spaces, times its count
             if (sum(map(len, gram)) + n - 1) * count / n_chars > frac:
                 return False, f"top_{n}_gram", text
-        for n, frac in self.dup_n_grams:
-            if self._dup_ngram_chars(words, n) / n_chars > frac:
-                return False, f"duplicated_{n}_grams", text
+        if self.dup_n_grams:
+            ids, cum = self._word_ids(words)
+            none_below = False
+            for n, frac in sorted(self.dup_n_grams):
+                # a repeated n-gram contains a repeated shorter one: none at n means none above
+                chars = 0 if none_below else self._dup_ngram_chars(ids, cum, n)
+                none_below = none_below or chars == 0
+                if chars / n_chars > frac:
+                    return False, f"duplicated_{n}_grams", text
         return True, None, text
 
     @staticmethod
-    def _dup_ngram_chars(words, n):
+    def _word_ids(words):
+        """Words as int ids (same word, same id) and the running sum of word lengths."""
+        vocab: dict = {}
+        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words))
+        cum = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=cum[1:])
+        return ids, cum
+
+    @staticmethod
+    def _dup_ngram_chars(ids, cum, n):
         """Characters covered by n-grams that repeat an earlier one, counting each word once
         (after a repeated n-gram the scan jumps past it)."""
+        m = len(ids) - n + 1
+        if m <= 1:
+            return 0
+        with np.errstate(over="ignore"):
+            h = ids[:m] * _MULT[0]
+            for j in range(1, n):
+                h = h * _MULT[1] + ids[j:j + m] + np.uint64(j)
+        if len(np.unique(h)) == m:  # no n-gram repeats: the usual case
+            return 0
+        hl = h.tolist()
+        cl = cum.tolist()
         seen: set = set()
         total = i = 0
-        last = len(words) - n
-        while i <= last:
-            g = tuple(words[i:i + n])
+        while i < m:
+            g = hl[i]
             if g in seen:
-                total += sum(map(len, g))
+                total += cl[i + n] - cl[i]
                 i += n
             else:
                 seen.add(g)
                 i += 1
         return total
+
+
+_MULT = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
 
 
 class C4(Filter):
