@@ -607,3 +607,22 @@ def test_dedup_refuses_missing_shards(tmp_path, rng):
     run_cli([str(src), "--output", out, "--stage", "filter", "--task-index", "0", "--num-tasks", "2"])
     r = run_cli(["--output", out, "--stage", "dedup"], check=False)
     assert r.returncode == 2 and "1 of 2 shards have not finished" in r.stderr
+
+
+def test_zstd_jsonl_and_languages_flag(tmp_path, rng):
+    import zstandard
+
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [json.dumps({"id": "en1", "text": english(rng, 5, 5)}), json.dumps({"id": "de1", "text": GERMAN * 3}),
+             json.dumps({"id": "fr1", "text": FRENCH * 3})]
+    (src / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    assert [d["id"] for d in readers.iter_documents(str(src / "a.jsonl.zst"))] == ["en1", "de1", "fr1"]
+    cfg = tmp_path / "c.yaml"
+    # German and French prose fails some English-tuned rules; keep only language ID and dedup here
+    cfg.write_text("gopher_repetition: {enabled: false}\ngopher_quality: {enabled: false}\n"
+                   "c4: {enabled: false}\nfineweb_quality: {enabled: false}\n")
+    out = str(tmp_path / "out")
+    run_cli([str(src), "--output", out, "--config", str(cfg), "--languages", "de,fr", "--workers", "1"])
+    got = {d["id"]: d["language"] for d in read_output(out)}
+    assert got == {"de1": "de", "fr1": "fr"}
