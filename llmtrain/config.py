@@ -243,18 +243,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def load_config(path: Optional[str | os.PathLike] = None, overrides: list[str] = ()) -> Config:
-    """YAML file (default configs/tiny.yaml) + ``section.key=value`` overrides → validated Config."""
-    path = Path(path) if path else DEFAULT_CONFIG
+def read_yaml(path: Path, what: str = "config", hint: str = "pass an existing YAML with --config"):
+    """Parsed YAML of ``path``, or ConfigError naming the file (and line) on a missing file or
+    bad syntax."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass an existing YAML with --config")
+        raise ConfigError(f"{path}: {what} file not found; {hint}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}{loc}: malformed YAML ({problem}); fix the syntax there") from None
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: list[str] = ()) -> Config:
+    """YAML file (default configs/tiny.yaml) + ``section.key=value`` overrides → validated Config."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train, ...)")
     cfg = Config()

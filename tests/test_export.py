@@ -9,7 +9,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from trainutil import REPO, SMALL, deepspeed_cmd, env, run_python, token_data  # noqa: F401 (fixture)
+from trainutil import REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, run_python
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,16 +35,6 @@ LAYOUTS = {  # name: (launch, model options, expected transformers class)
              ["parallel.pipeline_stages=2", "model.pos_encoding=rotary", "model.norm=layernorm", "model.mlp=gelu", "model.bias=true"],
              "GPTNeoXForCausalLM"),
 }
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trainutil import REPO, SMALL, deepspeed_cmd, env, free_port, read_metrics, run_deepspeed, run_python, train_losses
+from trainutil import (REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, free_port, read_metrics, run_deepspeed,
+                       run_python, train_losses)
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
-
-
-def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):

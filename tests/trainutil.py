@@ -72,3 +72,14 @@ def token_data(tmp_path_factory) -> str:
                     "--output-prefix", out / "sample", "--valid-fraction", "0.05"])
     assert r.returncode == 0, r.stderr
     return str(out / "sample")
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """The command failed with exit code 2 and exactly one 'error:' line containing needles."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]

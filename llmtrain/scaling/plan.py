@@ -23,9 +23,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from llmtrain.config import REPO_ROOT, ConfigError, ModelConfig
+from llmtrain.config import REPO_ROOT, ConfigError, ModelConfig, read_yaml
 from llmtrain.model.gpt import count_params, flops_per_token
 
 SWEEP_KEYS = {"name", "base", "deepspeed_config", "nproc", "vocab_size", "overrides", "ladder", "tokens", "hparams",
@@ -111,13 +110,7 @@ def _number(where: str, key: str, value, lo: float = 0.0, hi: float = math.inf, 
 
 def load_sweep(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep config not found")
-    try:
-        sw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path}{':' + str(mark.line + 1) if mark else ''}: malformed YAML; fix the syntax there") from None
+    sw = read_yaml(path, "sweep config", "pass a sweep YAML such as configs/scaling/cpu_ladder.yaml")
     where = str(path)
     _check_keys(where, "(top level)", sw, SWEEP_KEYS)
     sw.setdefault("name", path.stem)
