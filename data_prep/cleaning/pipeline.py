@@ -206,12 +206,17 @@ class ShardFilter:
         writer = ZstJsonlWriter(os.path.join(fdir, shard + ".jsonl.zst"), cfg["output"]["zstd_level"])
         keys: list[np.ndarray] = []
         max_ctrl = cfg["read"]["max_control_char_ratio"]
+        t0 = t_last = time.time()
         try:
             for doc in iter_documents(path, strict=False, errors=errors, max_doc_bytes=cfg["read"]["max_doc_bytes"],
                                       text_key=cfg["read"]["text_key"], id_key=cfg["read"]["id_key"]):
                 text = doc["text"]
                 st = S["read"]
                 st["docs_in"] += 1
+                if st["docs_in"] % 1000 == 0 and time.time() - t_last > 60:  # a big file: say how it goes
+                    t_last = time.time()
+                    log.info(f"[filter] {os.path.basename(path)}: {st['docs_in']} documents read, "
+                             f"{st['chars_in'] / 1e6:.0f}M characters, {t_last - t0:.0f}s")
                 st["chars_in"] += len(text)
                 if not text.strip():
                     errors["empty"] = errors.get("empty", 0) + 1
