@@ -10,7 +10,7 @@ Baseline, measured side by side: what Epoch's script does, one scipy.optimize.mi
 The baseline is timed on a random subset of starts (and of bootstrap refits, each from the same
 4 starts as ours) and extrapolated linearly; --full times all 4,500 starts.
 
-    python benchmarks/bench_fit.py [--subset 300] [--boot-subset 25] [--full] [--write benchmarks/BENCHMARKS_fit.md]
+    python benchmarks/bench_fit.py [--subset 300] [--boot-subset 25] [--full] [--write FILE]  (the section of benchmarks/BENCHMARKS.md)
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ each copy shuffles every document's paragraphs (seeded) and gets a new id, so th
 cache sees text like a real corpus's rather than exact repeats.
 
     python benchmarks/bench_tokenize.py [--mb 30] [--vocab 16384] [--threads 2] [--rounds 3] \\
-        [--workdir /tmp/bench_tok] [--write benchmarks/BENCHMARKS_tokenize.md]
+        [--workdir /tmp/bench_tok] [--write FILE]  (the section of benchmarks/BENCHMARKS.md)
 """
 from __future__ import annotations
 
