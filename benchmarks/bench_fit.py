@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from benchutil import cpu_description  # noqa: E402  (benchmarks/ is this script's folder)
 import scipy  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 from scipy.special import huber, logsumexp  # noqa: E402
@@ -52,16 +53,8 @@ def baseline_fit(starts, logN, logD, logL, w=None):
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores visible (shared with other work; load average {load:.1f} at start); "
+    return (f"{cpu_description()} (shared with other work; load average {load:.1f} at start); "
             f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}")
 
 

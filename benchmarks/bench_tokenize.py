@@ -33,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchutil import cpu_description  # noqa: E402  (benchmarks/ is this script's folder)
 
 
 NOTES = """How tokenize_corpus keeps up with the encoder (--workers 1, the default on <= 4 cores): three
@@ -100,19 +101,6 @@ def make_corpus(workdir: Path, mb: float, n_files: int) -> tuple[list[Path], int
         f.write_bytes(cctx.compress(("\n".join(ls) + "\n").encode("utf-8")))
     meta.write_text(json.dumps({"documents": n, "chars": chars}))
     return files, n, chars
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores visible"
 
 
 def main(argv=None) -> int:
@@ -185,7 +173,7 @@ def main(argv=None) -> int:
     # Paired per round (the load of a shared machine changes between rounds), then the median.
     ratio = {k: statistics.median(b / o for b, o in zip(wall[k], wall["ours"])) for k in runs}
     ratio_cpu = {k: statistics.median(b / o for b, o in zip(cpu[k], cpu["ours"])) for k in runs}
-    print(f"medians: " + ", ".join(f"{k} {med[k]:.2f} s" for k in runs) + f" -> ours runs at "
+    print("medians: " + ", ".join(f"{k} {med[k]:.2f} s" for k in runs) + f" -> ours runs at "
           f"{ratio['encode_batch']:.2f}x encode_batch's speed, {ratio['encode_batch_fast']:.2f}x encode_batch_fast's "
           f"(cpu time: {ratio_cpu['encode_batch']:.2f}x, {ratio_cpu['encode_batch_fast']:.2f}x; {tokens:,} tokens)",
           flush=True)
@@ -203,7 +191,7 @@ def main(argv=None) -> int:
             f"{args.vocab:,}-token byte-level BPE into {tokens:,} tokens; baselines encode chunks of {args.chunk} "
             f"documents.",
             "",
-            f"Machine: {machine()} (shared with other work; load average {load0:.1f} at start, {load1:.1f} at end); "
+            f"Machine: {cpu_description()} (shared with other work; load average {load0:.1f} at start, {load1:.1f} at end); "
             f"Python {platform.python_version()}, tokenizers {tokenizers.__version__}, numpy {np.__version__}. "
             f"RAYON_NUM_THREADS={args.threads}, TOKENIZERS_PARALLELISM=true for all three, in one process.",
             "",
