@@ -48,7 +48,9 @@ def peak_flops(device: torch.device, precision: str, configured: float | None) -
                 return table[precision], f"datasheet {frag} {precision}"
         return 0.0, f"unknown GPU '{name}': set train.peak_flops for MFU"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return measure_matmul_flops(dtype=dtype), f"measured {precision} matmul on this CPU"
+    # best of three short measurements: on a shared machine a single one can catch a busy moment
+    rate = max(measure_matmul_flops(dtype=dtype, seconds=0.3) for _ in range(3))
+    return rate, f"measured {precision} matmul on this CPU at start (best of 3); set train.peak_flops to fix it"
 
 
 class MetricsLogger:
