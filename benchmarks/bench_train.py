@@ -22,6 +22,8 @@ import torch  # noqa: E402
 from llmtrain.config import load_config  # noqa: E402
 from llmtrain.model.gpt import GPT, count_params, flops_per_token  # noqa: E402
 from llmtrain.train import trainer as T  # noqa: E402
+from llmtrain.train.engine import build_engine  # noqa: E402
+from llmtrain.train.step import train_step  # noqa: E402
 from llmtrain.train.ds_config import build_ds_config, load_ds_json  # noqa: E402
 from llmtrain.train.metrics import measure_matmul_flops  # noqa: E402
 
@@ -65,7 +67,7 @@ def deepspeed_path(cfg, engine, data, steps: int, start_step: int) -> float:
     G = cfg.train.global_batch_size
     t0 = time.perf_counter()
     for s in range(start_step, start_step + steps):
-        T.train_step(engine, data, s * G, G, 1, torch.device("cpu"), False, 1, True)
+        train_step(engine, data, s * G, G, 1, torch.device("cpu"), False, 1, True)
     return steps * G * cfg.model.seq_len / (time.perf_counter() - t0)
 
 
@@ -81,7 +83,7 @@ def main() -> None:
     threads = T.set_cpu_threads(cfg.train.threads)
     data = RandomTokens(cfg.model.vocab_size, cfg.model.seq_len)
     user, path = load_ds_json(None)
-    engine = T.build_engine(cfg, build_ds_config(cfg, user, path, "bench", 1), 10**6)
+    engine = build_engine(cfg, build_ds_config(cfg, user, path, "bench", 1), 10**6)
     state: dict = {}
     # warm up both paths (allocator, kernels)
     plain_loop(cfg, data, args.warmup, 0, state)

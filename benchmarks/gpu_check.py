@@ -27,6 +27,8 @@ import torch  # noqa: E402
 from llmtrain.config import load_config  # noqa: E402
 from llmtrain.model.gpt import GPT, count_params, flops_per_token  # noqa: E402
 from llmtrain.train import trainer as T  # noqa: E402
+from llmtrain.train.engine import build_engine  # noqa: E402
+from llmtrain.train.step import train_step  # noqa: E402
 from llmtrain.train.ds_config import build_ds_config, load_ds_json  # noqa: E402
 from llmtrain.train.metrics import peak_flops  # noqa: E402
 
@@ -61,7 +63,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     user, path = load_ds_json(args.deepspeed_config)
     ds = build_ds_config(cfg, user, path, "gpu_check", world)
-    engine = T.build_engine(cfg, ds, 10**6)
+    engine = build_engine(cfg, ds, 10**6)
     micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     V, Tn = cfg.model.vocab_size, cfg.model.seq_len
     g = torch.Generator().manual_seed(0)
@@ -77,7 +79,7 @@ def main() -> None:
     del ref
     losses = []
     for s in range(args.steps):
-        loss, _, _ = T.train_step(engine, data, s * cfg.train.global_batch_size + rank * micro * gas, micro, gas,
+        loss, _, _ = train_step(engine, data, s * cfg.train.global_batch_size + rank * micro * gas, micro, gas,
                                   device, False, world, False)
         losses.append(loss)
     checks = {
@@ -90,12 +92,12 @@ def main() -> None:
     rows = torch.randint(0, V, (cfg.train.global_batch_size * 64, Tn + 1), generator=g).numpy()
     data = Repeat(rows)
     for s in range(args.warmup):
-        T.train_step(engine, data, s * cfg.train.global_batch_size, micro, gas, device, False, world, False)
+        train_step(engine, data, s * cfg.train.global_batch_size, micro, gas, device, False, world, False)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for s in range(args.steps):
-        T.train_step(engine, data, (args.warmup + s) * cfg.train.global_batch_size + rank * micro * gas, micro, gas,
+        train_step(engine, data, (args.warmup + s) * cfg.train.global_batch_size + rank * micro * gas, micro, gas,
                      device, False, world, False)
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from data_prep.merge_manifests import blend_spec, merge_manifests
+from data_prep.merge_manifests import merge_manifests
 from data_prep.readers import InputError, expand_inputs
 from data_prep.tokenize_corpus import partition, task_prefix, tokenize_corpus
 from data_prep.train_tokenizer import EOD_TOKEN, train_tokenizer

@@ -1,5 +1,6 @@
-"""The training run: set-up (distributed, data, model, DeepSpeed engine), the loop, and the
-pieces around it (metrics, evaluation, checkpoints, summary) as small functions.
+"""The training run: distributed set-up, the run folder, and the loop that ties together the
+pieces beside it: engine.py (model, optimizer, schedule → DeepSpeed engine), step.py (one
+optimizer step, evaluation), checkpoint.py (save, resume, shape check), metrics.py (logging).
 
 Entry point: ``main(argv)``, used by launcher/pretrain.py.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import random
@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,11 @@ import torch
 
 from llmtrain.config import REPO_ROOT, Config, ConfigError, dump_config, load_config
 from llmtrain.data.dataset import DataBundle, load_data, prepare_sample_data
-from llmtrain.utils import atomic_write_json, atomic_write_text
+from llmtrain.train.checkpoint import (Progress, check_checkpoint_shape, checkpoint_state, save_checkpoint,
+                                      set_rng_state, truncate_metrics)
+from llmtrain.train.engine import build_engine, data_parallel_rank
+from llmtrain.train.step import any_rank, evaluate, train_step
+from llmtrain.utils import atomic_write_json
 
 
 class RunError(RuntimeError):
@@ -143,237 +146,6 @@ def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundl
     atomic_write_json(run_dir / "env.json", env)
 
 
-# ----------------------------------------------------------------------------- model / engine
-
-
-def enable_activation_checkpointing(blocks) -> None:
-    """Recompute each block's activations in the backward pass instead of storing them."""
-    from torch.utils.checkpoint import checkpoint
-
-    for blk in blocks:
-        fwd = blk.forward
-        blk.forward = lambda x, fwd=fwd: checkpoint(fwd, x, use_reentrant=False)
-
-
-def pipeline_key_to_gpt(key: str, n_layer: int) -> str | None:
-    """PipelineModule parameter name ('0.wte.weight', 'tied_modules.embed.wte.weight',
-    '3.attn.qkv.weight', ...) → the GPT's name for it."""
-    if key.startswith("tied_modules.embed."):
-        return "embed." + key[len("tied_modules.embed."):]
-    idx, _, rest = key.partition(".")
-    if not idx.isdigit():
-        return None
-    i = int(idx)
-    if i == 0:
-        return "embed." + rest
-    if i <= n_layer:
-        return f"blocks.{i - 1}.{rest}"
-    if i == n_layer + 1:
-        return "head." + rest
-    return None
-
-
-def load_weights(model, state: dict, cfg: Config, pipeline: bool) -> None:
-    """Copy a consolidated GPT state dict into the model (or this rank's pipeline stages)."""
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            src = pipeline_key_to_gpt(name, cfg.model.n_layer) if pipeline else name
-            if src is None or name.endswith(("rope_cos", "rope_sin")):
-                continue
-            if src not in state or state[src].shape != t.shape:
-                raise ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from}: no matching weight for {src}; "
-                                  f"the file is from another model shape")
-            t.copy_(state[src])
-
-
-def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dict | None = None,
-                 start_step: int = 0):
-    """The model (GPT, or its pipeline form), AdamW with decoupled weight decay on matrices
-    only, the LR schedule, all handed to deepspeed.initialize. ``init_state``: a consolidated
-    GPT state dict to start from, at schedule position ``start_step``."""
-    import deepspeed
-
-    from llmtrain.train.schedule import lr_multiplier
-
-    pipeline = cfg.parallel.pipeline_stages > 1
-    if pipeline:
-        from llmtrain.model.pipeline import gpt_pipeline
-
-        model = gpt_pipeline(cfg.model, cfg.parallel.pipeline_stages, seed=cfg.train.seed,
-                             activation_checkpoint_interval=1 if cfg.train.activation_checkpointing else 0)
-    else:
-        from llmtrain.model.gpt import GPT
-
-        model = GPT(cfg.model, seed=cfg.train.seed)
-        if cfg.train.activation_checkpointing:
-            enable_activation_checkpointing(model.blocks)
-    if init_state is not None:
-        load_weights(model, init_state, cfg, pipeline)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "wpe" not in name else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    t = cfg.train
-    # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_multiplier(s, total_steps, t.schedule, t.warmup_steps, t.min_lr_ratio, t.decay_fraction),
-    )
-    if start_step:
-        scheduler.last_epoch = start_step
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * scheduler.lr_lambdas[0](start_step)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    return engine
-
-
-def data_parallel_rank(engine, rank: int) -> int:
-    grid = getattr(engine, "grid", None)
-    return grid.get_data_parallel_rank() if grid is not None else rank
-
-
-def zero_loss(engine) -> torch.Tensor:
-    """A loss of exactly 0 connected to every trainable parameter: its backward yields zero
-    gradients and keeps DeepSpeed's gradient hooks and reductions in step on every rank."""
-    return sum((p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad), torch.zeros(()))
-
-
-def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline: bool, world: int,
-               own_norm: bool) -> tuple[float, float | None, bool]:
-    """One optimizer step over this rank's gas micro-batches from global sample ``start``.
-
-    Returns (loss averaged over the whole global batch, gradient norm or None, skipped). When
-    any rank's micro-batch loss is not finite, every rank backpropagates a zero loss instead,
-    and when the gradient norm is not finite the gradients are zeroed; either way the step is
-    taken at LR 0, so the weights do not move (AdamW's moments decay by one step) while the
-    data position and schedule move on. Under ZeRO/bf16 DeepSpeed itself skips a step whose
-    gradients overflow; that counts as skipped too.
-    """
-    from llmtrain.data.sampler import batch
-
-    micro_batches = (batch(data, start + m * micro, micro) for m in range(gas))
-    if pipeline:
-        # the pipeline engine runs all micro-batches and averages the loss over data-parallel ranks
-        loss = float(engine.train_batch(data_iter=micro_batches))
-        gn = engine.get_global_grad_norm()
-        return loss, (float(gn) if gn is not None else None), False
-    skipped_before = engine.skipped_steps
-    total, grad_norm, bad = 0.0, None, False
-    for m, (x, y) in enumerate(micro_batches):
-        loss = engine(x.to(device), y.to(device))
-        value = float(loss.detach())
-        bad = bad or any_rank(not math.isfinite(value), world)
-        if bad:
-            loss = zero_loss(engine)
-        engine.backward(loss)
-        total += value
-        if m == gas - 1:
-            if own_norm and not bad:  # ZeRO-0: gradients are already averaged over ranks here
-                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-                grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-                if not math.isfinite(grad_norm):
-                    bad = True
-                    for g in grads:
-                        g.zero_()
-            if bad:
-                for group in engine.optimizer.param_groups:
-                    group["lr"] = 0.0
-        engine.step()
-    if grad_norm is None and not bad:
-        gn = engine.get_global_grad_norm()
-        grad_norm = float(gn) if gn is not None else None
-    skipped = bad or engine.skipped_steps > skipped_before
-    return all_reduce_mean([total / gas], world)[0], grad_norm, skipped
-
-
-def any_rank(flag: bool, world: int) -> bool:
-    """True on every rank when ``flag`` is true on any rank."""
-    if world == 1:
-        return flag
-    import torch.distributed as dist
-
-    t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-# ----------------------------------------------------------------------------- loop pieces
-
-
-def all_reduce_mean(values: list[float], world: int) -> list[float]:
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(t)
-        t /= world
-    return t.tolist()
-
-
-def evaluate(engine, data: DataBundle, cfg: Config, dp_rank: int, dp_world: int, world: int, device,
-             pipeline: bool) -> float | None:
-    """Mean loss over the first eval_batches x global_batch_size windows of the valid split
-    (the same windows every time), averaged over all data-parallel ranks."""
-    if data.valid is None:
-        return None
-    from llmtrain.data.sampler import batch
-
-    G = cfg.train.global_batch_size
-    micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
-    n_batches = max(1, min(cfg.train.eval_batches, data.valid.num_samples // G))
-    engine.eval()
-    total = 0.0
-    with torch.no_grad():
-        for b in range(n_batches):
-            start = b * G + dp_rank * micro * gas
-            micro_batches = [batch(data.valid, start + m * micro, micro) for m in range(gas)]
-            if pipeline:
-                total += float(engine.eval_batch(iter(micro_batches), num_micro_batches=gas))
-            else:
-                total += sum(float(engine(x.to(device), y.to(device))) for x, y in micro_batches) / gas
-    engine.train()
-    return total / n_batches if pipeline else all_reduce_mean([total / n_batches], world)[0]
-
-
-def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, rank: int) -> str:
-    """DeepSpeed checkpoint under RUN/checkpoints/global_step{step}; 'latest' is written only
-    after every rank finished, through a rename, so an interrupted save never becomes latest."""
-    import torch.distributed as dist
-
-    ckpt_dir = run_dir / "checkpoints"
-    tag = f"global_step{step}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    dist.barrier()
-    if rank == 0:
-        atomic_write_text(ckpt_dir / "latest", tag)
-    dist.barrier()
-    return str(ckpt_dir / tag)
-
-
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    tokens: int = 0
-    wall_time: float = 0.0
-    bad_steps: int = 0
-    last_train_losses: list = field(default_factory=list)
-    last_valid_loss: float | None = None
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -429,33 +201,6 @@ class StopSignal:
 
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
-
-
-def check_checkpoint_shape(ckpt_dir: Path, cfg: Config) -> None:
-    """Refuse, before loading, a checkpoint made by a model of another shape."""
-    saved = ckpt_dir.parent / "config.yaml"
-    if not saved.is_file():
-        return
-    import yaml
-
-    old = (yaml.safe_load(saved.read_text()) or {}).get("model", {})
-    new = cfg.to_dict()["model"]
-    diff = [k for k in ("n_layer", "d_model", "n_head", "seq_len", "vocab_size", "pos_encoding", "norm", "mlp",
-                        "d_ff", "tie_embeddings", "bias") if old.get(k) != new.get(k)]
-    if diff:
-        k = diff[0]
-        raise ConfigError(
-            f"{ckpt_dir}: the checkpoint is of another model shape (model.{k}={old.get(k)} there, {new.get(k)} now); "
-            f"use a new --run-dir or the checkpoint's config {saved}"
-        )
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records logged after the checkpoint's step, so the log reads as one run."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
@@ -696,11 +441,3 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}", flush=True)
     dist.barrier()
     return 0
-
-
-def checkpoint_state(prog: Progress, wall: float, world: int) -> dict:
-    import torch.distributed as dist
-
-    states = [None] * world
-    dist.all_gather_object(states, rng_state())
-    return {"step": prog.step, "tokens": prog.tokens, "wall_time": wall, "bad_steps": prog.bad_steps, "rng": states}

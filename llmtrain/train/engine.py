@@ -1,0 +1,97 @@
+"""Engine set-up: the model (GPT or its pipeline form), AdamW and the LR schedule handed to
+deepspeed.initialize, and loading a consolidated state dict into any layout."""
+from __future__ import annotations
+
+import torch
+
+from llmtrain.config import Config, ConfigError
+
+
+def enable_activation_checkpointing(blocks) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them."""
+    from torch.utils.checkpoint import checkpoint
+
+    for blk in blocks:
+        fwd = blk.forward
+        blk.forward = lambda x, fwd=fwd: checkpoint(fwd, x, use_reentrant=False)
+
+
+def pipeline_key_to_gpt(key: str, n_layer: int) -> str | None:
+    """PipelineModule parameter name ('0.wte.weight', 'tied_modules.embed.wte.weight',
+    '3.attn.qkv.weight', ...) → the GPT's name for it."""
+    if key.startswith("tied_modules.embed."):
+        return "embed." + key[len("tied_modules.embed."):]
+    idx, _, rest = key.partition(".")
+    if not idx.isdigit():
+        return None
+    i = int(idx)
+    if i == 0:
+        return "embed." + rest
+    if i <= n_layer:
+        return f"blocks.{i - 1}.{rest}"
+    if i == n_layer + 1:
+        return "head." + rest
+    return None
+
+
+def load_weights(model, state: dict, cfg: Config, pipeline: bool) -> None:
+    """Copy a consolidated GPT state dict into the model (or this rank's pipeline stages)."""
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            src = pipeline_key_to_gpt(name, cfg.model.n_layer) if pipeline else name
+            if src is None or name.endswith(("rope_cos", "rope_sin")):
+                continue
+            if src not in state or state[src].shape != t.shape:
+                raise ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from}: no matching weight for {src}; "
+                                  f"the file is from another model shape")
+            t.copy_(state[src])
+
+
+def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dict | None = None,
+                 start_step: int = 0):
+    """The model (GPT, or its pipeline form), AdamW with decoupled weight decay on matrices
+    only, the LR schedule, all handed to deepspeed.initialize. ``init_state``: a consolidated
+    GPT state dict to start from, at schedule position ``start_step``."""
+    import deepspeed
+
+    from llmtrain.train.schedule import lr_multiplier
+
+    pipeline = cfg.parallel.pipeline_stages > 1
+    if pipeline:
+        from llmtrain.model.pipeline import gpt_pipeline
+
+        model = gpt_pipeline(cfg.model, cfg.parallel.pipeline_stages, seed=cfg.train.seed,
+                             activation_checkpoint_interval=1 if cfg.train.activation_checkpointing else 0)
+    else:
+        from llmtrain.model.gpt import GPT
+
+        model = GPT(cfg.model, seed=cfg.train.seed)
+        if cfg.train.activation_checkpointing:
+            enable_activation_checkpointing(model.blocks)
+    if init_state is not None:
+        load_weights(model, init_state, cfg, pipeline)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "wpe" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    t = cfg.train
+    # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_multiplier(s, total_steps, t.schedule, t.warmup_steps, t.min_lr_ratio, t.decay_fraction),
+    )
+    if start_step:
+        scheduler.last_epoch = start_step
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * scheduler.lr_lambdas[0](start_step)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def data_parallel_rank(engine, rank: int) -> int:
+    grid = getattr(engine, "grid", None)
+    return grid.get_data_parallel_rank() if grid is not None else rank
