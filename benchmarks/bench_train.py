@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also time the DeepSpeed path with train.compile=true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = load_config(None, ["model.vocab_size=4096", *args.overrides])
@@ -83,18 +84,23 @@ def main() -> None:
     threads = T.set_cpu_threads(cfg.train.threads)
     data = RandomTokens(cfg.model.vocab_size, cfg.model.seq_len)
     user, path = load_ds_json(None)
-    engine = build_engine(cfg, build_ds_config(cfg, user, path, "bench", 1), 10**6)
+    engines = {"deepspeed": build_engine(cfg, build_ds_config(cfg, user, path, "bench", 1), 10**6)}
+    if args.compile:
+        cfg_c = load_config(None, ["model.vocab_size=4096", "train.compile=true", *args.overrides])
+        engines["deepspeed + train.compile"] = build_engine(cfg_c, build_ds_config(cfg_c, user, path, "bench", 1), 10**6)
     state: dict = {}
-    # warm up both paths (allocator, kernels)
+    # warm up every path (allocator, kernels, compilation)
     plain_loop(cfg, data, args.warmup, 0, state)
-    deepspeed_path(cfg, engine, data, args.warmup, 0)
+    for eng in engines.values():
+        deepspeed_path(cfg, eng, data, args.warmup, 0)
     peak = measure_matmul_flops(seconds=1.0)
-    rates = {"plain": [], "deepspeed": []}
+    rates = {"plain": [], **{k: [] for k in engines}}
     for r in range(args.rounds):
         s0 = args.warmup + r * args.steps
         rates["plain"].append(plain_loop(cfg, data, args.steps, s0, state))
-        rates["deepspeed"].append(deepspeed_path(cfg, engine, data, args.steps, s0))
-        print(f"round {r}: plain {rates['plain'][-1]:,.0f} tok/s, deepspeed {rates['deepspeed'][-1]:,.0f} tok/s", flush=True)
+        for k, eng in engines.items():
+            rates[k].append(deepspeed_path(cfg, eng, data, args.steps, s0))
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:,.0f} tok/s" for k, v in rates.items()), flush=True)
     peak = max(peak, measure_matmul_flops(seconds=1.0))
     fpt = flops_per_token(cfg.model)
     n = count_params(cfg.model)["n_params"]
@@ -108,7 +114,7 @@ def main() -> None:
     print()
     print("| path | tokens/s (median of rounds) | achieved GFLOP/s | MFU vs measured matmul | ratio vs plain |")
     print("|---|---|---|---|---|")
-    for k in ("plain", "deepspeed"):
+    for k in rates:
         g = med[k] * fpt
         print(f"| {k} | {med[k]:,.0f} | {g / 1e9:.0f} | {g / peak:.1%} | {med[k] / med['plain']:.2f}x |")
 

@@ -34,7 +34,7 @@ from llmtrain.train.metrics import peak_flops  # noqa: E402
 
 MODEL_350M = ["model.n_layer=24", "model.d_model=1024", "model.n_head=16", "model.seq_len=2048",
               "model.vocab_size=50304", "model.pos_encoding=rotary", "model.norm=rmsnorm", "model.mlp=swiglu",
-              "train.precision=bf16", "train.global_batch_size=8", "train.micro_batch_size=8"]
+              "train.precision=bf16", "train.global_batch_size=8", "train.micro_batch_size=8", "train.compile=true"]
 SMOKE = ["model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.seq_len=64", "model.vocab_size=512",
          "train.global_batch_size=4", "train.precision=bf16"]
 

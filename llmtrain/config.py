@@ -98,6 +98,7 @@ class TrainConfig:
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
     peak_flops: Optional[float] = None  # per device, for MFU; None: known GPU table or measured on CPU
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model through DeepSpeed (engine.compile)
     threads: Optional[int] = None  # CPU: torch threads per rank; None: cores / ranks on the node
 
     def validate(self, where: str) -> None:

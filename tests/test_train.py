@@ -284,3 +284,15 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(token_data, tmp_path, l
     assert len(events) == 3 and [e["bad_steps_in_a_row"] for e in events] == [1, 2, 3]
     named = err[0].split("last good checkpoint: ")[1].split(";")[0]
     assert Path(named).is_dir()
+
+
+def test_compiled_model_trains_like_eager(token_data, tmp_path):
+    """train.compile=true (torch.compile through engine.compile) gives the eager losses."""
+    common = [f"data.prefix={token_data}", *SMALL, "train.max_steps=4"]
+    eager = run_python([PRETRAIN, "--run-dir", tmp_path / "eager", *common])
+    compiled = run_python([PRETRAIN, "--run-dir", tmp_path / "compiled", *common, "train.compile=true"])
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-3000:]
+    a, b = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-4), step

@@ -89,6 +89,8 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * scheduler.lr_lambdas[0](start_step)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    if cfg.train.compile:
+        engine.compile()
     return engine
 
 
