@@ -131,6 +131,13 @@ def _count(errors: dict | None, key: str, msg: str, warn: bool = True) -> None:
         log.warning(msg)
 
 
+def _problem(errors: dict | None, key: str, msg: str, strict: bool) -> None:
+    """Bad input: raise InputError(msg) when strict, else count it under ``key`` and warn."""
+    if strict:
+        raise InputError(msg) from None
+    _count(errors, key, msg)
+
+
 # Exceptions that mean "the compressed stream or file ends early / is corrupt".
 def _truncation_errors():
     errs = [EOFError, zlib.error, gzip.BadGzipFile, OSError]
@@ -183,9 +190,7 @@ def iter_jsonl(path: str, text_key: str = "text", id_key: str = "id", strict: bo
             for raw, lineno in _read_lines_bounded(fh, max_doc_bytes):
                 if raw is None:
                     msg = f"{path}:{lineno}: line longer than {max_doc_bytes} bytes; skipped"
-                    if strict:
-                        raise InputError(msg)
-                    _count(errors, "oversized", msg)
+                    _problem(errors, "oversized", msg, strict)
                     continue
                 if not raw.strip():
                     continue
@@ -201,15 +206,11 @@ def iter_jsonl(path: str, text_key: str = "text", id_key: str = "id", strict: bo
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     msg = f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line"
-                    if strict:
-                        raise InputError(msg) from None
-                    _count(errors, "malformed_json", msg)
+                    _problem(errors, "malformed_json", msg, strict)
                     continue
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
                     msg = f"{path}:{lineno}: no string field '{text_key}'; every line needs one"
-                    if strict:
-                        raise InputError(msg)
-                    _count(errors, "missing_text", msg)
+                    _problem(errors, "missing_text", msg, strict)
                     continue
                 doc_id = obj.get(id_key)
                 yield {"id": str(doc_id) if doc_id is not None else f"{base}:{lineno}", "text": obj[text_key],
@@ -218,9 +219,7 @@ def iter_jsonl(path: str, text_key: str = "text", id_key: str = "id", strict: bo
         raise
     except _TRUNC as e:
         msg = f"{path}: truncated or corrupt file ({type(e).__name__}: {e}); documents before the cut are kept"
-        if strict:
-            raise InputError(msg) from None
-        _count(errors, "truncated", msg)
+        _problem(errors, "truncated", msg, strict)
 
 
 # ----------------------------------------------------------------------------- WARC / WET
@@ -290,9 +289,7 @@ def iter_warc(path: str, strict: bool = True, errors: dict | None = None,
                     continue
                 if not line.startswith(b"WARC/"):
                     msg = f"{path}: record {nrec + 1}: expected a 'WARC/' version line, found {line[:40]!r}; stopping"
-                    if strict:
-                        raise InputError(msg)
-                    _count(errors, "malformed_warc", msg)
+                    _problem(errors, "malformed_warc", msg, strict)
                     return
                 hlines = []
                 while True:
@@ -308,9 +305,7 @@ def iter_warc(path: str, strict: bool = True, errors: dict | None = None,
                     length = int(headers.get("content-length", ""))
                 except ValueError:
                     msg = f"{path}: record {nrec}: no valid Content-Length; stopping"
-                    if strict:
-                        raise InputError(msg) from None
-                    _count(errors, "malformed_warc", msg)
+                    _problem(errors, "malformed_warc", msg, strict)
                     return
                 rtype = headers.get("warc-type", "")
                 wanted = rtype in ("response", "conversion")
@@ -360,9 +355,7 @@ def iter_warc(path: str, strict: bool = True, errors: dict | None = None,
         raise
     except _TRUNC as e:
         msg = f"{path}: truncated or corrupt WARC after {nrec} records ({type(e).__name__}: {e}); earlier records kept"
-        if strict:
-            raise InputError(msg) from None
-        _count(errors, "truncated", msg)
+        _problem(errors, "truncated", msg, strict)
 
 
 def _dechunk(data: bytes) -> bytes:
@@ -394,16 +387,12 @@ def iter_parquet(path: str, text_key: str = "text", id_key: str = "id", strict: 
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for corrupt files
         msg = f"{path}: not a readable Parquet file ({e})"
-        if strict:
-            raise InputError(msg) from None
-        _count(errors, "unreadable_file", msg)
+        _problem(errors, "unreadable_file", msg, strict)
         return
     names = pf.schema_arrow.names
     if text_key not in names:
         msg = f"{path}: no column '{text_key}' (columns: {', '.join(names)}); pass the text column name"
-        if strict:
-            raise InputError(msg)
-        _count(errors, "missing_text", msg)
+        _problem(errors, "missing_text", msg, strict)
         return
     cols = [text_key] + ([id_key] if id_key in names else [])
     row = 0
@@ -415,18 +404,14 @@ def iter_parquet(path: str, text_key: str = "text", id_key: str = "id", strict: 
                 row += 1
                 if not isinstance(t, str):
                     msg = f"{path}: row {row}: '{text_key}' is not a string"
-                    if strict:
-                        raise InputError(msg)
-                    _count(errors, "missing_text", msg)
+                    _problem(errors, "missing_text", msg, strict)
                     continue
                 yield {"id": str(i) if i is not None else f"{base}:{row}", "text": t, "source": path}
     except InputError:
         raise
     except Exception as e:
         msg = f"{path}: corrupt Parquet after {row} rows ({type(e).__name__}: {e}); earlier rows kept"
-        if strict:
-            raise InputError(msg) from None
-        _count(errors, "truncated", msg)
+        _problem(errors, "truncated", msg, strict)
 
 
 # ----------------------------------------------------------------------------- plain text
@@ -444,18 +429,14 @@ def iter_text(path: str, strict: bool = True, errors: dict | None = None,
                 size += len(chunk)
                 if size > max_doc_bytes:
                     msg = f"{path}: text file larger than {max_doc_bytes} bytes; skipped (split it into files)"
-                    if strict:
-                        raise InputError(msg)
-                    _count(errors, "oversized", msg)
+                    _problem(errors, "oversized", msg, strict)
                     return
                 parts.append(chunk)
     except InputError:
         raise
     except _TRUNC as e:
         msg = f"{path}: truncated or corrupt file ({type(e).__name__}: {e})"
-        if strict:
-            raise InputError(msg) from None
-        _count(errors, "truncated", msg)
+        _problem(errors, "truncated", msg, strict)
         return
     try:
         text = b"".join(parts).decode("utf-8")
