@@ -65,6 +65,7 @@ from llmtrain.data.indexed import (  # noqa: E402
     manifest_path,
     write_manifest,
 )
+from llmtrain.utils import sha256_file  # noqa: E402
 
 EOD_TOKEN = "<|endoftext|>"
 DEFAULT_VALID_FRACTION = 0.01
@@ -75,14 +76,6 @@ MANIFEST_FORMAT_VERSION = 2  # 2: splits.<split>.shards
 SPLITS = ("train", "valid")
 # Rough uncompressed-characters per on-disk byte, for the ETA until a file has been read.
 _RATIO_GUESS = {".gz": 3.0, ".zst": 3.5}
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split_key(seed: int) -> bytes:

@@ -4,7 +4,6 @@ and its token data. Every problem is an ExportError (or CheckpointError / DataFo
 ValueError whose message is one line naming the file and the fix."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from llmtrain.train.consolidate import CheckpointError, resolve_checkpoint
+from llmtrain.utils import sha256_file
 
 EOD_TOKEN = "<|endoftext|>"
 
@@ -50,14 +50,6 @@ def run_info(path) -> RunInfo:
     return RunInfo(step_dir, run_dir, config, manifests, prefixes)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tokenizer_path(info: RunInfo, override: str | None = None) -> Path:
     """The run's tokenizer.json: --tokenizer, else the run's data.tokenizer, else the one named in
     data_manifest.json. When the manifest records a sha256, the file must match it."""
@@ -79,7 +71,7 @@ def tokenizer_path(info: RunInfo, override: str | None = None) -> Path:
         raise ExportError(f"{p}: tokenizer not found (named by {named_by}); pass --tokenizer PATH to the "
                           f"tokenizer.json the run was trained with")
     want = tok.get("sha256")
-    if want and _sha256(p) != want:
+    if want and sha256_file(p) != want:
         raise ExportError(f"{p}: sha256 differs from the {want[:12]}... recorded in {man_file}; this is not the "
                           f"tokenizer the run was trained with (pass --tokenizer PATH to the right one)")
     return p
