@@ -198,9 +198,7 @@ def iter_jsonl(path: str, text_key: str = "text", id_key: str = "id", strict: bo
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     msg = f"{path}:{lineno}: invalid UTF-8 at byte {e.start}; fix the encoding or remove that line"
-                    if strict:
-                        raise InputError(msg) from None
-                    _count(errors, "invalid_utf8", msg)
+                    _problem(errors, "invalid_utf8", msg, strict)
                     continue
                 try:
                     obj = json.loads(line)
@@ -442,9 +440,7 @@ def iter_text(path: str, strict: bool = True, errors: dict | None = None,
         text = b"".join(parts).decode("utf-8")
     except UnicodeDecodeError as e:
         msg = f"{path}: invalid UTF-8 at byte {e.start}; re-encode the file as UTF-8"
-        if strict:
-            raise InputError(msg) from None
-        _count(errors, "invalid_utf8", msg)
+        _problem(errors, "invalid_utf8", msg, strict)
         return
     yield {"id": path, "text": text, "source": path}
 
