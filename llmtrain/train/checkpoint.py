@@ -49,23 +49,25 @@ class Progress:
     last_valid_loss: float | None = None
 
 
+def check_same_model(old: dict, cfg: Config, source, hint: str) -> None:
+    """Refuse, before loading, weights made by a model of another shape: every model field
+    but dropout must match the saved ``old`` model section."""
+    now = cfg.to_dict()["model"]
+    diff = [k for k, v in now.items() if k != "dropout" and k in old and old[k] != v]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{source}: the checkpoint is of another model shape (model.{k}={old[k]} there, {now[k]} now){hint}")
+
+
 def check_checkpoint_shape(ckpt_dir: Path, cfg: Config) -> None:
-    """Refuse, before loading, a checkpoint made by a model of another shape."""
+    """check_same_model against the config.yaml of the run that wrote ``ckpt_dir``."""
     saved = ckpt_dir.parent / "config.yaml"
     if not saved.is_file():
         return
     import yaml
 
     old = (yaml.safe_load(saved.read_text()) or {}).get("model", {})
-    new = cfg.to_dict()["model"]
-    diff = [k for k in ("n_layer", "d_model", "n_head", "seq_len", "vocab_size", "pos_encoding", "norm", "mlp",
-                        "d_ff", "tie_embeddings", "bias") if old.get(k) != new.get(k)]
-    if diff:
-        k = diff[0]
-        raise ConfigError(
-            f"{ckpt_dir}: the checkpoint is of another model shape (model.{k}={old.get(k)} there, {new.get(k)} now); "
-            f"use a new --run-dir or the checkpoint's config {saved}"
-        )
+    check_same_model(old, cfg, ckpt_dir, f"; use a new --run-dir or the checkpoint's config {saved}")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

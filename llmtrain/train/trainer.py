@@ -23,8 +23,8 @@ import torch
 
 from llmtrain.config import REPO_ROOT, Config, ConfigError, dump_config, load_config
 from llmtrain.data.dataset import DataBundle, load_data, prepare_sample_data
-from llmtrain.train.checkpoint import (Progress, check_checkpoint_shape, checkpoint_state, save_checkpoint,
-                                      set_rng_state, truncate_metrics)
+from llmtrain.train.checkpoint import (Progress, check_checkpoint_shape, check_same_model, checkpoint_state,
+                                      save_checkpoint, set_rng_state, truncate_metrics)
 from llmtrain.train.engine import build_engine, data_parallel_rank
 from llmtrain.train.step import any_rank, evaluate, train_step
 from llmtrain.utils import atomic_write_json
@@ -241,11 +241,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         init = Path(cfg.checkpoint.init_from)
         if init.is_file():  # a consolidated checkpoint (python -m llmtrain.train.consolidate)
             init_file = torch.load(init, map_location="cpu", weights_only=False)
-            old = init_file.get("model_config", {})
-            diff = [k for k, v in cfg.to_dict()["model"].items() if k in old and old[k] != v and k != "dropout"]
-            if diff:
-                raise ConfigError(f"{init}: the checkpoint is of another model shape (model.{diff[0]}={old[diff[0]]} "
-                                  f"there, {getattr(cfg.model, diff[0])} now)")
+            check_same_model(init_file.get("model_config", {}), cfg, init, "")
         elif init.is_dir():
             check_checkpoint_shape(init.parent, cfg)
         else:
