@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -36,17 +35,16 @@ def vocab_size_for(sw: dict, base_model, base_cfg_path: str) -> int:
     if base_model.vocab_size:
         return base_model.vocab_size
     from llmtrain.config import load_config
-    from llmtrain.data.dataset import parse_blend, tokenizer_vocab_size
+    from llmtrain.data.dataset import padded_vocab, parse_blend, read_manifest, tokenizer_of, tokenizer_vocab_size
 
     cfg = load_config(base_cfg_path, [o for o in sw.get("overrides", []) if o.startswith("data.")])
     if cfg.data.prefix:
         _, prefixes = parse_blend(cfg.data.prefix)
-        man = json.loads(Path(f"{prefixes[0]}_manifest.json").read_text())
-        tok = cfg.data.tokenizer or (man["tokenizer"]["path"] if isinstance(man.get("tokenizer"), dict) else man.get("tokenizer"))
-        v = tokenizer_vocab_size(tok, f"{prefixes[0]}_manifest.json")
+        man, path = read_manifest(prefixes[0])
+        v = tokenizer_vocab_size(cfg.data.tokenizer or tokenizer_of(man)[0], str(path))
     else:
         v = cfg.data.sample_vocab_size  # the bundled corpus' tokenizer has exactly this size
-    return 64 * math.ceil(v / 64)
+    return padded_vocab(v)
 
 
 def is_finished(run_dir: Path) -> bool:

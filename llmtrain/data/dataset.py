@@ -6,6 +6,7 @@ notation, "0.7 PREFIX_A 0.3 PREFIX_B". Every dataset must come from the same tok
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def prepare_sample_data(cfg: Config, rank: int) -> str:
     return str(prefix)
 
 
-def _read_manifest(prefix: str) -> tuple[dict, Path]:
+def read_manifest(prefix: str) -> tuple[dict, Path]:
     path = Path(f"{prefix}_manifest.json")
     if not path.is_file():
         raise ConfigError(
@@ -82,11 +83,16 @@ def _read_manifest(prefix: str) -> tuple[dict, Path]:
         raise ConfigError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); re-run data_prep/tokenize_corpus.py") from None
 
 
-def _tokenizer_of(manifest: dict) -> tuple[str | None, str | None]:
+def tokenizer_of(manifest: dict) -> tuple[str | None, str | None]:
     tok = manifest.get("tokenizer")
     if isinstance(tok, dict):
         return tok.get("path"), tok.get("sha256")
     return tok, manifest.get("tokenizer_sha256")
+
+
+def padded_vocab(vocab_size: int) -> int:
+    """The model's vocabulary for a tokenizer's: rounded up to a multiple of 64 for matmul efficiency."""
+    return 64 * math.ceil(vocab_size / 64)
 
 
 def tokenizer_vocab_size(path: str, named_by: str) -> int:
@@ -121,13 +127,13 @@ def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
     weights, prefixes = parse_blend(spec)
     manifests, hashes = [], set()
     for p in prefixes:
-        m, _ = _read_manifest(p)
+        m, _ = read_manifest(p)
         manifests.append(m)
-        hashes.add(_tokenizer_of(m)[1])
+        hashes.add(tokenizer_of(m)[1])
     if len(hashes) > 1:
         raise ConfigError(f"data.prefix='{spec}': the blended datasets were made with different tokenizers "
                           f"(see their _manifest.json); re-tokenise them with one tokenizer")
-    named, _ = _tokenizer_of(manifests[0])
+    named, _ = tokenizer_of(manifests[0])
     tok_path = cfg.data.tokenizer or named
     if not tok_path:
         raise ConfigError(f"{prefixes[0]}_manifest.json: names no tokenizer; set data.tokenizer=PATH")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from llmtrain.config import REPO_ROOT, Config, ConfigError, dump_config, load_config
-from llmtrain.data.dataset import DataBundle, load_data, prepare_sample_data
+from llmtrain.data.dataset import DataBundle, load_data, padded_vocab, prepare_sample_data
 from llmtrain.train.checkpoint import (Progress, check_checkpoint_shape, check_same_model, checkpoint_state,
                                       save_checkpoint, set_rng_state, truncate_metrics)
 from llmtrain.train.engine import build_engine, data_parallel_rank
@@ -224,7 +224,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
     dist.barrier()
     data = load_data(cfg, prefix, config_path)
     if cfg.model.vocab_size is None:
-        cfg.model.vocab_size = 64 * math.ceil(data.vocab_size / 64)  # padded for matmul efficiency
+        cfg.model.vocab_size = padded_vocab(data.vocab_size)
     if cfg.data.prefix is None:
         cfg.data.prefix = prefix
 
