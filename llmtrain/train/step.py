@@ -30,12 +30,12 @@ def train_step(engine, data, start: int, micro: int, gas: int, device, pipeline:
     from llmtrain.data.sampler import batch
 
     micro_batches = (batch(data, start + m * micro, micro) for m in range(gas))
+    skipped_before = engine.skipped_steps
     if pipeline:
         # the pipeline engine runs all micro-batches and averages the loss over data-parallel ranks
         loss = float(engine.train_batch(data_iter=micro_batches))
         gn = engine.get_global_grad_norm()
-        return loss, (float(gn) if gn is not None else None), False
-    skipped_before = engine.skipped_steps
+        return loss, (float(gn) if gn is not None else None), engine.skipped_steps > skipped_before
     total, grad_norm, bad = 0.0, None, False
     for m, (x, y) in enumerate(micro_batches):
         loss = engine(x.to(device), y.to(device))
