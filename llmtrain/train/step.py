@@ -75,8 +75,6 @@ def any_rank(flag: bool, world: int) -> bool:
     return bool(t.item())
 
 
-
-
 def all_reduce_mean(values: list[float], world: int) -> list[float]:
     import torch.distributed as dist
 
@@ -87,8 +85,7 @@ def all_reduce_mean(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
-def evaluate(engine, data: DataBundle, cfg: Config, dp_rank: int, dp_world: int, world: int, device,
-             pipeline: bool) -> float | None:
+def evaluate(engine, data: DataBundle, cfg: Config, dp_rank: int, world: int, device, pipeline: bool) -> float | None:
     """Mean loss over the first eval_batches x global_batch_size windows of the valid split
     (the same windows every time), averaged over all data-parallel ranks."""
     if data.valid is None:

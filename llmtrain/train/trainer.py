@@ -376,7 +376,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
             status = "stopped"
             break
         if cfg.train.eval_interval and prog.step % cfg.train.eval_interval == 0 and prog.step < total_steps:
-            vl = evaluate(engine, data, cfg, dp_rank, dp_world, world, device, pipeline)
+            vl = evaluate(engine, data, cfg, dp_rank, world, device, pipeline)
             if vl is not None:
                 prog.last_valid_loss = vl
                 if is_main:
@@ -395,7 +395,7 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         return 0
 
     # the end: final evaluation, checkpoint, summary
-    vl = evaluate(engine, data, cfg, dp_rank, dp_world, world, device, pipeline)
+    vl = evaluate(engine, data, cfg, dp_rank, world, device, pipeline)
     wall = wall_before + time.time() - t_loop
     if vl is not None:
         prog.last_valid_loss = vl
