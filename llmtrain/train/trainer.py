@@ -159,15 +159,14 @@ def main(argv=None) -> int:
         user_ds, ds_path = load_ds_json(args.deepspeed_config)
         # validate the layout and the user's data before any process group or model exists
         config_path = args.config or "configs/tiny.yaml"
-        check_layout(cfg, user_ds, ds_path, config_path, env_int("WORLD_SIZE", 1))
-        if cfg.data.prefix is not None:
-            load_data(cfg, cfg.data.prefix, config_path)
+        ds_config = check_layout(cfg, user_ds, ds_path, config_path, env_int("WORLD_SIZE", 1))
+        data = load_data(cfg, cfg.data.prefix, config_path) if cfg.data.prefix is not None else None
     except (ConfigError, ValueError, OSError) as e:
         if rank_env == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     try:
-        return train(args, cfg, user_ds, ds_path)
+        return train(args, cfg, ds_config, data)
     except (ConfigError, RunError, ValueError) as e:
         if env_int("RANK", 0) == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -203,7 +202,9 @@ class StopSignal:
         self.received = signal.Signals(signum).name
 
 
-def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
+def train(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
+    """The run, with the DeepSpeed config and (unless the bundled corpus is still to be
+    prepared) the data already validated by main()."""
     import torch.distributed as dist
 
     from llmtrain.model.gpt import count_params, flops_per_token
@@ -220,17 +221,15 @@ def train(args, cfg: Config, user_ds: dict, ds_path: str) -> int:
         if is_main:
             print(msg, flush=True)
 
-    prefix = cfg.data.prefix or prepare_sample_data(cfg, rank)
-    dist.barrier()
-    data = load_data(cfg, prefix, config_path)
+    if data is None:
+        cfg.data.prefix = prepare_sample_data(cfg, rank)
+        dist.barrier()
+        data = load_data(cfg, cfg.data.prefix, config_path)
     if cfg.model.vocab_size is None:
         cfg.model.vocab_size = padded_vocab(data.vocab_size)
-    if cfg.data.prefix is None:
-        cfg.data.prefix = prefix
 
     pipeline = cfg.parallel.pipeline_stages > 1
     dp_world = world // cfg.parallel.pipeline_stages
-    ds_config = check_layout(cfg, user_ds, ds_path, config_path, world)
     run_dir = resolve_run_dir(args, cfg, rank)
     ckpt_dir = run_dir / "checkpoints"
     resuming = cfg.checkpoint.resume and (ckpt_dir / "latest").is_file()
