@@ -1,29 +1,44 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers, one per job: atomic file writes (readable by the team), file hashes,
+the Slurm/array task partition, a free local port."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so a
-    reader never sees a half-written file and an interrupted write leaves the old one intact."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
+    reader never sees a half-written file and an interrupted write leaves the old one intact.
+    The file gets the mode a plain ``open(path, "w")`` would (0644 under the usual umask), not
+    mkstemp's 0600: teammates on a cluster must be able to read run records."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8", "surrogatepass"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
@@ -37,3 +52,34 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def task_from_env(task_index: int | None, num_tasks: int | None) -> tuple[int, int]:
+    """(task index, task count): --task-index/--num-tasks when given, else the Slurm array's
+    SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN: arrays need not start at 0) and
+    SLURM_ARRAY_TASK_COUNT, else (0, 1). ValueError (one line) when out of range."""
+    try:
+        if task_index is None:
+            task_index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        if num_tasks is None:
+            num_tasks = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
+    except ValueError as e:
+        raise ValueError(f"SLURM_ARRAY_TASK_* is not an integer ({e}); pass --task-index and --num-tasks") from None
+    if num_tasks < 1 or not 0 <= task_index < num_tasks:
+        raise ValueError(f"--task-index {task_index} is outside [0, --num-tasks {num_tasks}); indices start at 0")
+    return task_index, num_tasks
+
+
+def partition(items: list, task_index: int, num_tasks: int) -> list:
+    """The items task ``task_index`` of ``num_tasks`` owns: every num_tasks-th of the list, so
+    every item belongs to exactly one task."""
+    if num_tasks < 1 or not 0 <= task_index < num_tasks:
+        raise ValueError(f"--task-index {task_index} is outside [0, --num-tasks {num_tasks}); indices start at 0")
+    return [x for i, x in enumerate(items) if i % num_tasks == task_index]
