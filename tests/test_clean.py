@@ -626,3 +626,47 @@ def test_zstd_jsonl_and_languages_flag(tmp_path, rng):
     run_cli([str(src), "--output", out, "--config", str(cfg), "--languages", "de,fr", "--workers", "1"])
     got = {d["id"]: d["language"] for d in read_output(out)}
     assert got == {"de1": "de", "fr1": "fr"}
+
+
+def _run_main(args):
+    from data_prep import clean
+
+    assert clean.main(args) == 0
+
+
+def test_rerun_follows_each_stage_settings(tmp_path, rng):
+    """Rerunning into the same --output with one stage's settings changed redoes that stage:
+    masking turned on masks, a filter threshold drops, dedup off keeps the near duplicate."""
+    src = tmp_path / "in"
+    src.mkdir()
+    base = english(rng, 5, 5)
+    near = base.split(" ")
+    near[30] = "different"
+    near = " ".join(near)
+    docs = [{"id": "mail", "text": english(rng, 5, 5) + "\n\nWrite to jane.doe@example.org for the full report."},
+            {"id": "base", "text": base}, {"id": "near", "text": near}]
+    write_jsonl(str(src / "a.jsonl"), docs)
+    out = str(tmp_path / "out")
+
+    def run(yaml_text):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml_text)
+        _run_main([str(src), "--output", out, "--config", str(cfg), "--workers", "1", "--quiet"])
+        got = {d["id"]: d["text"] for d in read_output(out)}
+        return got, json.load(open(os.path.join(out, "stats.json")))
+
+    got, stats = run("pii: {enabled: false}\n")
+    assert "jane.doe@example.org" in got["mail"] and set(got) == {"mail", "base"}
+    assert stats["config"]["pii"]["enabled"] is False
+    got, stats = run("pii: {enabled: true}\n")  # the PII rerun masks
+    assert "jane.doe" not in got["mail"] and "email@example.com" in got["mail"]
+    assert {s["stage"]: s for s in stats["stages"]}["pii"]["masked"]["email"] == 1
+    got, stats = run("dedup: {near: false}\n")
+    assert set(got) == {"mail", "base", "near"}
+    got, stats = run("gopher_quality: {min_doc_words: 100000}\n")
+    assert got == {} and stats["documents_out"] == 0
+    got, stats = run("output: {removed_samples: 0}\n")
+    assert set(got) == {"mail", "base"} and not os.path.exists(os.path.join(out, "removed", "near_dedup.jsonl"))
+    got, stats = run("{}\n")
+    assert set(got) == {"mail", "base"}
+    assert [json.loads(x)["id"] for x in open(os.path.join(out, "removed", "near_dedup.jsonl"))] == ["near"]

@@ -109,7 +109,24 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> dict:
     return cfg
 
 
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def config_hash(cfg: dict) -> str:
-    """Hash of everything that changes what the filter stage writes (output settings aside)."""
-    relevant = {k: v for k, v in cfg.items() if k not in ("output", "pii")}
-    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of every setting that changes what the filter pass writes: the reader, extraction,
+    unicode repair, the filters, and the dedup keys it computes (shingles, bands, rows, seed)."""
+    relevant = {k: v for k, v in cfg.items() if k not in ("output", "pii", "dedup")}
+    relevant["dedup_keys"] = {k: cfg["dedup"][k] for k in ("near", "ngram", "bands", "rows", "seed")}
+    relevant["removed_samples"] = cfg["output"]["removed_samples"]
+    return _hash(relevant)
+
+
+def dedup_hash(cfg: dict) -> str:
+    """The filter pass's hash plus the dedup settings: which documents count as duplicates."""
+    return _hash([config_hash(cfg), cfg["dedup"]])
+
+
+def final_hash(cfg: dict) -> str:
+    """Everything that changes the final shards: the duplicates removed, PII masking, output."""
+    return _hash([dedup_hash(cfg), cfg["pii"], cfg["output"]])

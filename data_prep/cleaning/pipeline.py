@@ -29,7 +29,7 @@ import numpy as np
 
 from data_prep.readers import ALL_SUFFIXES, expand_inputs, iter_documents
 
-from .config import FILTER_ORDER, config_hash
+from .config import FILTER_ORDER, config_hash, dedup_hash, final_hash
 
 log = logging.getLogger("data_prep.clean")
 
@@ -440,7 +440,7 @@ class ShardFinal:
         self.cfg = cfg
         p = dict(cfg["pii"])
         self.pii = PiiMasker(**{k: v for k, v in p.items() if k != "enabled"}) if p.pop("enabled") else None
-        self.hash = config_hash(cfg)
+        self.hash = final_hash(cfg)
 
     def run(self, shard: str, workdir: str, out: str, exact_dup: np.ndarray, near_dup: np.ndarray) -> dict:
         stats = new_stats()
@@ -512,7 +512,7 @@ def run_dedup(out: str, cfg: dict, workers: int = 1) -> dict:
     os.makedirs(os.path.join(out, "data"), exist_ok=True)
     dmark = os.path.join(ddir, "dups.done")
     dpath = os.path.join(ddir, "dups.npz")
-    sig = hashlib.sha1(json.dumps([shards, counts, h]).encode()).hexdigest()
+    sig = hashlib.sha1(json.dumps([shards, counts, dedup_hash(cfg)]).encode()).hexdigest()
     prev = None
     if os.path.exists(dmark) and os.path.exists(dpath):
         with open(dmark, encoding="utf-8") as fh:
@@ -541,7 +541,7 @@ def run_dedup(out: str, cfg: dict, workers: int = 1) -> dict:
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     jobs, skipped = [], 0
     for i, s in enumerate(shards):
-        if shard_done(workdir, s, h, "final"):
+        if shard_done(workdir, s, final_hash(cfg), "final"):
             skipped += 1
             continue
         a, b = offsets[i], offsets[i + 1]
@@ -575,9 +575,13 @@ def write_report(out: str, man: dict, cfg: dict) -> dict:
     total["stages"]["pii"]["masked"] = masked
     rdir = os.path.join(out, "removed")
     os.makedirs(rdir, exist_ok=True)
-    for stage, docs in samples.items():
-        atomic_write_bytes(os.path.join(rdir, stage + ".jsonl"),
-                           "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode())
+    for stage in STAGES:  # a stage that removed nothing this time leaves no file from an earlier run
+        docs = samples.get(stage)
+        path = os.path.join(rdir, stage + ".jsonl")
+        if docs:
+            atomic_write_bytes(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode())
+        elif os.path.exists(path):
+            os.remove(path)
     report = {
         "inputs": len(man["inputs"]),
         "bytes_in": total["bytes_in"],
