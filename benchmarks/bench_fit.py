@@ -10,7 +10,8 @@ Baseline, measured side by side: what Epoch's script does, one scipy.optimize.mi
 The baseline is timed on a random subset of starts (and of bootstrap refits, each from the same
 4 starts as ours) and extrapolated linearly; --full times all 4,500 starts.
 
-    python benchmarks/bench_fit.py [--subset 300] [--boot-subset 25] [--full] [--write FILE]  (the section of benchmarks/BENCHMARKS.md)
+    python benchmarks/bench_fit.py [--subset 300] [--boot-subset 25] [--full] [--write FILE]
+        (FILE: the section of benchmarks/BENCHMARKS.md)
 """
 from __future__ import annotations
 
@@ -21,19 +22,23 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import scipy
+from benchutil import cpu_description  # benchmarks/ is this script's folder
+from scipy.optimize import minimize
+from scipy.special import huber, logsumexp
 
-import numpy as np  # noqa: E402
-from benchutil import cpu_description  # noqa: E402  (benchmarks/ is this script's folder)
-import scipy  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
-from scipy.special import huber, logsumexp  # noqa: E402
+from llmtrain.scaling.fit import (
+    HUBER_DELTA,
+    bootstrap_lse,
+    bootstrap_starts,
+    chinchilla_grid,
+    chinchilla_params,
+    fit_lse,
+)
+from llmtrain.scaling.sources import drop_highest_loss, read_csv
 
-from llmtrain.scaling.fit import (HUBER_DELTA, bootstrap_lse, bootstrap_starts, chinchilla_grid, chinchilla_params,  # noqa: E402
-                                  fit_lse)
-from llmtrain.scaling.sources import drop_highest_loss, read_csv  # noqa: E402
-
-CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "scaling" / "chinchilla_epoch.csv"
+CSV = Path(__file__).resolve().parents[1] / "tests" / "data" / "scaling" / "chinchilla_epoch.csv"
 
 
 def baseline_objective(p, logN, logD, logL, w=None):
@@ -123,6 +128,17 @@ def main() -> int:
     print(f"baseline: {args.boot_subset} bootstrap refits in {t_bsub:.1f}s -> {args.boot} refits ~{t_bbase:.0f}s",
           flush=True)
 
+    grid_base = ('all starts' if n_sub == len(grid) else
+                 f'{n_sub} random starts timed: {t_sub:.1f} s, extrapolated')
+    table = "\n".join([
+        "| | ours (`llmtrain.scaling.fit`) | baseline: one `scipy.optimize.minimize` (L-BFGS-B, numerical gradient) "
+        "per start | speed-up |",
+        "|---|---|---|---|",
+        f"| 4,500-start grid fit | {t_grid:.2f} s (median of {args.repeats}) | "
+        f"{'' if n_sub == len(grid) else '~'}{t_base:.0f} s ({grid_base}) | {t_base / t_grid:.0f}x |",
+        f"| {args.boot} bootstrap refits, 4 starts each | {t_boot:.2f} s | ~{t_bbase:.0f} s ({args.boot_subset} refits "
+        f"timed: {t_bsub:.1f} s, extrapolated) | {t_bbase / t_boot:.0f}x |",
+    ])
     md = f"""# Scaling-law fit benchmark (`benchmarks/bench_fit.py`)
 
 What: Chinchilla approach 3 on Hoffmann et al.'s data (Epoch AI's CSV, 5 highest-loss rows dropped,
@@ -131,10 +147,7 @@ log-loss residuals, from every point of Hoffmann's 4,500-start grid; then {args.
 
 Machine: {info}.
 
-| | ours (`llmtrain.scaling.fit`) | baseline: one `scipy.optimize.minimize` (L-BFGS-B, numerical gradient) per start | speed-up |
-|---|---|---|---|
-| 4,500-start grid fit | {t_grid:.2f} s (median of {args.repeats}) | {'' if n_sub == len(grid) else '~'}{t_base:.0f} s ({'all starts' if n_sub == len(grid) else f'{n_sub} random starts timed: {t_sub:.1f} s, extrapolated'}) | {t_base / t_grid:.0f}x |
-| {args.boot} bootstrap refits, 4 starts each | {t_boot:.2f} s | ~{t_bbase:.0f} s ({args.boot_subset} refits timed: {t_bsub:.1f} s, extrapolated) | {t_bbase / t_boot:.0f}x |
+{table}
 
 Result of the grid fit (ours): objective {fit.f:.10g}; E = {est['E']:.4f}, A = {est['A']:.2f}, B = {est['B']:.2f},
 alpha = {est['alpha']:.4f}, beta = {est['beta']:.4f} (Epoch AI: 1.8172, 477.84, 2143.86, 0.3473, 0.3672).

@@ -18,13 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from llmtrain.scaling.fit import FitError, fit_chinchilla, fit_isoflop, fit_kaplan  # noqa: E402
-from llmtrain.scaling.sources import SourceError, drop_highest_loss, load  # noqa: E402
-from llmtrain.utils import atomic_write_json  # noqa: E402
+from llmtrain.scaling.fit import FitError, fit_chinchilla, fit_isoflop, fit_kaplan
+from llmtrain.scaling.sources import SourceError, drop_highest_loss, load
+from llmtrain.utils import atomic_write_json
 
 
 def _plain(o):
@@ -43,7 +41,8 @@ def _plain(o):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("source", help="sweep folder, run folder or CSV file")
     ap.add_argument("--method", required=True, choices=["chinchilla", "isoflop", "kaplan"])

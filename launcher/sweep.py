@@ -21,11 +21,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from llmtrain.config import REPO_ROOT, ConfigError  # noqa: E402
-from llmtrain.scaling.plan import format_table, load_sweep, plan, resolve, seq_len_and_model  # noqa: E402
-from llmtrain.utils import atomic_write_json, atomic_write_text  # noqa: E402
+from llmtrain.config import REPO_ROOT, ConfigError
+from llmtrain.scaling.plan import format_table, load_sweep, plan, resolve, seq_len_and_model
+from llmtrain.utils import atomic_write_json, atomic_write_text
 
 
 def vocab_size_for(sw: dict, base_model, base_cfg_path: str) -> int:
@@ -74,7 +72,8 @@ def write_slurm(runs, sw: dict, out: Path, base_cfg: str) -> None:
     phase1 = [r for r in runs if not r.init_from]
     phase2 = [r for r in runs if r.init_from]
     for name, group in (("phase1", phase1), ("phase2", phase2)):
-        atomic_write_text(slurm / f"{name}.txt", "".join(shlex.join(command(r, sw, out, base_cfg)) + "\n" for r in group))
+        lines = "".join(shlex.join(command(r, sw, out, base_cfg)) + "\n" for r in group)
+        atomic_write_text(slurm / f"{name}.txt", lines)
     nproc = int(sw["nproc"])
     sbatch = f"""#!/bin/bash
 #SBATCH --job-name={sw['name']}
@@ -131,7 +130,8 @@ def main(argv=None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "plan.json", {"sweep": {k: v for k, v in sw.items() if not k.startswith("_")},
-                                          "config": str(Path(args.config).resolve()), "runs": [asdict(r) for r in runs]})
+                                          "config": str(Path(args.config).resolve()),
+                                          "runs": [asdict(r) for r in runs]})
     atomic_write_text(out / "plan.md", table + "\n")
     if args.slurm:
         write_slurm(runs, sw, out, base_cfg)
@@ -142,10 +142,12 @@ def main(argv=None) -> int:
         if is_finished(rd):
             print(f"[{i}/{len(runs)}] {r.name}: finished, skipped", flush=True)
             continue
-        print(f"[{i}/{len(runs)}] {r.name}: N={r.n_params:,} D={r.tokens:,} ({time.time() - t0:.0f}s into the sweep)", flush=True)
+        print(f"[{i}/{len(runs)}] {r.name}: N={r.n_params:,} D={r.tokens:,} ({time.time() - t0:.0f}s into the sweep)",
+              flush=True)
         rd.mkdir(parents=True, exist_ok=True)
         with open(rd / "train.log", "a") as log:
-            rc = subprocess.run(command(r, sw, out, base_cfg), stdout=log, stderr=subprocess.STDOUT, cwd=Path.cwd()).returncode
+            rc = subprocess.run(command(r, sw, out, base_cfg), stdout=log, stderr=subprocess.STDOUT,
+                                cwd=Path.cwd()).returncode
         if rc != 0:
             print(f"error: run {r.name} failed (exit {rc}); see {rd / 'train.log'}; rerun the same command to resume",
                   file=sys.stderr)

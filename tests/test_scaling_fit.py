@@ -15,7 +15,8 @@ from llmtrain.scaling.fit import Points, fit_chinchilla, fit_isoflop, fit_kaplan
 from llmtrain.scaling.sources import drop_highest_loss, read_csv
 
 REPO = Path(__file__).resolve().parents[1]
-CHINCHILLA_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "scaling" / "chinchilla_epoch.csv"
+DATA = Path(__file__).resolve().parent / "data" / "scaling"  # published data sets, see its README.md
+CHINCHILLA_CSV = DATA / "chinchilla_epoch.csv"
 
 # Epoch AI's fit of Hoffmann et al.'s data (Besiroglu et al. 2024), as the law for synthetic data
 E0, A0, B0, ALPHA0, BETA0 = 1.82, 482.0, 2085.0, 0.348, 0.366
@@ -41,7 +42,6 @@ def cli(*args, cwd=REPO):
 # approach 3 on Hoffmann's data
 
 
-@pytest.mark.skipif(not CHINCHILLA_CSV.exists(), reason=f"{CHINCHILLA_CSV} not found")
 def test_chinchilla_reproduces_epoch_fit():
     ld = drop_highest_loss(read_csv(CHINCHILLA_CSV), 5)
     assert len(ld.points) == 240 and len(ld.dropped) == 5

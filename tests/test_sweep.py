@@ -184,8 +184,8 @@ def test_isoflop_keeps_budgets_within_the_tokens_per_param_band(tmp_path, branch
 
 
 def test_explicit_rows_bypass_the_shape_rule(tmp_path):
-    path = write_sweep(tmp_path / "s.yaml", ladder={"params": None, "rows": [{"n_layer": 2, "d_model": 48},
-                                                                            {"n_layer": 3, "d_model": 64, "n_head": 2}]})
+    rows = [{"n_layer": 2, "d_model": 48}, {"n_layer": 3, "d_model": 64, "n_head": 2}]
+    path = write_sweep(tmp_path / "s.yaml", ladder={"params": None, "rows": rows})
     _, _, runs = plan_of(path)
     assert {(r.n_layer, r.d_model, r.n_head) for r in runs} == {(2, 48, 3), (3, 64, 2)}
 

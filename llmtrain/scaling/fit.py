@@ -187,7 +187,8 @@ def batched_lbfgs(fun, x0: np.ndarray, m: int = 10, maxiter: int = 1000, ftol: f
         y_vec = gn[sel] - g[ia_ok]
         sy = np.einsum("sp,sp->s", s_vec, y_vec)
         yy = np.einsum("sp,sp->s", y_vec, y_vec)
-        good = sy > 1e-12 * np.maximum(yy, 1e-300) ** 0.5 * np.maximum(np.einsum("sp,sp->s", s_vec, s_vec), 1e-300) ** 0.5
+        ss = np.einsum("sp,sp->s", s_vec, s_vec)
+        good = sy > 1e-12 * np.maximum(yy, 1e-300) ** 0.5 * np.maximum(ss, 1e-300) ** 0.5
         Sh[slot, ia_ok] = np.where(good[:, None], s_vec, 0.0)
         Yh[slot, ia_ok] = np.where(good[:, None], y_vec, 0.0)
         rho[slot, ia_ok] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
@@ -610,7 +611,8 @@ def fit_isoflop(pts: Points, n_boot: int = 0, seed: int = 0, target_flops: float
         if n_boot:
             Nb = np.exp(boot_kN + boot_a * lt)
             Db = np.exp(boot_kD + boot_b * lt)
-            co.update(N=interval(N, Nb, level), D=interval(D, Db, level), tokens_per_param=interval(D / N, Db / Nb, level))
+            co.update(N=interval(N, Nb, level), D=interval(D, Db, level),
+                      tokens_per_param=interval(D / N, Db / Nb, level))
         else:
             # prediction interval of the regression line's mean at log C = lt
             def pred(lx, ly, c1, c0):

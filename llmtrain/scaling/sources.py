@@ -56,7 +56,8 @@ def read_csv(path: Path, n_col: str = "params", d_col: str = "tokens", loss_col:
         try:
             header = next(reader)
         except StopIteration:
-            raise SourceError(f"{path}: empty file; expected a header line with columns {n_col}, {d_col}, {loss_col}") from None
+            raise SourceError(f"{path}: empty file; expected a header line with columns {n_col}, {d_col}, "
+                              f"{loss_col}") from None
         header = [h.strip() for h in header]
         col = {h: i for i, h in enumerate(header)}
         missing = [c for c in (n_col, loss_col) if c not in col]
@@ -79,7 +80,10 @@ def read_csv(path: Path, n_col: str = "params", d_col: str = "tokens", loss_col:
             lo = _positive(row[col[loss_col]], where, f"column {loss_col!r}")
             c = _positive(row[col[c_col]], where, f"column {c_col!r}") if has_c else None
             d = _positive(row[col[d_col]], where, f"column {d_col!r}") if has_d else c / (6 * n)
-            N.append(n); D.append(d); L.append(lo); C.append(c if has_c else 6 * n * d)
+            N.append(n)
+            D.append(d)
+            L.append(lo)
+            C.append(c if has_c else 6 * n * d)
             labels.append(f"line {lineno}")
     notes = []
     if not has_c:
@@ -191,9 +195,11 @@ def read_runs(source: Path, basis: str = "total", allow_unfinished: bool = False
     notes = []
     if unfinished:
         listing = ", ".join(f"{u['run']} ({u['reason']})" for u in unfinished)
-        msg = f"{len(unfinished)} of {len(runs) + sum(u['reason'] == 'not started' for u in unfinished)} runs are unfinished: {listing}"
+        total = len(runs) + sum(u["reason"] == "not started" for u in unfinished)
+        msg = f"{len(unfinished)} of {total} runs are unfinished: {listing}"
         if not allow_unfinished:
-            raise SourceError(f"{source}: {msg}; wait for them to finish, or pass --allow-unfinished to fit without them")
+            raise SourceError(f"{source}: {msg}; wait for them to finish, or pass --allow-unfinished to fit "
+                              "without them")
         if not rows:
             raise SourceError(f"{source}: nothing usable: {msg}")
         notes.append(msg + "; not used (--allow-unfinished)")
