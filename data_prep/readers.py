@@ -18,9 +18,23 @@ Supported inputs (by suffix, case-insensitive):
 * Plain text: ``.txt``, ``.txt.gz``, ``.txt.zst``; **one document per file** (a book, an
   article); ``id`` is the file path. Blank-line blocks are kept as paragraphs of that one
   document, because the repetition and quality filters judge whole documents.
+* Hugging Face ``datasets``: a folder written by ``Dataset.save_to_disk`` (it holds
+  ``state.json`` and ``dataset_info.json``) or ``DatasetDict.save_to_disk`` (it holds
+  ``dataset_dict.json``; ``--hf-split`` picks the split when there are several), read
+  memory-mapped one batch of rows at a time; and ``hf:NAME``, streamed through
+  ``datasets.load_dataset(NAME, --hf-config, split=--hf-split, streaming=True)``: a Hub
+  data set (``hf:HuggingFaceFW/fineweb``), or anything else load_dataset takes by name, such as a
+  local folder of Parquet/JSONL files (``hf:/data/my_corpus``).
 
-`expand_inputs` turns a mix of files and folders into the sorted list of supported files;
-`iter_documents` yields the documents of one file.
+``--text-key`` / ``--id-key`` name the text and id columns of JSONL, Parquet and datasets
+inputs (defaults ``text`` and ``id``; a missing ``id`` column is fine with the default, ids are
+then ``<name>:<row>``, but a named ``--id-key`` must exist). Every script declares these flags
+with `add_input_args` and passes `reader_options(args)` to `iter_documents`.
+
+`expand_inputs` turns a mix of files, folders and ``hf:`` names into the sorted list of
+inputs (a ``save_to_disk`` folder is one input); `check_input` opens one and checks its
+columns (call it on every input before writing anything); `iter_documents` yields the
+documents of one input.
 
 Bad input: with ``strict=True`` (the default, used by the tokenizer scripts) the first
 problem raises `InputError` naming file and line. With ``strict=False`` (the cleaning
@@ -30,14 +44,15 @@ complete document before the cut.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
 import logging
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger("data_prep.readers")
 
@@ -50,6 +65,7 @@ ALL_SUFFIXES = JSONL_SUFFIXES + WARC_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES
 # A single document larger than this (bytes) is counted as `oversized` and skipped rather
 # than held in memory; the cleaning config can change it.
 DEFAULT_MAX_DOC_BYTES = 20_000_000
+DEFAULT_ID_KEY = "id"  # used when present; a named --id-key must exist
 _CHUNK = 1 << 20
 
 
@@ -62,8 +78,39 @@ def _has_suffix(path: str, suffixes) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
+HF_PREFIX = "hf:"
+# The files save_to_disk writes: a Dataset folder, a DatasetDict folder.
+_DATASET_MARKERS = (("state.json", "dataset_info.json"), ("dataset_dict.json",))
+
+
+def is_hf_name(path) -> bool:
+    """True for ``hf:NAME`` (a data set streamed through datasets.load_dataset)."""
+    return str(path).startswith(HF_PREFIX)
+
+
+def is_dataset_dir(path) -> bool:
+    """True for a folder written by datasets' Dataset/DatasetDict.save_to_disk."""
+    p = Path(path)
+    return p.is_dir() and any(all((p / m).is_file() for m in marks) for marks in _DATASET_MARKERS)
+
+
+def input_bytes(path: str) -> int:
+    """On-disk bytes of one input (a save_to_disk folder: all its files; hf:NAME: 0, unknown)."""
+    if is_hf_name(path):
+        return 0
+    p = Path(path)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
+
+
 def file_format(path: str) -> str | None:
-    """'jsonl' | 'warc' | 'parquet' | 'text' for a supported path, else None."""
+    """'jsonl' | 'warc' | 'parquet' | 'text' | 'hf_disk' | 'hf_stream' for a supported input,
+    else None."""
+    if is_hf_name(path):
+        return "hf_stream"
+    if is_dataset_dir(path):
+        return "hf_disk"
     for fmt, sfx in (("jsonl", JSONL_SUFFIXES), ("warc", WARC_SUFFIXES), ("parquet", PARQUET_SUFFIXES),
                      ("text", TEXT_SUFFIXES)):
         if _has_suffix(path, sfx):
@@ -71,27 +118,48 @@ def file_format(path: str) -> str | None:
     return None
 
 
+def _walk(folder: Path, suffixes) -> list[str]:
+    """Supported files under ``folder`` and, as one input each, the save_to_disk folders in it."""
+    found: list[str] = []
+    for root, dirs, names in os.walk(folder):
+        root_p = Path(root)
+        if is_dataset_dir(root_p):
+            found.append(str(root_p))
+            dirs[:] = []  # its arrow files and split folders are that one input
+            continue
+        found.extend(str(root_p / n) for n in names if _has_suffix(n, suffixes))
+    return sorted(found)
+
+
 def expand_inputs(inputs, suffixes=JSONL_SUFFIXES) -> list[str]:
-    """Files and folders (searched recursively) → sorted list of files with a supported suffix.
+    """Files, folders (searched recursively) and ``hf:NAME``s → sorted list of inputs: files
+    with a supported suffix, save_to_disk folders (one input each, also when found inside a
+    folder) and the hf: names as given (in the order given, after the files).
 
     Raises InputError naming the first path that does not exist, or when nothing matched.
     Pass ``suffixes=ALL_SUFFIXES`` to accept every format this module reads.
     """
     files: list[str] = []
+    names: list[str] = []
     for item in inputs:
+        if is_hf_name(item):
+            if not str(item)[len(HF_PREFIX):].strip():
+                raise InputError(f"{item}: no data set name after 'hf:'; write e.g. hf:HuggingFaceFW/fineweb")
+            names.append(str(item))
+            continue
         p = Path(item)
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and _has_suffix(str(f), suffixes))
-            files.extend(found)
+            files.extend(_walk(p, suffixes))
         elif p.is_file():
             if not _has_suffix(str(p), suffixes):
                 raise InputError(f"{p}: unsupported file type; expected one of {', '.join(suffixes)}")
             files.append(str(p))
         else:
             raise InputError(f"{p}: no such file or folder; check the --input path")
-    if not files:
-        raise InputError(f"no input files with suffix {', '.join(suffixes)} under {', '.join(map(str, inputs))}")
-    return files
+    if not files and not names:
+        raise InputError(f"no input files with suffix {', '.join(suffixes)} (nor save_to_disk folders) under "
+                         f"{', '.join(map(str, inputs))}")
+    return files + names
 
 
 def open_binary(path: str):
@@ -119,7 +187,7 @@ def open_text(path: str) -> io.TextIOBase:
         fh = open(path, "rb")
         stream = zstandard.ZstdDecompressor().stream_reader(fh, closefd=True)
         return io.TextIOWrapper(stream, encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
+    return open(path, encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -175,16 +243,19 @@ def _read_lines_bounded(fh, max_bytes: int):
 
 # ----------------------------------------------------------------------------- JSONL
 
-def iter_jsonl(path: str, text_key: str = "text", id_key: str = "id", strict: bool = True,
+def iter_jsonl(path: str, text_key: str = "text", id_key: str | None = None, strict: bool = True,
                errors: dict | None = None, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator[dict]:
     """Yield {'id', 'text', 'source'} for each JSON line of ``path``.
 
-    strict=True raises InputError naming file and line on a malformed line, invalid UTF-8
-    or a missing text field; strict=False counts the problem in ``errors`` (keys
-    ``malformed_json``, ``invalid_utf8``, ``missing_text``, ``oversized``, ``truncated``),
-    logs a warning and goes on.
+    strict=True raises InputError naming file and line on a malformed line, invalid UTF-8,
+    a missing text field or a missing named ``id_key`` (None: the ``id`` field when there is
+    one, else ``<file name>:<line>``); strict=False counts the problem in ``errors`` (keys
+    ``malformed_json``, ``invalid_utf8``, ``missing_text``, ``missing_id``, ``oversized``,
+    ``truncated``), logs a warning and goes on.
     """
     base = os.path.basename(path)
+    need_id = id_key is not None
+    id_key = id_key or DEFAULT_ID_KEY
     try:
         with open_binary(path) as fh:
             for raw, lineno in _read_lines_bounded(fh, max_doc_bytes):
@@ -207,10 +278,17 @@ def iter_jsonl(path: str, text_key: str = "text", id_key: str = "id", strict: bo
                     _problem(errors, "malformed_json", msg, strict)
                     continue
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-                    msg = f"{path}:{lineno}: no string field '{text_key}'; every line needs one"
+                    what = "no field" if not isinstance(obj, dict) or text_key not in obj else "a non-text field"
+                    msg = (f"{path}:{lineno}: {what} '{text_key}'; every line needs a string there "
+                           f"(--text-key names the text field)")
                     _problem(errors, "missing_text", msg, strict)
                     continue
                 doc_id = obj.get(id_key)
+                if doc_id is None and need_id:
+                    msg = (f"{path}:{lineno}: no field '{id_key}' (--id-key); every line needs one, "
+                           f"or leave --id-key out")
+                    _problem(errors, "missing_id", msg, strict)
+                    continue
                 yield {"id": str(doc_id) if doc_id is not None else f"{base}:{lineno}", "text": obj[text_key],
                        "source": path}
     except InputError:
@@ -332,7 +410,8 @@ def iter_warc(path: str, strict: bool = True, errors: dict | None = None,
                     continue
                 # response: HTTP status line + headers + payload
                 ctype = headers.get("content-type", "")
-                if "application/http" not in ctype and "msgtype=response" not in ctype and not block.startswith(b"HTTP/"):
+                if ("application/http" not in ctype and "msgtype=response" not in ctype
+                        and not block.startswith(b"HTTP/")):
                     _count(errors, "warc_skipped", "", warn=False)
                     continue
                 head, sep, payload = block.partition(b"\r\n\r\n")
@@ -375,9 +454,17 @@ def _dechunk(data: bytes) -> bytes:
 
 # ----------------------------------------------------------------------------- Parquet
 
-def iter_parquet(path: str, text_key: str = "text", id_key: str = "id", strict: bool = True,
+def _is_text_type(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or (
+        hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t))
+
+
+def iter_parquet(path: str, text_key: str = "text", id_key: str | None = None, strict: bool = True,
                  errors: dict | None = None, batch_rows: int = 1024) -> Iterator[dict]:
-    """Yield documents from a Parquet file, one batch of rows (within a row group) at a time."""
+    """Yield documents from a Parquet file, one batch of rows (within a row group) at a time:
+    column ``text_key`` (a string column) and ``id_key`` (None: ``id`` when present)."""
     import pyarrow.parquet as pq
 
     base = os.path.basename(path)
@@ -387,29 +474,168 @@ def iter_parquet(path: str, text_key: str = "text", id_key: str = "id", strict: 
         msg = f"{path}: not a readable Parquet file ({e})"
         _problem(errors, "unreadable_file", msg, strict)
         return
-    names = pf.schema_arrow.names
-    if text_key not in names:
-        msg = f"{path}: no column '{text_key}' (columns: {', '.join(names)}); pass the text column name"
-        _problem(errors, "missing_text", msg, strict)
+    schema = pf.schema_arrow
+    cols = _columns(path, schema.names, {n: schema.field(n).type for n in schema.names}, text_key, id_key,
+                    strict, errors)
+    if cols is None:
         return
-    cols = [text_key] + ([id_key] if id_key in names else [])
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
             texts = batch.column(0).to_pylist()
-            ids = batch.column(1).to_pylist() if len(cols) > 1 else [None] * len(texts)
-            for t, i in zip(texts, ids):
-                row += 1
-                if not isinstance(t, str):
-                    msg = f"{path}: row {row}: '{text_key}' is not a string"
-                    _problem(errors, "missing_text", msg, strict)
-                    continue
-                yield {"id": str(i) if i is not None else f"{base}:{row}", "text": t, "source": path}
+            ids = batch.column(1).to_pylist() if len(cols) > 1 else None
+            yield from _rows(path, base, texts, ids, row, text_key, strict, errors)
+            row += len(texts)
     except InputError:
         raise
     except Exception as e:
         msg = f"{path}: corrupt Parquet after {row} rows ({type(e).__name__}: {e}); earlier rows kept"
         _problem(errors, "truncated", msg, strict)
+
+
+def _columns(name: str, names: list[str], types: dict, text_key: str, id_key: str | None, strict: bool,
+             errors: dict | None) -> list[str] | None:
+    """[text column, id column (if any)] of a table with columns ``names`` (``types``: arrow
+    types or datasets features, None when unknown); None after a problem when not strict."""
+    if text_key not in names:
+        _problem(errors, "missing_text", f"{name}: no column '{text_key}' (columns: {', '.join(names)}); "
+                                         f"name the text column with --text-key", strict)
+        return None
+    t = types.get(text_key)
+    if t is not None and not _text_type(t):
+        _problem(errors, "missing_text", f"{name}: column '{text_key}' holds {t}, not text; name a string column "
+                                         f"with --text-key", strict)
+        return None
+    if id_key is not None and id_key not in names:
+        _problem(errors, "missing_id", f"{name}: no column '{id_key}' (--id-key; columns: {', '.join(names)}); "
+                                       f"name an existing column or leave --id-key out", strict)
+        return None
+    key = id_key or DEFAULT_ID_KEY
+    return [text_key] + ([key] if key in names else [])
+
+
+def _text_type(t) -> bool:
+    """True for an arrow string type or a datasets Value('string' / 'large_string')."""
+    dtype = getattr(t, "dtype", None)
+    if isinstance(dtype, str):  # datasets.Value
+        return dtype in ("string", "large_string", "string_view")
+    try:
+        return _is_text_type(t)
+    except TypeError:
+        return False
+
+
+def _rows(source: str, base: str, texts: list, ids: list | None, offset: int, text_key: str, strict: bool,
+          errors: dict | None, label: str | None = None) -> Iterator[dict]:
+    """Documents of one batch of rows (row numbers from offset + 1); ``label`` names the input
+    in messages (default: ``source``)."""
+    if ids is None:
+        ids = [None] * len(texts)
+    for k, (t, i) in enumerate(zip(texts, ids), offset + 1):
+        if not isinstance(t, str):
+            what = "empty" if t is None else type(t).__name__
+            _problem(errors, "missing_text", f"{label or source}: row {k}: '{text_key}' is {what}, not text; fix "
+                                             f"that row or name another column with --text-key", strict)
+            continue
+        yield {"id": str(i) if i is not None else f"{base}:{k}", "text": t, "source": source}
+
+
+# ----------------------------------------------------------------------------- Hugging Face datasets
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _pick_split(name: str, splits: list[str], hf_split: str | None) -> str:
+    if hf_split is not None:
+        if hf_split not in splits:
+            raise InputError(f"{name}: no split '{hf_split}' (splits: {', '.join(splits)}); pass --hf-split with "
+                             f"one of them")
+        return hf_split
+    if len(splits) != 1:
+        raise InputError(f"{name}: has splits {', '.join(splits)}; pick one with --hf-split")
+    return splits[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _open_disk(path: str, hf_split: str | None):
+    """(Dataset, split or None) of a save_to_disk folder; InputError when it cannot be opened."""
+    import datasets
+
+    try:
+        obj = datasets.load_from_disk(path)
+    except Exception as e:
+        raise InputError(f"{path}: cannot open as a datasets save_to_disk folder ({_first_line(e)}); save it again "
+                         f"with Dataset.save_to_disk(PATH)") from None
+    if isinstance(obj, datasets.DatasetDict):
+        split = _pick_split(path, list(obj), hf_split)
+        return obj[split], split
+    return obj, None
+
+
+@functools.lru_cache(maxsize=16)
+def _open_stream(name: str, hf_config: str | None, hf_split: str | None):
+    """(IterableDataset, split) streamed by datasets.load_dataset; InputError when it cannot be opened."""
+    import datasets
+
+    label = f"{HF_PREFIX}{name}"
+    try:
+        obj = datasets.load_dataset(name, hf_config, split=hf_split, streaming=True)
+    except Exception as e:  # DatasetNotFoundError, ValueError (bad config/split), ConnectionError, ...
+        raise InputError(f"{label}: cannot open with datasets.load_dataset(streaming=True) ({_first_line(e)}); "
+                         f"check the name, --hf-config and --hf-split (and that the Hub or its cache is "
+                         f"reachable)") from None
+    if isinstance(obj, datasets.IterableDatasetDict):
+        split = _pick_split(label, list(obj), hf_split)
+        return obj[split], split
+    return obj, hf_split
+
+
+def _hf_dataset(path: str, hf_config: str | None, hf_split: str | None):
+    if is_hf_name(path):
+        return _open_stream(path[len(HF_PREFIX):], hf_config, hf_split)
+    return _open_disk(path, hf_split)
+
+
+def iter_hf(path: str, text_key: str = "text", id_key: str | None = None, hf_config: str | None = None,
+            hf_split: str | None = None, strict: bool = True, errors: dict | None = None,
+            batch_rows: int = 1024) -> Iterator[dict]:
+    """Documents of a save_to_disk folder (memory-mapped) or of ``hf:NAME`` (streamed), one
+    batch of rows at a time; the columns are checked before the first row is read (for a
+    streamed data set whose features are unknown: on every row)."""
+    ds, split = _hf_dataset(path, hf_config, hf_split)
+    label = path if split is None else f"{path}[{split}]"
+    base = os.path.basename(os.path.normpath(path)) if not is_hf_name(path) else path
+    feats = ds.features
+    names = list(feats) if feats is not None else None
+    if names is not None:
+        cols = _columns(label, names, dict(feats), text_key, id_key, strict, errors)
+        if cols is None:
+            return
+    else:  # a streamed data set of unknown columns: take each row's
+        cols = None
+    row = 0
+    try:
+        if cols is not None:
+            for batch in ds.select_columns(cols).iter(batch_size=batch_rows):
+                texts = batch[cols[0]]
+                ids = batch[cols[1]] if len(cols) > 1 else None
+                yield from _rows(path, base, texts, ids, row, text_key, strict, errors, label)
+                row += len(texts)
+        else:
+            key = id_key or DEFAULT_ID_KEY
+            for rec in ds:
+                row += 1
+                if text_key not in rec or (id_key is not None and id_key not in rec):
+                    _columns(label, list(rec), {}, text_key, id_key, strict, errors)
+                    continue
+                yield from _rows(path, base, [rec[text_key]], [rec.get(key)], row - 1, text_key, strict, errors, label)
+    except InputError:
+        raise
+    except Exception as e:
+        _problem(errors, "truncated", f"{label}: reading failed after {row} rows ({type(e).__name__}: "
+                                      f"{_first_line(e)}); earlier rows kept", strict)
 
 
 # ----------------------------------------------------------------------------- plain text
@@ -447,8 +673,11 @@ def iter_text(path: str, strict: bool = True, errors: dict | None = None,
 
 def iter_documents(path: str, strict: bool = True, errors: dict | None = None,
                    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES, text_key: str = "text",
-                   id_key: str = "id") -> Iterator[dict]:
-    """Documents of one file, by its suffix (see the module doc for each format)."""
+                   id_key: str | None = None, hf_config: str | None = None,
+                   hf_split: str | None = None) -> Iterator[dict]:
+    """Documents of one input (a file, a save_to_disk folder or hf:NAME; see the module doc).
+    ``text_key``/``id_key`` apply to JSONL, Parquet and datasets; ``hf_config`` to hf:NAME;
+    ``hf_split`` to hf:NAME and DatasetDict folders."""
     fmt = file_format(path)
     if fmt == "jsonl":
         return iter_jsonl(path, text_key=text_key, id_key=id_key, strict=strict, errors=errors,
@@ -459,4 +688,62 @@ def iter_documents(path: str, strict: bool = True, errors: dict | None = None,
         return iter_parquet(path, text_key=text_key, id_key=id_key, strict=strict, errors=errors)
     if fmt == "text":
         return iter_text(path, strict=strict, errors=errors, max_doc_bytes=max_doc_bytes)
-    raise InputError(f"{path}: unsupported file type; expected one of {', '.join(ALL_SUFFIXES)}")
+    if fmt in ("hf_disk", "hf_stream"):
+        return iter_hf(path, text_key=text_key, id_key=id_key, hf_config=hf_config, hf_split=hf_split,
+                       strict=strict, errors=errors)
+    raise InputError(f"{path}: unsupported input; expected a file ending in one of {', '.join(ALL_SUFFIXES)}, a "
+                     f"datasets save_to_disk folder, or hf:NAME")
+
+
+def check_input(path: str, text_key: str = "text", id_key: str | None = None, hf_config: str | None = None,
+                hf_split: str | None = None) -> None:
+    """Open one input and check that its columns are there and hold text, reading at most its
+    first document: InputError (one line naming the input and the fix) otherwise. Scripts call
+    it on every input before they write anything."""
+    fmt = file_format(path)
+    if fmt in ("warc", "text"):
+        return
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(path)
+        except Exception as e:
+            raise InputError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+        _columns(path, schema.names, {n: schema.field(n).type for n in schema.names}, text_key, id_key, True, None)
+        return
+    docs = iter_documents(path, text_key=text_key, id_key=id_key, hf_config=hf_config, hf_split=hf_split)
+    try:
+        next(iter(docs), None)
+    finally:
+        close = getattr(docs, "close", None)
+        if close is not None:
+            close()
+
+
+DEFAULT_TEXT_KEY = "text"
+READER_OPTIONS = ("text_key", "id_key", "hf_config", "hf_split")
+
+
+def add_input_args(parser):
+    """Add --text-key, --id-key, --hf-config, --hf-split to an argparse parser (every data_prep
+    script declares them through this); `reader_options(args)` turns them into the keyword
+    arguments of `iter_documents` / `check_input`."""
+    g = parser.add_argument_group("input columns and Hugging Face data sets")
+    g.add_argument("--text-key", default=DEFAULT_TEXT_KEY,
+                   help="the text field/column of JSONL, Parquet and datasets inputs (default: text)")
+    g.add_argument("--id-key", default=None,
+                   help="the id field/column (default: 'id' when present, else <name>:<row>); a named one must exist")
+    g.add_argument("--hf-config", default=None,
+                   help="configuration of hf:NAME inputs (datasets.load_dataset's name, e.g. sample-10BT)")
+    g.add_argument("--hf-split", default=None,
+                   help="split of hf:NAME inputs and DatasetDict folders (default: the only split; "
+                        "required when there are several)")
+    return g
+
+
+def reader_options(args) -> dict:
+    """{'text_key', 'id_key', 'hf_config', 'hf_split'} from parsed `add_input_args` flags:
+    the keyword arguments of `iter_documents` and `check_input`."""
+    return {k: getattr(args, k, None) for k in READER_OPTIONS} | {"text_key": getattr(args, "text_key", None)
+                                                                   or DEFAULT_TEXT_KEY}
