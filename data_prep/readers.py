@@ -278,8 +278,7 @@ def iter_jsonl(path: str, text_key: str = "text", id_key: str | None = None, str
                     _problem(errors, "malformed_json", msg, strict)
                     continue
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-                    what = "no field" if not isinstance(obj, dict) or text_key not in obj else "a non-text field"
-                    msg = (f"{path}:{lineno}: {what} '{text_key}'; every line needs a string there "
+                    msg = (f"{path}:{lineno}: no string field '{text_key}'; every line needs one "
                            f"(--text-key names the text field)")
                     _problem(errors, "missing_text", msg, strict)
                     continue
