@@ -206,6 +206,7 @@ BAD = [
     ({"hparams": {"decay_fraction": 1.5}}, "hparams.decay_fraction"),
     # 0.1 tokens/param of the 2e4 size is 5 steps: its cooldown would start inside the warmup
     ({"tokens": {"tokens_per_param": [0.1, 20]}}, "warmup"),
+    ({"hparams": {"lr_grid": [1e-3, 1e-2]}}, "'lr' and 'lr_grid'"),  # the default sweep sets lr too
 ]
 
 
@@ -223,11 +224,62 @@ def test_bad_sweep_on_the_command_line(tmp_path):
     r = run_python([SWEEP, "--config", path, "--dry-run"], timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [f"error: {path}: unknown key 'hparams.warmup_steps' (known: " + ", ".join(
-        sorted(["lr", "lr_ref_params", "lr_exponent", "global_batch_size", "warmup_fraction", "warmup_min_steps",
-                "warmup_max_steps", "schedule", "decay_fraction", "branch"])) + ")"]
+        sorted(["lr", "lr_grid", "lr_ref_params", "lr_exponent", "global_batch_size", "warmup_fraction",
+                "warmup_min_steps", "warmup_max_steps", "schedule", "decay_fraction", "branch"])) + ")"]
     (tmp_path / "broken.yaml").write_text("ladder:\n  params: [1e5\ntokens: {}\n")
     r = run_python([SWEEP, "--config", tmp_path / "broken.yaml", "--dry-run"], timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and f"{tmp_path / 'broken.yaml'}:" in r.stderr
+
+
+def grid_sweep(path: Path, lr_grid, **hparams) -> Path:
+    """The default sweep with hparams.lr replaced by hparams.lr_grid."""
+    write_sweep(path, hparams=hparams)
+    sw = yaml.safe_load(path.read_text())
+    del sw["hparams"]["lr"]
+    sw["hparams"]["lr_grid"] = lr_grid
+    path.write_text(yaml.safe_dump(sw))
+    return path
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_lr_grid_plans_every_size_and_budget_at_every_lr(tmp_path, branch):
+    grid = [1e-3, 3e-3, 1e-2]
+    path = grid_sweep(tmp_path / "s.yaml", grid, branch=branch)
+    sw, seq_len, runs = plan_of(path)
+    # the same plan without a grid, once per LR
+    _, _, single = plan_of(write_sweep(tmp_path / "one.yaml", hparams={"branch": branch}))
+    assert len(single) == 6 and len(runs) == 3 * len(single)
+    assert len({r.name for r in runs}) == len(runs)
+    sizes = {r.size for r in single}
+    assert {(r.size, r.lr_grid_value) for r in runs} == {(z, g) for z in sizes for g in grid}
+    for g in grid:
+        mine = [r for r in runs if r.lr_grid_value == g]
+        assert len(mine) == len(single)
+        for r, s in zip(mine, single):
+            # everything as in the plan without a grid, but the LR: the grid value in place of hparams.lr
+            assert r.name == f"{s.name}_lr{g:g}"
+            assert (r.size, r.tokens, r.steps, r.warmup_steps, r.n_params, r.compute_steps, r.init_step) == (
+                s.size, s.tokens, s.steps, s.warmup_steps, s.n_params, s.compute_steps, s.init_step)
+            assert r.lr == pytest.approx(g * (1e5 / r.n_basis) ** 0.2, rel=1e-12)
+            assert f"train.lr={r.lr}" in r.overrides(sw) and f"log.name={r.name}" in r.overrides(sw)
+            if branch:
+                # each (size, LR) has its own trunk, and a branch starts from the trunk of its own LR
+                assert (r.init_from is None) == (s.init_from is None)
+                if r.init_from:
+                    trunk = next(t for t in runs if t.name == r.init_from)
+                    assert trunk.lr == r.lr and trunk.size == r.size and trunk.init_from is None
+    assert sum(r.init_from is None for r in runs) == (6 if branch else 18)
+    assert all(s.lr_grid_value is None for s in single)
+
+
+@pytest.mark.parametrize("grid,want", [([], "non-empty list"), ([1e-3, -1e-2], "positive"),
+                                       ([1e-3, 1e-3], "repeats"), ("1e-3", "non-empty list")])
+def test_bad_lr_grid(tmp_path, grid, want):
+    path = grid_sweep(tmp_path / "bad.yaml", grid)
+    with pytest.raises(ConfigError) as ei:
+        plan_of(path)
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(str(path)) and "hparams.lr_grid" in msg and want in msg, msg
 
 
 # ---------------------------------------------------------------------------------------------

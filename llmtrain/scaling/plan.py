@@ -12,6 +12,11 @@ Hyperparameter rule: lr = lr · (lr_ref_params / N)^lr_exponent; global batch fi
 sequences); warmup = warmup_fraction of the shortest run of a size, clamped to
 [warmup_min_steps, warmup_max_steps].
 
+Learning-rate grid: ``hparams.lr_grid: [1e-3, 3e-3, 1e-2]`` (instead of ``lr``) plans every
+size and token budget once per grid value, each value taking the place of ``lr`` in the rule
+above (with the default lr_exponent 0 the value is the run's LR). Run names end in ``_lr<value>``
+and each (size, LR) pair has its own trunk when branching.
+
 One run, many points: with ``branch: true`` and schedule wsd, each size trains once to its
 largest D at constant LR, saving checkpoints where the shorter budgets' cooldowns must start;
 each shorter budget is a branch that starts from that checkpoint and cools down over its last
@@ -23,7 +28,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from llmtrain.config import REPO_ROOT, ConfigError, ModelConfig, read_yaml
 from llmtrain.model.gpt import count_params, flops_per_token
 
@@ -32,7 +36,7 @@ SWEEP_KEYS = {"name", "base", "deepspeed_config", "nproc", "vocab_size", "overri
 LADDER_KEYS = {"params", "aspect_ratio", "head_dim", "rows"}
 TOKENS_KEYS = {"tokens_per_param", "isoflop", "basis"}
 ISOFLOP_KEYS = {"flops", "min_tokens_per_param", "max_tokens_per_param"}
-HP_KEYS = {"lr", "lr_ref_params", "lr_exponent", "global_batch_size", "warmup_fraction", "warmup_min_steps",
+HP_KEYS = {"lr", "lr_grid", "lr_ref_params", "lr_exponent", "global_batch_size", "warmup_fraction", "warmup_min_steps",
            "warmup_max_steps", "schedule", "decay_fraction", "branch"}
 
 
@@ -57,6 +61,7 @@ class RunSpec:
     init_from: str | None = None  # run name and step this branch starts from
     init_step: int = 0
     save_steps: list = field(default_factory=list)
+    lr_grid_value: float | None = None  # the hparams.lr_grid entry this run was planned for (None: no grid)
 
     def overrides(self, sweep: dict) -> list[str]:
         hp = sweep["hparams"]
@@ -84,7 +89,8 @@ def _check_keys(where: str, section: str, d: dict, allowed: set) -> None:
 def _positive_list(where: str, key: str, value) -> list[float]:
     """A YAML list of positive numbers (PyYAML reads 1e5 without a dot as a string; float() takes it)."""
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: '{key}' must be a non-empty list of positive numbers, e.g. [5, 10, 20]; got {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be a non-empty list of positive numbers, e.g. [5, 10, 20]; "
+                          f"got {value!r}")
     out = []
     for v in value:
         try:
@@ -134,6 +140,18 @@ def load_sweep(path: str | Path) -> dict:
     tok.setdefault("basis", "total")
     if tok["basis"] not in ("total", "non_embedding"):
         raise ConfigError(f"{where}: tokens.basis must be 'total' or 'non_embedding'")
+    if "lr_grid" in hp:
+        if "lr" in hp:
+            raise ConfigError(f"{where}: hparams has both 'lr' and 'lr_grid'; keep one (lr_grid plans one run per "
+                              "size and LR, each grid value in place of lr)")
+        grid = _positive_list(where, "hparams.lr_grid", hp["lr_grid"])
+        if len(set(grid)) != len(grid):
+            raise ConfigError(f"{where}: 'hparams.lr_grid' repeats a value ({hp['lr_grid']!r}); list each LR once")
+        if len({f"{g:g}" for g in grid}) != len(grid):
+            raise ConfigError(f"{where}: 'hparams.lr_grid' values {hp['lr_grid']!r} are too close to name runs "
+                              "apart (6 significant digits); space them further")
+        hp["lr_grid"] = grid
+        hp["lr"] = grid[0]  # for the range check below; the plan uses every grid value
     hp.setdefault("lr", 3e-3)
     hp.setdefault("lr_ref_params", 1e6)
     hp.setdefault("lr_exponent", 0.0)
@@ -156,7 +174,8 @@ def load_sweep(path: str | Path) -> dict:
                                ("warmup_max_steps", 0, math.inf, False), ("decay_fraction", 0, 1, True)):
         _number(where, f"hparams.{k}", hp[k], lo, hi, lo_open)
     if hp["branch"] and hp["schedule"] != "wsd":
-        raise ConfigError(f"{where}: hparams.branch needs hparams.schedule: wsd (cooldown branches need a constant-LR trunk)")
+        raise ConfigError(f"{where}: hparams.branch needs hparams.schedule: wsd (cooldown branches need a "
+                          "constant-LR trunk)")
     sw["_path"] = where
     return sw
 
@@ -169,7 +188,8 @@ def shape_for(target_non_embedding: float, aspect_ratio: float, head_dim: int,
     best, best_score = None, math.inf
     for L in range(1, 129):
         d0 = math.sqrt(target_non_embedding / (12.0 * L))
-        for d in {max(head_dim, head_dim * math.floor(d0 / head_dim)), max(head_dim, head_dim * math.ceil(d0 / head_dim))}:
+        widths = {max(head_dim, head_dim * f(d0 / head_dim)) for f in (math.floor, math.ceil)}
+        for d in widths:
             if base is not None:
                 mc = ModelConfig(**{**base.__dict__, "n_layer": L, "d_model": d, "n_head": d // head_dim,
                                     "vocab_size": base.vocab_size or 256, "d_ff": None})
@@ -192,12 +212,13 @@ def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> li
         shapes = [shape_for(float(n), lad["aspect_ratio"], lad["head_dim"], base_model) for n in lad["params"]]
     G = int(hp["global_batch_size"])
     tokens_per_step = G * seq_len
+    grid = hp.get("lr_grid")
+    lr_values = [(float(g), f"_lr{float(g):g}") for g in grid] if grid else [(float(hp["lr"]), "")]
     runs: list[RunSpec] = []
     for L, d, h in shapes:
         mcfg = ModelConfig(**{**base_model.__dict__, "n_layer": L, "d_model": d, "n_head": h, "vocab_size": vocab_size})
         counts = count_params(mcfg)
         N = counts["n_params"] if tok["basis"] == "total" else counts["n_params_non_embedding"]
-        fpt = flops_per_token(mcfg)
         if tok.get("tokens_per_param"):
             budgets = sorted({float(k) * N for k in tok["tokens_per_param"]})
         else:
@@ -209,36 +230,44 @@ def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> li
             continue
         shortest = steps_list[0]
         warmup = int(min(hp["warmup_max_steps"], max(hp["warmup_min_steps"], round(hp["warmup_fraction"] * shortest))))
-        lr = float(hp["lr"]) * (float(hp["lr_ref_params"]) / N) ** float(hp["lr_exponent"])
         size = f"L{L}_d{d}"
-
-        def spec(steps: int, **kw) -> RunSpec:
-            D = steps * tokens_per_step
-            return RunSpec(
-                name=f"{size}_D{D}", size=size, n_layer=L, d_model=d, n_head=h, n_params=counts["n_params"],
-                n_params_non_embedding=counts["n_params_non_embedding"], n_basis=N, tokens=D, steps=steps,
-                flops=6.0 * counts["n_params"] * D, flops_with_attention=fpt * D, lr=lr, global_batch_size=G,
-                warmup_steps=warmup, **kw,
-            )
-
-        longest = steps_list[-1]
-        if hp["branch"] and len(steps_list) > 1:
-            starts = {s: s - max(1, round(hp["decay_fraction"] * s)) for s in steps_list[:-1]}
-            for s, b in starts.items():
-                if b <= warmup:
-                    raise ConfigError(
-                        f"{sw['_path']}: the {s}-step budget of {size} would branch at step {b}, inside the "
-                        f"{warmup}-step warmup; raise tokens.tokens_per_param or lower hparams.warmup_min_steps / warmup_fraction"
-                    )
-            trunk = spec(longest, compute_steps=longest, save_steps=sorted(set(starts.values())))
-            runs.append(trunk)
-            for s, b in starts.items():
-                runs.append(spec(s, compute_steps=s - b, init_from=trunk.name, init_step=b))
-        else:
-            runs += [spec(s, compute_steps=s) for s in steps_list]
+        base = dict(size=size, n_layer=L, d_model=d, n_head=h, n_params=counts["n_params"],
+                    n_params_non_embedding=counts["n_params_non_embedding"], n_basis=N, global_batch_size=G,
+                    warmup_steps=warmup)
+        fpt = flops_per_token(mcfg)
+        for lr0, suffix in lr_values:
+            lr = lr0 * (float(hp["lr_ref_params"]) / N) ** float(hp["lr_exponent"])
+            runs += _size_runs(sw, base, steps_list, tokens_per_step, fpt, lr, suffix,
+                               lr0 if grid else None)
     if not runs:
         raise ConfigError(f"{sw['_path']}: the plan is empty: no size has a token budget in range")
     return runs
+
+
+def _size_runs(sw: dict, base: dict, steps_list: list[int], tokens_per_step: int, fpt: float, lr: float,
+               suffix: str, grid_value: float | None) -> list[RunSpec]:
+    """The runs of one size at one LR: every budget separately, or one trunk and its cooldown branches."""
+    hp = sw["hparams"]
+    size, warmup = base["size"], base["warmup_steps"]
+
+    def spec(steps: int, **kw) -> RunSpec:
+        D = steps * tokens_per_step
+        return RunSpec(name=f"{size}_D{D}{suffix}", tokens=D, steps=steps, flops=6.0 * base["n_params"] * D,
+                       flops_with_attention=fpt * D, lr=lr, lr_grid_value=grid_value, **base, **kw)
+
+    longest = steps_list[-1]
+    if not (hp["branch"] and len(steps_list) > 1):
+        return [spec(s, compute_steps=s) for s in steps_list]
+    starts = {s: s - max(1, round(hp["decay_fraction"] * s)) for s in steps_list[:-1]}
+    for s, b in starts.items():
+        if b <= warmup:
+            raise ConfigError(
+                f"{sw['_path']}: the {s}-step budget of {size} would branch at step {b}, inside the "
+                f"{warmup}-step warmup; raise tokens.tokens_per_param or lower hparams.warmup_min_steps / "
+                "warmup_fraction"
+            )
+    trunk = spec(longest, compute_steps=longest, save_steps=sorted(set(starts.values())))
+    return [trunk] + [spec(s, compute_steps=s - b, init_from=trunk.name, init_step=b) for s, b in starts.items()]
 
 
 def estimate_seconds(run: RunSpec, seq_len: int, rate_flops: float, assumed_mfu: float) -> float:
