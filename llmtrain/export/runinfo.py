@@ -1,7 +1,11 @@
 """What a checkpoint needs from its run folder: the model (any layout, through
 llmtrain.train.consolidate), the tokenizer the run was trained with, its end-of-document token
-and its token data. Every problem is an ExportError (or CheckpointError / DataFormatError), a
-ValueError whose message is one line naming the file and the fix."""
+and its token data. Every problem is an ExportError (or CheckpointError / DataFormatError /
+ConfigError), a ValueError whose message is one line naming the file and the fix.
+
+Besides DeepSpeed checkpoints, a "checkpoint" may be a consolidated file (python -m
+llmtrain.train.consolidate; its folder is taken as the run folder) or a folder written by
+launcher/import_hf.py (model.safetensors, config.yaml, data_manifest.json, the tokenizer)."""
 from __future__ import annotations
 
 import json
@@ -10,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from llmtrain.train.consolidate import CheckpointError, resolve_checkpoint
+from llmtrain.tokenizer import EOD_TOKEN
+from llmtrain.tokenizer import load_tokenizer as _load_tokenizer
+from llmtrain.train.consolidate import CheckpointError, is_consolidated, load_consolidated, resolve_checkpoint
 from llmtrain.utils import sha256_file
-
-EOD_TOKEN = "<|endoftext|>"
 
 
 class ExportError(ValueError):
@@ -30,7 +34,15 @@ class RunInfo:
 
 
 def run_info(path) -> RunInfo:
-    step_dir, run_dir = resolve_checkpoint(path)
+    if is_consolidated(path):
+        p = Path(path)
+        run_dir = p if p.is_dir() else p.parent
+        step_dir = run_dir
+        if not (run_dir / "config.yaml").is_file():  # a lone consolidated file: its own model_config
+            _, meta = load_consolidated(p)
+            return RunInfo(step_dir, run_dir, {"model": meta["model_config"]}, *_manifests(run_dir))
+    else:
+        step_dir, run_dir = resolve_checkpoint(path)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing; the run's config is needed to know the model's shape")
@@ -38,6 +50,10 @@ def run_info(path) -> RunInfo:
         config = yaml.safe_load(cfg_path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ExportError(f"{cfg_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return RunInfo(step_dir, run_dir, config, *_manifests(run_dir))
+
+
+def _manifests(run_dir: Path) -> tuple[list[dict], list[str]]:
     man_path = run_dir / "data_manifest.json"
     manifests, prefixes = [], []
     if man_path.is_file():
@@ -47,7 +63,7 @@ def run_info(path) -> RunInfo:
             raise ExportError(f"{man_path}:{e.lineno}: malformed JSON ({e.msg})") from None
         manifests = list(dm.get("manifests") or [])
         prefixes = list(dm.get("prefixes") or [])
-    return RunInfo(step_dir, run_dir, config, manifests, prefixes)
+    return manifests, prefixes
 
 
 def tokenizer_path(info: RunInfo, override: str | None = None) -> Path:
@@ -67,6 +83,8 @@ def tokenizer_path(info: RunInfo, override: str | None = None) -> Path:
         what = "names no tokenizer" if man_file.is_file() else "is missing"
         raise ExportError(f"{man_file}: {what}, so the run's tokenizer is unknown; pass --tokenizer tokenizer.json")
     p = Path(path)
+    if not p.is_absolute() and not p.is_file() and (info.run_dir / p).is_file():
+        p = info.run_dir / p  # a path relative to the run folder (an imported model's own tokenizer.json)
     if not p.is_file():
         raise ExportError(f"{p}: tokenizer not found (named by {named_by}); pass --tokenizer PATH to the "
                           f"tokenizer.json the run was trained with")
@@ -78,34 +96,31 @@ def tokenizer_path(info: RunInfo, override: str | None = None) -> Path:
 
 
 def load_tokenizer(path: Path):
-    """The tokenizers.Tokenizer, set up as data_prep/tokenize_corpus.py encodes the training data:
-    no special tokens added, and a literal '<|endoftext|>' in text encoded as text."""
-    from tokenizers import Tokenizer
-
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a plain Exception on a bad file
-        raise ExportError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
-    tok.encode_special_tokens = True
-    return tok
+    """The tokenizers.Tokenizer through the shared loader (llmtrain.tokenizer.load_tokenizer), set
+    up as data_prep/tokenize_corpus.py encodes the training data."""
+    return _load_tokenizer(path, None)[0]
 
 
-def eod_token_id(info: RunInfo, tok) -> int:
-    for m in info.manifests:
-        if m.get("eod_token_id") is not None:
-            return int(m["eod_token_id"])
-    eod = tok.token_to_id(EOD_TOKEN)
-    if eod is None:
-        raise ExportError(f"the tokenizer has no {EOD_TOKEN} token and {info.run_dir / 'data_manifest.json'} "
-                          f"records no eod_token_id")
-    return eod
-
-
-def eod_token(info: RunInfo, tok) -> str:
+def eod_token(info: RunInfo, tok=None) -> str:
+    """The run's end-of-document token as recorded in its manifest (eod_token), else the default."""
     for m in info.manifests:
         if m.get("eod_token"):
             return str(m["eod_token"])
     return EOD_TOKEN
+
+
+def eod_token_id(info: RunInfo, tok) -> int:
+    """The run's end-of-document id: the manifest's eod_token_id, else the id of its eod_token
+    (or the default) in ``tok``."""
+    for m in info.manifests:
+        if m.get("eod_token_id") is not None:
+            return int(m["eod_token_id"])
+    name = eod_token(info)
+    eod = tok.token_to_id(name)
+    if eod is None:
+        raise ExportError(f"the tokenizer has no {name} token and {info.run_dir / 'data_manifest.json'} "
+                          f"records no eod_token_id; pass --tokenizer PATH to the run's tokenizer")
+    return eod
 
 
 def load_model(path):
@@ -132,10 +147,11 @@ def run_cli(main, argv=None) -> int:
     """Run a CLI body; a known bad-input error prints one line 'error: ...' and exits with 2."""
     import sys
 
+    from llmtrain.config import ConfigError
     from llmtrain.data.indexed import DataFormatError
 
     try:
         return main(argv) or 0
-    except (ExportError, CheckpointError, DataFormatError) as e:
+    except (ExportError, CheckpointError, DataFormatError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

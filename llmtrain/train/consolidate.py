@@ -5,15 +5,25 @@ one plain GPT state dict, whatever layout wrote it.
 
 A checkpoint is named by its run folder (the latest checkpoint), its checkpoints/ folder, or a
 step folder (checkpoints/global_stepN). The model's shape comes from the run's config.yaml.
-The consolidated file holds {"model_config", "state_dict", "step", "tokens"}; the trainer can
-start from it on any layout with checkpoint.init_from=FILE (weights, step and data position
-carry over; optimizer moments start afresh).
+The consolidated file holds only tensors and plain metadata: {"model_config", "state_dict",
+"step", "tokens", "source"} as a .pt file, or (``--out X.safetensors``) the state dict as
+safetensors with the rest as JSON metadata. The trainer can start from it on any layout with
+checkpoint.init_from=FILE (weights, step and data position carry over; optimizer moments start
+afresh).
+
+Loading never runs code from a file: ``load_consolidated`` reads .pt files with
+``torch.load(weights_only=True)`` (a pickle naming any other Python object is refused) or
+safetensors, which cannot hold code. The one exception is DeepSpeed's own checkpoint folders
+(checkpoints/global_stepN), which DeepSpeed itself loads with full pickle: they must come from a
+trusted source.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -66,9 +76,16 @@ def _pipeline_state(step_dir: Path, n_layer: int) -> dict:
             prefix = "head."
         else:  # the tied output embedding: same weight as layer 0
             continue
-        for k, v in torch.load(f, map_location="cpu", weights_only=False).items():
+        for k, v in torch.load(f, map_location="cpu", weights_only=True).items():  # plain module state
             out[prefix + k] = v.float()
     return out
+
+
+def _deepspeed_load(f: Path) -> dict:
+    """A DeepSpeed model_states file. These hold DeepSpeed's own objects besides tensors and are
+    loaded with full pickle, as DeepSpeed loads them itself: a checkpoint folder must come from a
+    trusted source (the README says so). Consolidated files and imports never take this path."""
+    return torch.load(f, map_location="cpu", weights_only=False)
 
 
 def consolidated_state(path: str | os.PathLike) -> dict:
@@ -78,10 +95,10 @@ def consolidated_state(path: str | os.PathLike) -> dict:
     tag = step_dir.name
     if any(step_dir.glob("layer_*-model_states.pt")):
         state = _pipeline_state(step_dir, int(model_cfg["n_layer"]))
-        meta = torch.load(next(iter(sorted(step_dir.glob("mp_rank_*_model_states.pt")))), map_location="cpu", weights_only=False)
+        meta = _deepspeed_load(next(iter(sorted(step_dir.glob("mp_rank_*_model_states.pt")))))
     else:
         model_files = sorted(step_dir.glob("*mp_rank_00_model_states.pt"))
-        meta = torch.load(model_files[0], map_location="cpu", weights_only=False)
+        meta = _deepspeed_load(model_files[0])
         if glob.glob(str(step_dir / "*optim_states.pt")):
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -93,12 +110,22 @@ def consolidated_state(path: str | os.PathLike) -> dict:
             "source": str(step_dir)}
 
 
+def is_consolidated(path: str | os.PathLike) -> bool:
+    """A consolidated file, or a folder written by launcher/import_hf.py (not a DeepSpeed folder)."""
+    p = Path(path)
+    return p.is_file() or (p.is_dir() and (p / "model.safetensors").is_file() and not (p / "checkpoints").is_dir())
+
+
 def load_gpt(path: str | os.PathLike):
     """A GPT (eval mode, fp32) with the checkpoint's weights, and the consolidated record."""
     from llmtrain.config import ModelConfig
     from llmtrain.model.gpt import GPT
 
-    rec = consolidated_state(path)
+    if is_consolidated(path):
+        state, meta = load_consolidated(path)
+        rec = {**meta, "state_dict": state}
+    else:
+        rec = consolidated_state(path)
     cfg = ModelConfig(**rec["model_config"])
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(rec["state_dict"], strict=False)
@@ -109,6 +136,101 @@ def load_gpt(path: str | os.PathLike):
             f"{unexpected[:3]}); the checkpoint is incomplete or from another model shape"
         )
     return model.eval(), rec
+
+
+META_KEYS = ("model_config", "step", "tokens", "source")
+
+
+def _plain_meta(meta: dict) -> dict:
+    """The metadata as plain JSON types (no Python objects in a consolidated file)."""
+    return json.loads(json.dumps({k: meta.get(k) for k in META_KEYS}, default=str))
+
+
+def save_consolidated(state_dict: dict, meta: dict, path: str | os.PathLike) -> None:
+    """Write a consolidated file: ``*.safetensors`` (tensors; metadata as JSON under the key
+    "llmtrain") or a .pt that ``torch.load(weights_only=True)`` reads. Written to a temporary
+    name and renamed into place."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    try:
+        if out.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"llmtrain": json.dumps(_plain_meta(meta))})
+        else:
+            torch.save({**_plain_meta(meta), "state_dict": state}, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _refusal(e: Exception) -> str:
+    """One line from torch's multi-line weights_only refusal: the global it would have run."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0] if lines else type(e).__name__
+    hit = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln.lower()), first)
+    return hit[:200]
+
+
+def load_consolidated(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(state dict of fp32 tensors, metadata {"model_config", "step", "tokens", "source"}) from a
+    consolidated file (.pt or .safetensors) or a folder holding model.safetensors (what
+    launcher/import_hf.py writes). Never runs code from the file: a .pt is read with
+    ``torch.load(weights_only=True)`` and a pickle naming anything but tensors and plain data is
+    refused with a CheckpointError (one line)."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "model.safetensors").is_file():
+            raise CheckpointError(f"{p}: folder has no model.safetensors; name a consolidated file or a folder "
+                                  f"written by launcher/import_hf.py")
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such consolidated checkpoint file")
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    is_zip_or_pickle = head[:2] == b"PK" or head[:1] == b"\x80"
+    if p.suffix == ".safetensors" or not is_zip_or_pickle:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as fh:
+                raw = (fh.metadata() or {}).get("llmtrain")
+            state = load_file(str(p))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{p}: not a readable safetensors file ({str(e).splitlines()[0]}); re-write it "
+                                  f"with python -m llmtrain.train.consolidate") from None
+        if raw is None:
+            raise CheckpointError(f"{p}: safetensors file without llmtrain metadata (model_config); write it with "
+                                  f"python -m llmtrain.train.consolidate or launcher/import_hf.py")
+        meta = json.loads(raw)
+    else:
+        try:
+            rec = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"{p}: refused to load: the file holds Python objects, not only tensors and plain "
+                                  f"data ({_refusal(e)}); only load files from a trusted source, re-written with "
+                                  f"python -m llmtrain.train.consolidate") from None
+        except (RuntimeError, EOFError, OSError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{p}: cannot be read ({msg}); the file is incomplete or damaged") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("state_dict"), dict):
+            raise CheckpointError(f"{p}: not a consolidated checkpoint (no state_dict); write one with "
+                                  f"python -m llmtrain.train.consolidate")
+        state = rec["state_dict"]
+        meta = {k: rec.get(k) for k in META_KEYS}
+    if not isinstance(meta.get("model_config"), dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{p}: not a consolidated checkpoint (needs tensors and a model_config); write one with "
+                              f"python -m llmtrain.train.consolidate")
+    meta = {k: meta.get(k) for k in META_KEYS}
+    meta["source"] = meta.get("source") or str(p)
+    return {k: v.float() for k, v in state.items()}, meta
 
 
 def main(argv=None) -> int:
@@ -122,10 +244,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(rec, tmp)
-    os.replace(tmp, out)
+    save_consolidated(rec["state_dict"], {k: rec[k] for k in META_KEYS}, out)
     n = sum(v.numel() for v in rec["state_dict"].values())
     print(f"wrote {out}: {n:,} parameters from {rec['source']} (step {rec['step']})")
     return 0
