@@ -2,23 +2,29 @@
 """Clean raw web text into deduplicated JSONL.zst shards.
 
     python data_prep/clean.py INPUT... --output DIR [--config YAML] [--languages en,fr]
-                              [--workers N] [--stage all|filter|dedup]
+                              [--workers N] [--stage all|list|filter|buckets|clusters|write]
                               [--task-index I --num-tasks N]
 
 INPUT: files or folders (searched recursively) of WARC/WET (.warc[.gz], .wet[.gz]), JSONL
 (.jsonl[.gz|.zst], .json.gz/.zst), Parquet (.parquet) and plain text (.txt[.gz|.zst], one
 document per file), mixed freely.
 
-Stages: read → HTML to text → unicode repair (ftfy + NFC) → language ID → Gopher repetition
+Steps: read → HTML to text → unicode repair (ftfy + NFC) → language ID → Gopher repetition
 → Gopher quality → C4 → FineWeb rules → exact dedup → MinHash near dedup → PII masking.
 
 One machine: ``--stage all`` (the default) runs everything, over ``--workers`` processes.
-Many machines: run ``--stage filter`` as N independent tasks (``--task-index/--num-tasks``,
-or a SLURM array: SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT), all writing the same
-``--output`` on a shared file system, then one ``--stage dedup`` job, which deduplicates
-across every task's shards and writes the final data. See data_prep/slurm/clean.sbatch.
+Many machines: run the stages in order (``--stage list`` prints them), each as N independent
+tasks (``--task-index/--num-tasks``, or a Slurm array: SLURM_ARRAY_TASK_ID /
+SLURM_ARRAY_TASK_COUNT), all writing the same ``--output`` on a shared file system; a stage
+starts when every task of the one before has finished (data_prep/slurm/clean.sbatch):
 
-A rerun with the same --output skips every finished shard. Output: DIR/data/*.jsonl.zst,
+    filter    extraction and filters, per input file; each kept document's dedup keys
+    buckets   exact and MinHash band buckets, split by key range
+    clusters  duplicate clusters; each task writes its shards' removal lists
+    write     each shard without its duplicates, PII masked; the last task writes stats.json
+
+N tasks of a stage write exactly what one would. A rerun with the same --output skips every
+finished piece made with the same settings and redoes the others. Output: DIR/data/*.jsonl.zst,
 DIR/stats.json, DIR/removed/<stage>.jsonl. Give DIR/data (not DIR) to the tokenizer.
 """
 from __future__ import annotations
@@ -29,74 +35,81 @@ import logging
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from data_prep.cleaning.config import ConfigError, load_config  # noqa: E402
-from data_prep.cleaning.pipeline import expand, read_manifest, run_dedup, run_filter  # noqa: E402
-from data_prep.readers import InputError  # noqa: E402
+from data_prep.cleaning.config import load_config
+from data_prep.cleaning.pipeline import (TASK_STAGES, expand, read_manifest, run_buckets, run_clusters, run_filter,
+                                         run_write)
+from data_prep.readers import InputError
+from llmtrain.config import ConfigError
+from llmtrain.utils import task_from_env
 
 log = logging.getLogger("data_prep.clean")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Config keys: see configs/data/clean_default.yaml")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders, any supported format")
-    p.add_argument("--output", "-o", required=True, help="output folder (shared by all tasks)")
-    p.add_argument("--config", help="pipeline YAML (default: built-in FineWeb recipe = configs/data/clean_default.yaml)")
+    p.add_argument("--output", "-o", help="output folder (shared by all tasks)")
+    p.add_argument("--config",
+                   help="pipeline YAML (default: the built-in FineWeb recipe = configs/data/clean_default.yaml)")
     p.add_argument("--languages", help="comma-separated language codes to keep (lid.176 codes, e.g. en,de); "
                                        "'all' keeps every language above the threshold")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes on this machine (default: all cores)")
-    p.add_argument("--stage", choices=("all", "filter", "dedup"), default="all")
-    p.add_argument("--task-index", type=int, default=None, help="this task's index (default: $SLURM_ARRAY_TASK_ID or 0)")
-    p.add_argument("--num-tasks", type=int, default=None, help="number of tasks (default: $SLURM_ARRAY_TASK_COUNT or 1)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes on this machine for the filter and write stages (default: all cores)")
+    p.add_argument("--stage", choices=("all", "list") + TASK_STAGES, default="all",
+                   help="'list' prints the stages in the order they run")
+    p.add_argument("--task-index", type=int, default=None,
+                   help="this task's index (default: $SLURM_ARRAY_TASK_ID or 0)")
+    p.add_argument("--num-tasks", type=int, default=None,
+                   help="number of tasks (default: $SLURM_ARRAY_TASK_COUNT or 1)")
     p.add_argument("--quiet", action="store_true", help="only warnings")
     return p.parse_args(argv)
 
 
-def _task(args):
-    ti = args.task_index
-    nt = args.num_tasks
-    if ti is None:
-        ti = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
-        # arrays need not start at 0 (e.g. --array=1-8)
-        ti -= int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-    if nt is None:
-        nt = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
-    if nt < 1 or not 0 <= ti < nt:
-        raise InputError(f"--task-index {ti} is outside [0, --num-tasks {nt}); indices start at 0")
-    return ti, nt
+def _check_inputs(args) -> None:
+    """Later stages need no INPUT; when one is given it must be the list the filter tasks used."""
+    man = read_manifest(os.path.join(args.output, "work"))
+    given = sorted(os.path.abspath(f) for f in expand(args.inputs))
+    if given != sorted(man["inputs"]):
+        raise InputError(f"{args.output}: the INPUT list differs from the one the filter tasks used; "
+                         "give the same inputs or none")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.stage == "list":
+        print("\n".join(TASK_STAGES))
+        return 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
+        if not args.output:
+            raise InputError("--output is required: the folder the cleaned shards go to (shared by all tasks)")
         overrides = {}
         if args.languages:
-            langs = [] if args.languages.strip().lower() == "all" else [s.strip() for s in args.languages.split(",") if s.strip()]
-            overrides["language"] = {"languages": langs}
+            langs = args.languages.split(",") if args.languages.strip().lower() != "all" else []
+            overrides["language"] = {"languages": [x.strip() for x in langs if x.strip()]}
         cfg = load_config(args.config, overrides)
-        ti, nt = _task(args)
+        ti, nt = task_from_env(args.task_index, args.num_tasks)
+        if args.stage == "all" and nt > 1:
+            raise InputError(f"--num-tasks {nt} needs one stage at a time: --stage filter on each task, then "
+                             f"{', '.join(TASK_STAGES[1:])} in turn (see --stage list)")
+        report = None
         if args.stage in ("all", "filter"):
             if not args.inputs:
                 raise InputError("no INPUT given; name files or folders to clean")
-            if args.stage == "all" and nt > 1:
-                raise InputError(f"--num-tasks {nt} needs --stage filter on each task, then one --stage dedup")
-            files = expand(args.inputs)
-            res = run_filter(files, args.output, cfg, workers=args.workers, task_index=ti, num_tasks=nt)
+            res = run_filter(expand(args.inputs), args.output, cfg, workers=args.workers, task_index=ti, num_tasks=nt)
             log.info(f"filter: {res['processed']} shards processed, {res['skipped']} skipped (done before)")
-        if args.stage in ("all", "dedup"):
-            if args.stage == "dedup" and args.inputs:
-                man = read_manifest(os.path.join(args.output, "work"))
-                given = sorted(os.path.abspath(f) for f in expand(args.inputs))
-                if given != sorted(man["inputs"]):
-                    raise InputError(f"{args.output}: the INPUT list differs from the one the filter tasks used; "
-                                     "give the same inputs or none")
-            report = run_dedup(args.output, cfg, workers=args.workers)
+        elif args.inputs:
+            _check_inputs(args)
+        if args.stage in ("all", "buckets"):
+            run_buckets(args.output, cfg, ti, nt)
+        if args.stage in ("all", "clusters"):
+            run_clusters(args.output, cfg, ti, nt)
+        if args.stage in ("all", "write"):
+            report = run_write(args.output, cfg, ti, nt, workers=args.workers)
+        if report is not None:
             st = {s["stage"]: s for s in report["stages"]}
             print(json.dumps({"documents_in": st["read"]["docs_in"], "documents_out": report["documents_out"],
                               "characters_out": report["characters_out"], "bad_input": report["bad_input"],

@@ -17,8 +17,9 @@ sys.path.insert(0, ROOT)
 
 from data_prep import readers  # noqa: E402
 from data_prep.cleaning import dedup, filters, pipeline  # noqa: E402
-from data_prep.cleaning.config import ConfigError, load_config  # noqa: E402
+from data_prep.cleaning.config import load_config  # noqa: E402
 from data_prep.cleaning.pii import PiiMasker  # noqa: E402
+from llmtrain.config import ConfigError  # noqa: E402
 
 # ----------------------------------------------------------------------------- test text
 
@@ -309,7 +310,8 @@ def test_fineweb_rules(rng):
     # every line unique and long enough, but one line per ~12 words: fine; a list of 3-word lines is not
     assert _reason(filters.FineWebQuality(char_duplicates_ratio=None), listy) is True
     short_list = "\n".join(f"Milk {i}." for i in range(40))
-    assert _reason(filters.FineWebQuality(short_line_thr=None, char_duplicates_ratio=None), short_list) == "fineweb_list_ratio"
+    no_short_rule = filters.FineWebQuality(short_line_thr=None, char_duplicates_ratio=None)
+    assert _reason(no_short_rule, short_list) == "fineweb_list_ratio"
 
 
 def test_language_id_keeps_english_drops_french_german(rng):
@@ -404,7 +406,7 @@ def test_config_unknown_key_is_error(tmp_path):
         load_config(str(p))
     p.write_text("gopher_quality:\n  min_doc_words: 10\nlanguage:\n  enabled: false\n")
     cfg = load_config(str(p))
-    assert cfg["gopher_quality"]["min_doc_words"] == 10 and cfg["gopher_quality"]["max_doc_words"] == 100000
+    assert cfg.gopher_quality.min_doc_words == 10 and cfg.gopher_quality.max_doc_words == 100000
     assert load_config(os.path.join(ROOT, "configs/data/clean_default.yaml")) == load_config(None)
 
 
@@ -592,7 +594,8 @@ def test_tasks_then_dedup_equals_single_run(tmp_path, rng):
         assert r.returncode == 0, r.stderr
         assert f"task {i}/3 owns" in r.stderr
     # dedup before every task finished would be refused; here all are done
-    run_cli(["--output", multi, "--stage", "dedup", "--workers", "2"])
+    for stage in ("buckets", "clusters", "write"):
+        run_cli(["--output", multi, "--stage", stage, "--workers", "2"])
     assert {d["id"] for d in read_output(multi)} == expected
     r = run_cli([src, "--output", multi, "--stage", "all", "--num-tasks", "2"], check=False)
     assert r.returncode == 2 and "--stage filter" in r.stderr
@@ -605,7 +608,7 @@ def test_dedup_refuses_missing_shards(tmp_path, rng):
         write_jsonl(str(src / f"f{k}.jsonl"), [{"id": f"{k}", "text": english(rng)}])
     out = str(tmp_path / "out")
     run_cli([str(src), "--output", out, "--stage", "filter", "--task-index", "0", "--num-tasks", "2"])
-    r = run_cli(["--output", out, "--stage", "dedup"], check=False)
+    r = run_cli(["--output", out, "--stage", "buckets"], check=False)
     assert r.returncode == 2 and "1 of 2 shards have not finished" in r.stderr
 
 

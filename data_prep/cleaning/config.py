@@ -1,132 +1,176 @@
-"""The cleaning pipeline's configuration: defaults, YAML loading, validation.
+"""The cleaning pipeline's typed configuration: defaults, YAML loading, validation, hashes.
 
 The defaults are FineWeb's recipe (Penedo et al. 2024): language ID (English, 0.65),
 Gopher repetition, Gopher quality, C4 without its terminal-punctuation line rule, FineWeb's
 own rules, then MinHash dedup (5-grams, 14x8) and PII masking. ``configs/data/clean_default.yaml``
-spells the same values out; a user YAML only needs the keys it changes. An unknown key is
-an error naming the file and the key.
+spells the same values out; a user YAML only needs the keys it changes. An unknown key or a
+value of the wrong type is a one-line `llmtrain.config.ConfigError` naming the file and key.
+
+The sections are the fixed ones below (read, html, unicode, dedup, pii, output) plus one per
+registered filter (steps.FILTERS, in pipeline order), each typed by the filter's own
+``Config`` dataclass: a new filter brings its section with it.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass, field, make_dataclass
+from typing import Optional
 
-DEFAULTS: dict = {
-    "read": {
-        "text_key": "text",            # JSONL / Parquet field holding the text
-        "id_key": "id",                # JSONL / Parquet field holding the id
-        "max_doc_bytes": 20_000_000,   # larger documents are counted as `oversized` and skipped
-        "max_control_char_ratio": 0.01,  # more control characters (or any NUL): `binary`, skipped
-    },
-    "html": {"enabled": True, "extractor": "resiliparse", "main_content": True},
-    "unicode": {"fix": True, "normalization": "NFC"},
-    "language": {"enabled": True, "languages": ["en"], "threshold": 0.65},
-    "gopher_repetition": {
-        "enabled": True,
-        "dup_line_frac": 0.3, "dup_para_frac": 0.3, "dup_line_char_frac": 0.2, "dup_para_char_frac": 0.2,
-        "top_n_grams": [[2, 0.2], [3, 0.18], [4, 0.16]],
-        "dup_n_grams": [[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11], [10, 0.10]],
-    },
-    "gopher_quality": {
-        "enabled": True,
-        "min_doc_words": 50, "max_doc_words": 100_000, "min_avg_word_length": 3, "max_avg_word_length": 10,
-        "max_symbol_word_ratio": 0.1, "max_bullet_lines_ratio": 0.9, "max_ellipsis_lines_ratio": 0.3,
-        "min_alpha_words_ratio": 0.8, "min_stop_words": 2,
-        "stop_words": ["the", "be", "to", "of", "and", "that", "have", "with"],
-    },
-    "c4": {
-        "enabled": True,
-        "remove_citations": True,
-        "filter_no_terminal_punct": False,  # C4's paper: true; FineWeb: false (it drops too much)
-        "min_num_sentences": 5, "min_words_per_line": 3, "max_word_length": 1000,
-        "filter_lorem_ipsum": True, "filter_javascript": True, "filter_curly_bracket": True, "filter_policy": True,
-    },
-    "fineweb_quality": {
-        "enabled": True,
-        "line_punct_thr": 0.12, "line_punct_exclude_zero": False, "short_line_thr": 0.67,
-        "short_line_length": 30, "char_duplicates_ratio": 0.01, "new_line_ratio": 0.3,
-    },
-    "dedup": {
-        "exact": True,
-        "near": True,
-        "ngram": 5, "bands": 14, "rows": 8, "seed": 1,
-    },
-    "pii": {
-        "enabled": True, "email": True, "ip": True,
-        "email_replacement": "email@example.com", "ipv4_replacement": "192.0.2.1", "ipv6_replacement": "2001:db8::1",
-    },
-    "output": {
-        "removed_samples": 100,   # documents kept per filter under removed/<filter>.jsonl
-        "zstd_level": 3,
-    },
-}
+from llmtrain.config import ConfigError, _apply, read_yaml
 
-# The filter stages, in the order they run.
-FILTER_ORDER = ("language", "gopher_repetition", "gopher_quality", "c4", "fineweb_quality")
+from . import filters as _filters  # noqa: F401  (registers the filters)
+from .steps import FILTERS
 
 
-class ConfigError(ValueError):
-    pass
+@dataclass
+class ReadConfig:
+    text_key: str = "text"               # JSONL / Parquet field holding the text
+    id_key: str = "id"                   # JSONL / Parquet field holding the id
+    max_doc_bytes: int = 20_000_000      # larger documents are counted as `oversized` and skipped
+    max_control_char_ratio: float = 0.01  # more control characters (or any NUL): `binary`, skipped
 
 
-def _merge(base: dict, over: dict, where: str, path: str = "") -> None:
-    for k, v in over.items():
-        key = f"{path}{k}"
-        if k not in base:
-            raise ConfigError(f"{where}: unknown key '{key}'; known keys here: {', '.join(base)}")
-        if isinstance(base[k], dict):
-            if not isinstance(v, dict):
-                raise ConfigError(f"{where}: '{key}' must be a mapping")
-            _merge(base[k], v, where, key + ".")
-        else:
-            base[k] = v
+@dataclass
+class HtmlConfig:
+    enabled: bool = True
+    extractor: str = "resiliparse"  # or trafilatura
+    main_content: bool = True
 
 
-def load_config(path: str | None = None, overrides: dict | None = None) -> dict:
+@dataclass
+class UnicodeConfig:
+    fix: bool = True
+    normalization: Optional[str] = "NFC"  # NFC | NFKC | NFD | NFKD | null
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = True
+    near: bool = True
+    ngram: int = 5
+    bands: int = 14
+    rows: int = 8
+    seed: int = 1
+
+
+@dataclass
+class PiiConfig:
+    enabled: bool = True
+    email: bool = True
+    ip: bool = True
+    email_replacement: str = "email@example.com"
+    ipv4_replacement: str = "192.0.2.1"
+    ipv6_replacement: str = "2001:db8::1"
+
+
+@dataclass
+class OutputConfig:
+    removed_samples: int = 100  # documents kept per stage under removed/<stage>.jsonl
+    zstd_level: int = 3
+
+
+class _CleanConfigBase:
+    def validate(self, where: str) -> _CleanConfigBase:
+        if self.html.extractor not in ("resiliparse", "trafilatura"):
+            raise ConfigError(f"{where}: html.extractor={self.html.extractor!r} is not one of resiliparse, trafilatura")
+        if self.unicode.normalization not in (None, "NFC", "NFKC", "NFD", "NFKD"):
+            raise ConfigError(f"{where}: unicode.normalization={self.unicode.normalization!r} is not one of "
+                              "NFC, NFKC, NFD, NFKD, null")
+        for k in ("ngram", "bands", "rows"):
+            if getattr(self.dedup, k) < 1:
+                raise ConfigError(f"{where}: dedup.{k} must be >= 1 (got {getattr(self.dedup, k)})")
+        if self.read.max_doc_bytes < 1:
+            raise ConfigError(f"{where}: read.max_doc_bytes must be >= 1")
+        if self.output.removed_samples < 0:
+            raise ConfigError(f"{where}: output.removed_samples must be >= 0")
+        if not 1 <= self.output.zstd_level <= 22:
+            raise ConfigError(f"{where}: output.zstd_level must be in [1, 22] (got {self.output.zstd_level})")
+        for name in FILTERS:
+            sec = getattr(self, name)
+            if hasattr(sec, "validate"):
+                sec.validate(where, name)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def filter_configs(self) -> list[tuple[str, object]]:
+        """(name, config) of every registered filter, in pipeline order."""
+        return [(name, getattr(self, name)) for name in FILTERS]
+
+
+def _sections():
+    secs = [("read", ReadConfig), ("html", HtmlConfig), ("unicode", UnicodeConfig)]
+    secs += [(name, cls.Config) for name, cls in FILTERS.items()]
+    secs += [("dedup", DedupConfig), ("pii", PiiConfig), ("output", OutputConfig)]
+    return [(name, typ, field(default_factory=typ)) for name, typ in secs]
+
+
+CleanConfig = make_dataclass("CleanConfig", _sections(), bases=(_CleanConfigBase,))
+CleanConfig.__doc__ = "Every section of the cleaning YAML, typed."
+CleanConfig.__module__ = __name__
+
+# The filter sections, in the order they run.
+FILTER_ORDER = tuple(FILTERS)
+
+
+def load_config(path: str | None = None, overrides: dict | None = None) -> CleanConfig:
     """Defaults, then the YAML file at ``path`` (if any), then ``overrides`` (same shape)."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path:
-        import yaml
+    from pathlib import Path
 
-        try:
-            with open(path, encoding="utf-8") as fh:
-                user = yaml.safe_load(fh) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    cfg = CleanConfig()
+    where = "defaults"
+    if path:
+        where = str(path)
+        user = read_yaml(Path(path), "cleaning config", "pass an existing YAML with --config")
         if not isinstance(user, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of stage names")
-        _merge(cfg, user, path)
+            raise ConfigError(f"{path}: the top level must be a mapping of sections "
+                              f"({', '.join(f.name for f in dataclasses.fields(cfg))})")
+        _apply(cfg, user, "", str(path))
     if overrides:
-        _merge(cfg, overrides, "command line")
-    if cfg["html"]["extractor"] not in ("resiliparse", "trafilatura"):
-        raise ConfigError(f"html.extractor: '{cfg['html']['extractor']}' is not one of resiliparse, trafilatura")
-    langs = cfg["language"]["languages"]
-    if isinstance(langs, str):
-        cfg["language"]["languages"] = [s.strip() for s in langs.split(",") if s.strip()]
-    return cfg
+        _apply(cfg, overrides, "", "command line")
+    return cfg.validate(where)
+
+
+# ----------------------------------------------------------------------------- hashes
+# Each stage's hash covers every setting that changes what that stage writes, and the hash
+# of the stage before it; a finished piece of work whose marker holds another hash is redone.
+
+def _canonical(obj):
+    """Whole floats as ints, so `3` in a YAML and the default `3.0` hash alike."""
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    return obj
 
 
 def _hash(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha1(json.dumps(_canonical(obj), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_hash(cfg: dict) -> str:
-    """Hash of every setting that changes what the filter pass writes: the reader, extraction,
-    unicode repair, the filters, and the dedup keys it computes (shingles, bands, rows, seed)."""
-    relevant = {k: v for k, v in cfg.items() if k not in ("output", "pii", "dedup")}
-    relevant["dedup_keys"] = {k: cfg["dedup"][k] for k in ("near", "ngram", "bands", "rows", "seed")}
-    relevant["removed_samples"] = cfg["output"]["removed_samples"]
+def filter_hash(cfg: CleanConfig) -> str:
+    """Filter pass: reader, extraction, unicode repair, the filters, the dedup keys it
+    computes (shingles, bands, rows, seed) and how many removed documents it samples."""
+    d = cfg.to_dict()
+    relevant = {k: v for k, v in d.items() if k not in ("output", "pii", "dedup")}
+    relevant["dedup_keys"] = {k: d["dedup"][k] for k in ("near", "ngram", "bands", "rows", "seed")}
+    relevant["removed_samples"] = cfg.output.removed_samples
     return _hash(relevant)
 
 
-def dedup_hash(cfg: dict) -> str:
-    """The filter pass's hash plus the dedup settings: which documents count as duplicates."""
-    return _hash([config_hash(cfg), cfg["dedup"]])
+def dedup_hash(cfg: CleanConfig) -> str:
+    """Buckets and clusters: the filter pass's hash plus the dedup settings."""
+    return _hash([filter_hash(cfg), dataclasses.asdict(cfg.dedup)])
 
 
-def final_hash(cfg: dict) -> str:
-    """Everything that changes the final shards: the duplicates removed, PII masking, output."""
-    return _hash([dedup_hash(cfg), cfg["pii"], cfg["output"]])
+def final_hash(cfg: CleanConfig) -> str:
+    """The final write: the duplicates removed, PII masking, output settings."""
+    return _hash([dedup_hash(cfg), dataclasses.asdict(cfg.pii), dataclasses.asdict(cfg.output)])
+
+
+config_hash = filter_hash

@@ -1,10 +1,12 @@
 """Heuristic quality filters with their published thresholds.
 
-Each filter is a callable ``f(text) -> (keep, reason, text)``: ``keep`` False drops the
-document and ``reason`` names the rule that fired (it is the key in stats.json and the
-sample file under removed/); a line-level filter (C4) may return a shortened ``text``.
-Every threshold is a constructor argument so the YAML config can tune or disable it
-(``null`` disables a single rule).
+Each filter is a `BaseFilter` (steps.py) registered under its YAML section: ``filter(doc)``
+returns True to keep the document or the name of the rule that fired (the key in stats.json
+and in the samples under removed/); a line-level filter (C4) may shorten ``doc.text``.
+Every threshold is a field of the filter's ``Config`` dataclass, so the YAML can tune it
+(``null`` disables a single rule, ``enabled: false`` the whole filter). Filters run in the
+order they are registered below: language first, the cheapest to judge most documents.
+Outside a pipeline a filter is also a callable ``f(text) -> (keep, reason, text)``.
 
 Sources of the thresholds:
 
@@ -22,10 +24,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
-from .text import count_sentences, split_words
+from llmtrain.config import ConfigError
+
+from .steps import BaseFilter, Document, register
+from .text import count_sentences
 
 # Punctuation and symbol characters: a token made only of these is a "symbol", not a word.
 PUNCTUATION = set(
@@ -48,13 +55,6 @@ TERMINAL_PUNCTUATION = _sentence_terminals()
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 
 
-class Filter:
-    name = "filter"
-
-    def __call__(self, text: str) -> tuple[bool, str | None, str]:  # pragma: no cover
-        raise NotImplementedError
-
-
 def _dup_count(items):
     """(number of items that repeat an earlier one, characters in those repeats)."""
     seen: set = set()
@@ -68,91 +68,87 @@ def _dup_count(items):
     return n, chars
 
 
-class GopherQuality(Filter):
-    """Gopher quality rules (Rae et al. 2021, A.1.1)."""
+@register
+class LanguageFilter(BaseFilter):
+    """fastText lid.176 language ID (see langid.py): keeps a document whose top language is
+    in ``languages`` (empty: any) with a score above ``threshold`` (FineWeb: English, 0.65);
+    records ``language`` and ``language_score`` on the document."""
 
-    name = "gopher_quality"
+    name = "language"
 
-    def __init__(self, min_doc_words=50, max_doc_words=100_000, min_avg_word_length=3, max_avg_word_length=10,
-                 max_symbol_word_ratio=0.1, max_bullet_lines_ratio=0.9, max_ellipsis_lines_ratio=0.3,
-                 min_alpha_words_ratio=0.8, min_stop_words=2, stop_words=GOPHER_STOP_WORDS):
-        self.min_doc_words, self.max_doc_words = min_doc_words, max_doc_words
-        self.min_avg, self.max_avg = min_avg_word_length, max_avg_word_length
-        self.max_symbol = max_symbol_word_ratio
-        self.max_bullet, self.max_ellipsis = max_bullet_lines_ratio, max_ellipsis_lines_ratio
-        self.min_alpha = min_alpha_words_ratio
-        self.min_stop_words = min_stop_words
-        self.stop_words = frozenset(stop_words)
+    @dataclass
+    class Config:
+        enabled: bool = True
+        languages: list[str] = field(default_factory=lambda: ["en"])  # []: any language
+        threshold: float = 0.65
 
-    def __call__(self, text, words=None):
-        words = split_words(text) if words is None else words
-        n_words = len(words)
-        real = [w for w in words if not PUNCTUATION.issuperset(w)]
-        n_real = len(real)
-        if self.min_doc_words is not None and n_real < self.min_doc_words:
-            return False, "gopher_short_doc", text
-        if self.max_doc_words is not None and n_real > self.max_doc_words:
-            return False, "gopher_long_doc", text
-        avg = sum(map(len, real)) / n_real if n_real else 0.0
-        if self.min_avg is not None and avg < self.min_avg:
-            return False, "gopher_below_avg_word_length", text
-        if self.max_avg is not None and avg > self.max_avg:
-            return False, "gopher_above_avg_word_length", text
-        if self.max_symbol is not None:
-            if text.count("#") / n_words > self.max_symbol:
-                return False, "gopher_too_many_hashes", text
-            if (text.count("...") + text.count("…")) / n_words > self.max_symbol:
-                return False, "gopher_too_many_ellipsis", text
-        lines = text.splitlines()
-        if lines and self.max_bullet is not None:
-            bullets = sum(1 for ln in lines if ln.lstrip().startswith(("•", "-")))
-            if bullets / len(lines) > self.max_bullet:
-                return False, "gopher_too_many_bullets", text
-        if lines and self.max_ellipsis is not None:
-            ell = sum(1 for ln in lines if ln.rstrip().endswith(("...", "…")))
-            if ell / len(lines) > self.max_ellipsis:
-                return False, "gopher_too_many_end_ellipsis", text
-        if self.min_alpha is not None:
-            alpha = sum(1 for w in words if any(c.isalpha() for c in w))
-            if alpha / n_words < self.min_alpha:
-                return False, "gopher_below_alpha_ratio", text
-        if self.min_stop_words is not None and len(self.stop_words.intersection(words)) < self.min_stop_words:
-            return False, "gopher_few_stop_words", text
-        return True, None, text
+        def validate(self, where: str, key: str) -> None:
+            if not 0.0 <= self.threshold <= 1.0:
+                raise ConfigError(f"{where}: {key}.threshold must be in [0, 1] (got {self.threshold})")
+
+    def __init__(self, config=None, max_samples: int = 100, **kwargs):
+        from .langid import LanguageID
+
+        super().__init__(config, max_samples, **kwargs)
+        self.model = LanguageID(self.cfg.languages, self.cfg.threshold)
+
+    def filter(self, doc: Document):
+        keep, reason, _, (lang, score) = self.model(doc.text)
+        doc.meta["language"], doc.meta["language_score"] = lang, round(score, 4)
+        return True if keep else reason
 
 
-class GopherRepetition(Filter):
+@register
+class GopherRepetition(BaseFilter):
     """Gopher repetition rules (Rae et al. 2021, table A1)."""
 
     name = "gopher_repetition"
     _para_re = re.compile(r"\n{2,}")
     _line_re = re.compile(r"\n+")
 
-    def __init__(self, dup_line_frac=0.3, dup_para_frac=0.3, dup_line_char_frac=0.2, dup_para_char_frac=0.2,
-                 top_n_grams=((2, 0.2), (3, 0.18), (4, 0.16)),
-                 dup_n_grams=((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))):
-        self.dup_line_frac, self.dup_para_frac = dup_line_frac, dup_para_frac
-        self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
-        self.top_n_grams = [tuple(x) for x in (top_n_grams or ())]
-        self.dup_n_grams = [tuple(x) for x in (dup_n_grams or ())]
+    @dataclass
+    class Config:
+        enabled: bool = True
+        dup_line_frac: Optional[float] = 0.3
+        dup_para_frac: Optional[float] = 0.3
+        dup_line_char_frac: Optional[float] = 0.2
+        dup_para_char_frac: Optional[float] = 0.2
+        top_n_grams: list[list[float]] = field(default_factory=lambda: [[2, 0.2], [3, 0.18], [4, 0.16]])
+        dup_n_grams: list[list[float]] = field(
+            default_factory=lambda: [[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11], [10, 0.10]])
 
-    def __call__(self, text, words=None):
+        def validate(self, where: str, key: str) -> None:
+            for k in ("top_n_grams", "dup_n_grams"):
+                for pair in getattr(self, k) or ():
+                    if len(pair) != 2 or float(pair[0]) != int(pair[0]) or int(pair[0]) < 1:
+                        raise ConfigError(f"{where}: {key}.{k} must be a list of [n, fraction] pairs with a whole n "
+                                         f">= 1 (got {pair!r})")
+
+    def __init__(self, config=None, max_samples: int = 100, **kwargs):
+        super().__init__(config, max_samples, **kwargs)
+        c = self.cfg
+        self.top_n_grams = [(int(n), f) for n, f in (c.top_n_grams or ())]
+        self.dup_n_grams = sorted((int(n), f) for n, f in (c.dup_n_grams or ()))
+
+    def filter(self, doc: Document):
+        c = self.cfg
+        text = doc.text
         if not text:
-            return False, "empty", text
+            return "empty"
         n_chars = len(text)
         paras = self._para_re.split(text.strip())
         n_dup, dup_chars = _dup_count(paras)
-        if self.dup_para_frac is not None and n_dup / len(paras) > self.dup_para_frac:
-            return False, "dup_para_frac", text
-        if self.dup_para_char_frac is not None and dup_chars / n_chars > self.dup_para_char_frac:
-            return False, "dup_para_char_frac", text
+        if c.dup_para_frac is not None and n_dup / len(paras) > c.dup_para_frac:
+            return "dup_para_frac"
+        if c.dup_para_char_frac is not None and dup_chars / n_chars > c.dup_para_char_frac:
+            return "dup_para_char_frac"
         lines = self._line_re.split(text)
         n_dup, dup_chars = _dup_count(lines)
-        if self.dup_line_frac is not None and n_dup / len(lines) > self.dup_line_frac:
-            return False, "dup_line_frac", text
-        if self.dup_line_char_frac is not None and dup_chars / n_chars > self.dup_line_char_frac:
-            return False, "dup_line_char_frac", text
-        words = split_words(text) if words is None else words
+        if c.dup_line_frac is not None and n_dup / len(lines) > c.dup_line_frac:
+            return "dup_line_frac"
+        if c.dup_line_char_frac is not None and dup_chars / n_chars > c.dup_line_char_frac:
+            return "dup_line_char_frac"
+        words = doc.words
         for n, frac in self.top_n_grams:
             if len(words) < n:
                 continue
@@ -160,17 +156,17 @@ class GopherRepetition(Filter):
             gram, count = grams.most_common(1)[0]
             # characters of the n-gram written with single spaces, times its count
             if (sum(map(len, gram)) + n - 1) * count / n_chars > frac:
-                return False, f"top_{n}_gram", text
+                return f"top_{n}_gram"
         if self.dup_n_grams:
             ids, cum = self._word_ids(words)
             none_below = False
-            for n, frac in sorted(self.dup_n_grams):
+            for n, frac in self.dup_n_grams:
                 # a repeated n-gram contains a repeated shorter one: none at n means none above
                 chars = 0 if none_below else self._dup_ngram_chars(ids, cum, n)
                 none_below = none_below or chars == 0
                 if chars / n_chars > frac:
-                    return False, f"duplicated_{n}_grams", text
-        return True, None, text
+                    return f"duplicated_{n}_grams"
+        return True
 
     @staticmethod
     def _word_ids(words):
@@ -212,7 +208,71 @@ class GopherRepetition(Filter):
 _MULT = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
 
 
-class C4(Filter):
+@register
+class GopherQuality(BaseFilter):
+    """Gopher quality rules (Rae et al. 2021, A.1.1)."""
+
+    name = "gopher_quality"
+
+    @dataclass
+    class Config:
+        enabled: bool = True
+        min_doc_words: Optional[int] = 50
+        max_doc_words: Optional[int] = 100_000
+        min_avg_word_length: Optional[float] = 3
+        max_avg_word_length: Optional[float] = 10
+        max_symbol_word_ratio: Optional[float] = 0.1  # '#' and '...' per word
+        max_bullet_lines_ratio: Optional[float] = 0.9
+        max_ellipsis_lines_ratio: Optional[float] = 0.3
+        min_alpha_words_ratio: Optional[float] = 0.8
+        min_stop_words: Optional[int] = 2
+        stop_words: list[str] = field(default_factory=lambda: list(GOPHER_STOP_WORDS))
+
+    def __init__(self, config=None, max_samples: int = 100, **kwargs):
+        super().__init__(config, max_samples, **kwargs)
+        self.stop_words = frozenset(self.cfg.stop_words)
+
+    def filter(self, doc: Document):
+        c = self.cfg
+        text = doc.text
+        words = doc.words
+        n_words = len(words)
+        real = [w for w in words if not PUNCTUATION.issuperset(w)]
+        n_real = len(real)
+        if c.min_doc_words is not None and n_real < c.min_doc_words:
+            return "gopher_short_doc"
+        if c.max_doc_words is not None and n_real > c.max_doc_words:
+            return "gopher_long_doc"
+        avg = sum(map(len, real)) / n_real if n_real else 0.0
+        if c.min_avg_word_length is not None and avg < c.min_avg_word_length:
+            return "gopher_below_avg_word_length"
+        if c.max_avg_word_length is not None and avg > c.max_avg_word_length:
+            return "gopher_above_avg_word_length"
+        if c.max_symbol_word_ratio is not None:
+            if text.count("#") / n_words > c.max_symbol_word_ratio:
+                return "gopher_too_many_hashes"
+            if (text.count("...") + text.count("…")) / n_words > c.max_symbol_word_ratio:
+                return "gopher_too_many_ellipsis"
+        lines = text.splitlines()
+        if lines and c.max_bullet_lines_ratio is not None:
+            bullets = sum(1 for ln in lines if ln.lstrip().startswith(("•", "-")))
+            if bullets / len(lines) > c.max_bullet_lines_ratio:
+                return "gopher_too_many_bullets"
+        if lines and c.max_ellipsis_lines_ratio is not None:
+            ell = sum(1 for ln in lines if ln.rstrip().endswith(("...", "…")))
+            if ell / len(lines) > c.max_ellipsis_lines_ratio:
+                return "gopher_too_many_end_ellipsis"
+        if c.min_alpha_words_ratio is not None:
+            alpha = sum(1 for w in words if any(ch.isalpha() for ch in w))
+            if alpha / n_words < c.min_alpha_words_ratio:
+                return "gopher_below_alpha_ratio"
+        if c.min_stop_words is not None and len(self.stop_words.intersection(words)) < c.min_stop_words:
+            return "gopher_few_stop_words"
+        return True
+
+
+@register
+class C4(BaseFilter):
     """C4 rules. Line level: drop lines with a word over ``max_word_length`` characters,
     lines without terminal punctuation (off in FineWeb's recipe), lines with fewer than
     ``min_words_per_line`` words, lines mentioning javascript, lines with cookie/terms
@@ -223,82 +283,89 @@ class C4(Filter):
     _citation_re = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
     POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 
-    def __init__(self, remove_citations=True, filter_no_terminal_punct=True, min_num_sentences=5,
-                 min_words_per_line=3, max_word_length=1000, filter_lorem_ipsum=True, filter_javascript=True,
-                 filter_curly_bracket=True, filter_policy=True):
-        self.remove_citations = remove_citations
-        self.no_terminal = filter_no_terminal_punct
-        self.min_sent = min_num_sentences
-        self.min_words_line = min_words_per_line
-        self.max_word_len = max_word_length
-        self.lorem, self.js, self.curly, self.policy = filter_lorem_ipsum, filter_javascript, filter_curly_bracket, filter_policy
+    @dataclass
+    class Config:
+        enabled: bool = True
+        remove_citations: bool = True
+        filter_no_terminal_punct: bool = False  # C4's paper: true; FineWeb: false (it drops too much)
+        min_num_sentences: Optional[int] = 5
+        min_words_per_line: Optional[int] = 3
+        max_word_length: Optional[int] = 1000
+        filter_lorem_ipsum: bool = True
+        filter_javascript: bool = True
+        filter_curly_bracket: bool = True
+        filter_policy: bool = True
 
-    def __call__(self, text, words=None):
+    def filter(self, doc: Document):
+        c = self.cfg
         kept = []
         n_sent = 0
-        for line in text.splitlines():
+        for line in doc.text.splitlines():
             line = line.strip()
             if not line:
                 continue
             lw = line.split()
-            if self.max_word_len is not None and any(len(w) > self.max_word_len for w in lw):
+            if c.max_word_length is not None and any(len(w) > c.max_word_length for w in lw):
                 continue
-            if self.remove_citations and "[" in line:
+            if c.remove_citations and "[" in line:
                 line = self._citation_re.sub("", line)
-            if self.no_terminal and (not line.endswith((".", "?", "!", '"', "'")) or line.endswith("...")):
+            if c.filter_no_terminal_punct and (not line.endswith((".", "?", "!", '"', "'")) or line.endswith("...")):
                 continue
-            if self.min_words_line is not None and len(lw) < self.min_words_line:
+            if c.min_words_per_line is not None and len(lw) < c.min_words_per_line:
                 continue
             low = line.lower()
-            if self.lorem and "lorem ipsum" in low:
-                return False, "c4_lorem_ipsum", text
-            if self.js and "javascript" in low:
+            if c.filter_lorem_ipsum and "lorem ipsum" in low:
+                return "c4_lorem_ipsum"
+            if c.filter_javascript and "javascript" in low:
                 continue
-            if self.curly and "{" in line:
-                return False, "c4_curly_bracket", text
-            if self.policy and any(p in low for p in self.POLICY):
+            if c.filter_curly_bracket and "{" in line:
+                return "c4_curly_bracket"
+            if c.filter_policy and any(p in low for p in self.POLICY):
                 continue
             n_sent += count_sentences(line)
             kept.append(line)
-        if self.min_sent is not None and n_sent < self.min_sent:
-            return False, "c4_too_few_sentences", text
-        return True, None, "\n".join(kept).strip()
+        if c.min_num_sentences is not None and n_sent < c.min_num_sentences:
+            return "c4_too_few_sentences"
+        doc.text = "\n".join(kept).strip()
+        return True
 
 
-class FineWebQuality(Filter):
+@register
+class FineWebQuality(BaseFilter):
     """FineWeb's own rules (Penedo et al. 2024, section 3.3)."""
 
     name = "fineweb_quality"
 
-    def __init__(self, line_punct_thr=0.12, line_punct_exclude_zero=False, short_line_thr=0.67,
-                 short_line_length=30, char_duplicates_ratio=0.01, new_line_ratio=0.3):
-        self.line_punct_thr = line_punct_thr
-        self.exclude_zero = line_punct_exclude_zero
-        self.short_line_thr, self.short_line_length = short_line_thr, short_line_length
-        self.char_dup = char_duplicates_ratio
-        self.new_line_ratio = new_line_ratio
+    @dataclass
+    class Config:
+        enabled: bool = True
+        line_punct_thr: Optional[float] = 0.12
+        line_punct_exclude_zero: bool = False
+        short_line_thr: Optional[float] = 0.67
+        short_line_length: int = 30
+        char_duplicates_ratio: Optional[float] = 0.01
+        new_line_ratio: Optional[float] = 0.3
 
-    def __call__(self, text, words=None):
+    def filter(self, doc: Document):
+        c = self.cfg
+        text = doc.text
         lines = [ln for ln in text.split("\n") if ln.strip()]
         if not lines:
-            return False, "empty", text
-        if self.line_punct_thr is not None:
+            return "empty"
+        if c.line_punct_thr is not None:
             ratio = sum(1 for ln in lines if ln.endswith(TERMINAL_PUNCTUATION)) / len(lines)
-            if ratio < self.line_punct_thr and not (ratio == 0 and self.exclude_zero):
-                return False, "fineweb_line_punct_ratio", text
-        if self.short_line_thr is not None:
-            ratio = sum(1 for ln in lines if len(ln) <= self.short_line_length) / len(lines)
-            if ratio > self.short_line_thr:
-                return False, "fineweb_short_line_ratio", text
-        if self.char_dup is not None:
+            if ratio < c.line_punct_thr and not (ratio == 0 and c.line_punct_exclude_zero):
+                return "fineweb_line_punct_ratio"
+        if c.short_line_thr is not None:
+            ratio = sum(1 for ln in lines if len(ln) <= c.short_line_length) / len(lines)
+            if ratio > c.short_line_thr:
+                return "fineweb_short_line_ratio"
+        if c.char_duplicates_ratio is not None:
             n_chars = len(text) - text.count("\n")
-            if n_chars and _dup_count(lines)[1] / n_chars > self.char_dup:
-                return False, "fineweb_char_dup_ratio", text
-        if self.new_line_ratio is not None:
-            words = split_words(text) if words is None else words
-            if words and text.count("\n") / len(words) > self.new_line_ratio:
-                return False, "fineweb_list_ratio", text
-        return True, None, text
-
-
-FILTERS = {cls.name: cls for cls in (GopherRepetition, GopherQuality, C4, FineWebQuality)}
+            if n_chars and _dup_count(lines)[1] / n_chars > c.char_duplicates_ratio:
+                return "fineweb_char_dup_ratio"
+        if c.new_line_ratio is not None:
+            words = doc.words
+            if words and text.count("\n") / len(words) > c.new_line_ratio:
+                return "fineweb_list_ratio"
+        return True

@@ -41,7 +41,8 @@ class LanguageID:
         """(keep, reason, text, (language, score))."""
         if self.languages is None:
             lang, score = self.predict(text)[0]
-            return score > self.threshold, (None if score > self.threshold else "language_low_score"), text, (lang, score)
+            keep = score > self.threshold
+            return keep, (None if keep else "language_low_score"), text, (lang, score)
         # above a threshold of 0.5 only the top language can pass; below it look further
         k = 1 if self.threshold >= 0.5 else 5
         preds = self.predict(text, k=k)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from .steps import BaseFilter, Document
+
 EMAIL_RE = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])"
@@ -58,3 +60,23 @@ class PiiMasker:
                 text = IPV6_RE.sub(v6, text)
             n_ip = counts[0]
         return text, n_email, n_ip
+
+
+class PiiMask(BaseFilter):
+    """The pipeline step: masks every document's e-mail and IP addresses (never drops one);
+    ``masked`` counts what it replaced."""
+
+    name = "pii"
+
+    def __init__(self, config, max_samples: int = 100):
+        super().__init__(config, max_samples)
+        self.masker = PiiMasker(config.email, config.ip, config.email_replacement, config.ipv4_replacement,
+                                config.ipv6_replacement) if config.enabled else None
+        self.masked = {"email": 0, "ip": 0}
+
+    def filter(self, doc: Document):
+        if self.masker is not None:
+            doc.text, n_email, n_ip = self.masker(doc.text)
+            self.masked["email"] += n_email
+            self.masked["ip"] += n_ip
+        return True

@@ -1,23 +1,43 @@
-"""The cleaning pipeline: per-shard filtering, corpus-wide dedup, the final rewrite.
+"""The cleaning pipeline as four stages, each split into tasks: filter, buckets, clusters, write.
+
+=========  ==========================================  ===================================
+stage      one task does                               tasks split by
+=========  ==========================================  ===================================
+filter     read → HTML → unicode → filters, per shard;  input files (one file, one shard)
+           writes the kept text and its dedup keys
+buckets    exact-key groups and MinHash band buckets    key ranges (``key % N``)
+           of the keys it owns, over every shard
+clusters   joins every task's buckets into duplicate    shards (each task writes its own
+           clusters; the shard's removal lists          shards' lists)
+write      rewrites a shard without its duplicates,     shards
+           masks PII; the last task writes stats.json
+=========  ==========================================  ===================================
+
+(datatrove's four-stage MinHash is the reference design.) The union of N tasks of a stage
+is exactly what one task writes; a stage refuses to start before the one it reads is
+complete, naming what is missing.
 
 Layout of an output folder ``OUT``::
 
     OUT/data/<shard>.jsonl.zst      clean documents {"id", "text", "source", "language", "language_score"}
-    OUT/stats.json                  per stage, in order: documents and characters in/out, why removed;
-                                    counts of bad input; per-file warnings
+    OUT/stats.json                  per stage, in order: documents and characters in/out, why removed,
+                                    seconds; counts of bad input; per-file warnings
     OUT/removed/<stage>.jsonl       the first N documents each stage removed, for a person to read
     OUT/work/manifest.json          the input files and their shard names (same for every task)
-    OUT/work/filter/<shard>.*       pass 1 output: filtered text, dedup keys, stats, a done marker
-    OUT/work/dedup/                 pass 2 output: which documents are duplicates
-    OUT/work/final/<shard>.done     pass 3 done markers
+    OUT/work/filter/<shard>.*       kept text, dedup keys, stats, removed samples, a done marker
+    OUT/work/buckets/part-T-of-N.*  one buckets task's exact duplicates and near groups
+    OUT/work/clusters/<shard>.*     the positions of a shard's exact and near duplicates
+    OUT/work/final/<shard>.*        the write stage's stats, samples and done markers
 
-One input file is one shard. Every file is written under a temporary name and renamed when
-complete; a shard's ``.done`` marker is written last, so a rerun skips exactly the finished
-shards and a half-written file is never taken for a finished one.
+Every file is written under a temporary name and renamed when complete; each piece's
+``.done`` marker is written last and holds the hash of the settings that stage depends on
+(config.py), so a rerun skips exactly the finished pieces made with the same settings.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -28,13 +48,17 @@ from multiprocessing import get_context
 import numpy as np
 
 from data_prep.readers import ALL_SUFFIXES, expand_inputs, iter_documents
+from llmtrain.utils import atomic_write_bytes, atomic_write_json, partition
 
-from .config import FILTER_ORDER, config_hash, dedup_hash, final_hash
+from .config import FILTER_ORDER, dedup_hash, filter_hash, final_hash
+from .steps import FILTERS, BaseFilter, Document, PipelineStep, chain, new_stage_stats
 
 log = logging.getLogger("data_prep.clean")
 
 STAGES = ("read", "html_extract", "unicode") + FILTER_ORDER + ("exact_dedup", "near_dedup", "pii")
 FILTER_PASS_STAGES = STAGES[:-3]
+# The command line's stages, in the order they run.
+TASK_STAGES = ("filter", "buckets", "clusters", "write")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -44,26 +68,6 @@ def shard_name(path: str) -> str:
     ap = os.path.abspath(path)
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(ap))[:80]
     return f"{hashlib.sha1(ap.encode()).hexdigest()[:10]}-{base}"
-
-
-def partition(files: list[str], task_index: int, num_tasks: int) -> list[str]:
-    """The files task ``task_index`` of ``num_tasks`` owns: every num_tasks-th of the sorted list."""
-    if num_tasks < 1 or not 0 <= task_index < num_tasks:
-        raise ValueError(f"--task-index {task_index} must be in [0, --num-tasks {num_tasks})")
-    return [f for i, f in enumerate(files) if i % num_tasks == task_index]
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode())
 
 
 class ZstJsonlWriter:
@@ -85,6 +89,7 @@ class ZstJsonlWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        os.chmod(self.tmp, 0o644)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -97,8 +102,6 @@ class ZstJsonlWriter:
 
 
 def iter_zst_jsonl(path: str):
-    import io
-
     import zstandard
 
     with open(path, "rb") as fh:
@@ -107,23 +110,28 @@ def iter_zst_jsonl(path: str):
             yield json.loads(line)
 
 
+def _save_npz(path: str, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def new_stats() -> dict:
-    return {
-        "stages": {s: {"docs_in": 0, "docs_out": 0, "chars_in": 0, "chars_out": 0, "removed": {}} for s in STAGES},
-        "bad_input": {},
-        "warnings": [],
-        "files": 0,
-        "bytes_in": 0,
-    }
+    return {"stages": {s: new_stage_stats() for s in STAGES}, "bad_input": {}, "warnings": [], "files": 0,
+            "bytes_in": 0}
 
 
 def merge_stats(into: dict, other: dict, max_warnings: int = 1000) -> dict:
     for s, st in other["stages"].items():
         dst = into["stages"][s]
-        for k in ("docs_in", "docs_out", "chars_in", "chars_out"):
-            dst[k] += st[k]
+        for k in ("docs_in", "docs_out", "chars_in", "chars_out", "seconds"):
+            dst[k] += st.get(k, 0)
         for r, n in st["removed"].items():
             dst["removed"][r] = dst["removed"].get(r, 0) + n
+        if "masked" in st:
+            m = dst.setdefault("masked", {})
+            for k, n in st["masked"].items():
+                m[k] = m.get(k, 0) + n
     for k, n in other["bad_input"].items():
         into["bad_input"][k] = into["bad_input"].get(k, 0) + n
     room = max_warnings - len(into["warnings"])
@@ -132,6 +140,16 @@ def merge_stats(into: dict, other: dict, max_warnings: int = 1000) -> dict:
     into["files"] += other.get("files", 0)
     into["bytes_in"] += other.get("bytes_in", 0)
     return into
+
+
+def _collect(steps: list[PipelineStep], stats: dict, samples: dict) -> None:
+    """Each step's counts, bad input and removed samples into a shard's stats and samples."""
+    for step in steps:
+        stats["stages"][step.name] = step.stats
+        for k, n in step.bad_input.items():
+            stats["bad_input"][k] = stats["bad_input"].get(k, 0) + n
+        if step.samples:
+            samples[step.name] = step.samples
 
 
 class _WarningCollector(logging.Handler):
@@ -147,181 +165,150 @@ class _WarningCollector(logging.Handler):
             self.messages.append(record.getMessage())
 
 
-# ----------------------------------------------------------------------------- pass 1: filter
+def _read_done(path: str, cfg_hash: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if d.get("config_hash") != cfg_hash:
+        log.warning(f"{path}: made with different settings; this piece is redone")
+        return None
+    return d
+
+
+def shard_done(workdir: str, shard: str, cfg_hash: str, kind: str = "filter") -> dict | None:
+    return _read_done(os.path.join(workdir, kind, shard + ".done"), cfg_hash)
+
+
+# ----------------------------------------------------------------------------- steps of the filter pass
+
+class ReadCheck(BaseFilter):
+    """Drops empty documents and bytes that are not text (both counted as bad input)."""
+
+    name = "read"
+    sample_chars = 2000
+
+    def bad_input_key(self, reason):
+        return reason
+
+    def filter(self, doc: Document):
+        from .text import looks_binary
+
+        if not doc.text.strip():
+            return "empty"
+        if looks_binary(doc.text, self.cfg.max_control_char_ratio):
+            return "binary"
+        return True
+
+
+class UnicodeFix(BaseFilter):
+    """ftfy's mojibake repair and a normal form (config ``unicode``)."""
+
+    name = "unicode"
+
+    def filter(self, doc: Document):
+        from .text import fix_unicode
+
+        doc.text = fix_unicode(doc.text, self.cfg.fix, self.cfg.normalization).strip()
+        return True if doc.text else "empty"
+
+
+def filter_steps(cfg) -> list[PipelineStep]:
+    """The filter pass's steps, built from the config's sections: the fixed ones, then every
+    enabled filter of the registry, in order."""
+    from .html import HtmlExtract
+
+    n = cfg.output.removed_samples
+    steps: list[PipelineStep] = [ReadCheck(cfg.read, n), HtmlExtract(cfg.html, n), UnicodeFix(cfg.unicode, n)]
+    for name, fcfg in cfg.filter_configs():
+        if fcfg.enabled:
+            steps.append(FILTERS[name](fcfg, n))
+    return steps
+
+
+class DuplicateRemoval(BaseFilter):
+    """Drops the documents whose positions in the shard the clusters stage listed."""
+
+    def __init__(self, name: str, positions, max_samples: int = 100):
+        super().__init__(None, max_samples)
+        self.name = name
+        self.positions = set(int(i) for i in positions)
+
+    def filter(self, doc: Document):
+        return "duplicate" if doc.pos in self.positions else True
+
+
+# ----------------------------------------------------------------------------- stage 1: filter
 
 class ShardFilter:
-    """Reads one input file and runs extraction, unicode repair and the filters on it."""
+    """Reads one input file and runs extraction, unicode repair and the filters on it; writes
+    the kept documents and, for each, its exact key and MinHash band keys."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg):
         from .dedup import MinHasher
-        from .filters import C4, FineWebQuality, GopherQuality, GopherRepetition
-        from .html import HtmlExtractor
 
         self.cfg = cfg
-        self.html = HtmlExtractor(cfg["html"]["extractor"], cfg["html"]["main_content"]) if cfg["html"]["enabled"] else None
-        self.filters = []
-        for name in FILTER_ORDER:
-            c = dict(cfg[name])
-            if not c.pop("enabled"):
-                continue
-            if name == "language":
-                from .langid import LanguageID
+        d = cfg.dedup
+        self.minhash = MinHasher(d.ngram, d.bands, d.rows, d.seed) if d.near else None
+        self.n_bands = d.bands if d.near else 0
+        self.hash = filter_hash(cfg)
 
-                self.filters.append((name, LanguageID(c["languages"], c["threshold"])))
-            else:
-                cls = {"gopher_repetition": GopherRepetition, "gopher_quality": GopherQuality, "c4": C4,
-                       "fineweb_quality": FineWebQuality}[name]
-                self.filters.append((name, cls(**c)))
-        d = cfg["dedup"]
-        self.minhash = MinHasher(d["ngram"], d["bands"], d["rows"], d["seed"]) if d["near"] else None
-        self.need_keys = True  # row 0 (exact key) also counts the kept documents
-        self.n_bands = d["bands"] if d["near"] else 0
-        self.hash = config_hash(cfg)
+    def _documents(self, path: str, errors: dict):
+        t0 = t_last = time.time()
+        r = self.cfg.read
+        for i, d in enumerate(iter_documents(path, strict=False, errors=errors, max_doc_bytes=r.max_doc_bytes,
+                                             text_key=r.text_key, id_key=r.id_key), 1):
+            if i % 1000 == 0 and time.time() - t_last > 60:  # a big file: say how it goes
+                t_last = time.time()
+                log.info(f"[filter] {os.path.basename(path)}: {i} documents read, {t_last - t0:.0f}s")
+            yield Document.from_reader(d)
 
     def run(self, path: str, shard: str, workdir: str) -> dict:
         from .dedup import exact_key
-        from .text import fix_unicode, looks_binary, split_words
 
-        cfg = self.cfg
         fdir = os.path.join(workdir, "filter")
-        done = os.path.join(fdir, shard + ".done")
         stats = new_stats()
         stats["files"] = 1
         stats["bytes_in"] = os.path.getsize(path)
-        S = stats["stages"]
         errors: dict = {}
-        n_samples = cfg["output"]["removed_samples"]
-        samples: dict[str, list] = {}
-
-        def removed(stage, reason, doc, text):
-            st = S[stage]["removed"]
-            st[reason] = st.get(reason, 0) + 1
-            lst = samples.setdefault(stage, [])
-            if len(lst) < n_samples:
-                lst.append({"id": doc["id"], "source": doc["source"], "reason": reason, "text": text[:20000]})
-
+        steps = filter_steps(self.cfg)
         collector = _WarningCollector()
         rlog = logging.getLogger("data_prep.readers")
         rlog.addHandler(collector)
-        writer = ZstJsonlWriter(os.path.join(fdir, shard + ".jsonl.zst"), cfg["output"]["zstd_level"])
+        writer = ZstJsonlWriter(os.path.join(fdir, shard + ".jsonl.zst"), self.cfg.output.zstd_level)
         keys: list[np.ndarray] = []
-        max_ctrl = cfg["read"]["max_control_char_ratio"]
-        t0 = t_last = time.time()
         try:
-            for doc in iter_documents(path, strict=False, errors=errors, max_doc_bytes=cfg["read"]["max_doc_bytes"],
-                                      text_key=cfg["read"]["text_key"], id_key=cfg["read"]["id_key"]):
-                text = doc["text"]
-                st = S["read"]
-                st["docs_in"] += 1
-                if st["docs_in"] % 1000 == 0 and time.time() - t_last > 60:  # a big file: say how it goes
-                    t_last = time.time()
-                    log.info(f"[filter] {os.path.basename(path)}: {st['docs_in']} documents read, "
-                             f"{st['chars_in'] / 1e6:.0f}M characters, {t_last - t0:.0f}s")
-                st["chars_in"] += len(text)
-                if not text.strip():
-                    errors["empty"] = errors.get("empty", 0) + 1
-                    removed("read", "empty", doc, text)
-                    continue
-                if looks_binary(text, max_ctrl):
-                    errors["binary"] = errors.get("binary", 0) + 1
-                    removed("read", "binary", doc, text[:2000])
-                    continue
-                st["docs_out"] += 1
-                st["chars_out"] += len(text)
-
-                st = S["html_extract"]
-                st["docs_in"] += 1
-                st["chars_in"] += len(text)
-                if doc.get("html"):
-                    if self.html is None:
-                        removed("html_extract", "html_extraction_disabled", doc, text)
-                        continue
-                    try:
-                        text = self.html(text)
-                    except Exception as e:  # a page the extractor chokes on is bad input, not a crash
-                        errors["html_error"] = errors.get("html_error", 0) + 1
-                        removed("html_extract", f"html_error:{type(e).__name__}", doc, text[:2000])
-                        continue
-                    if not text:
-                        removed("html_extract", "no_main_content", doc, doc["text"][:5000])
-                        continue
-                st["docs_out"] += 1
-                st["chars_out"] += len(text)
-
-                st = S["unicode"]
-                st["docs_in"] += 1
-                st["chars_in"] += len(text)
-                text = fix_unicode(text, cfg["unicode"]["fix"], cfg["unicode"]["normalization"]).strip()
-                if not text:
-                    removed("unicode", "empty", doc, text)
-                    continue
-                st["docs_out"] += 1
-                st["chars_out"] += len(text)
-
-                lang = None
-                words = None
-                words_of = None
-                ok = True
-                for name, f in self.filters:
-                    st = S[name]
-                    st["docs_in"] += 1
-                    st["chars_in"] += len(text)
-                    if name == "language":
-                        ok, reason, new_text, lang = f(text)
-                    else:
-                        if words_of is not text:
-                            words, words_of = split_words(text), text
-                        ok, reason, new_text = f(text, words)
-                    if not ok:
-                        removed(name, reason, doc, text)
-                        break
-                    text = new_text
-                    st["docs_out"] += 1
-                    st["chars_out"] += len(text)
-                if not ok:
-                    continue
-                out = {"id": doc["id"], "text": text, "source": doc["source"]}
-                if lang is not None:
-                    out["language"], out["language_score"] = lang[0], round(lang[1], 4)
-                writer.write(out)
-                if self.need_keys:
-                    k = np.empty(1 + self.n_bands, dtype=np.uint64)
-                    k[0] = exact_key(text)
-                    if self.minhash is not None:
-                        k[1:] = self.minhash.band_keys(text)
-                    keys.append(k)
+            for doc in chain(self._documents(path, errors), steps):
+                writer.write(doc.to_json())
+                k = np.empty(1 + self.n_bands, dtype=np.uint64)
+                k[0] = exact_key(doc.text)
+                if self.minhash is not None:
+                    k[1:] = self.minhash.band_keys(doc.text)
+                keys.append(k)
             # keys: row 0 the exact key, rows 1.. band keys; one column per kept document
             karr = np.stack(keys, axis=1) if keys else np.zeros((1 + self.n_bands, 0), dtype=np.uint64)
-            kpath = os.path.join(fdir, shard + ".keys.npy")
-            ktmp = f"{kpath}.tmp-{os.getpid()}.npy"
-            np.save(ktmp, karr)
-            os.replace(ktmp, kpath)
+            buf = io.BytesIO()
+            np.save(buf, karr)
+            atomic_write_bytes(os.path.join(fdir, shard + ".keys.npy"), buf.getvalue())
             writer.commit()
         except BaseException:
             writer.abort()
             raise
         finally:
             rlog.removeHandler(collector)
+        samples: dict = {}
         stats["bad_input"] = errors
+        _collect(steps, stats, samples)
         stats["warnings"] = collector.messages
         atomic_write_json(os.path.join(fdir, shard + ".removed.json"), samples)
         atomic_write_json(os.path.join(fdir, shard + ".stats.json"), stats)
-        atomic_write_json(done, {"config_hash": self.hash, "source": path, "kept": int(karr.shape[1])})
+        atomic_write_json(os.path.join(fdir, shard + ".done"),
+                          {"config_hash": self.hash, "source": path, "kept": int(karr.shape[1])})
         return stats
 
 
-def shard_done(workdir: str, shard: str, cfg_hash: str, kind: str = "filter") -> dict | None:
-    p = os.path.join(workdir, kind, shard + ".done")
-    try:
-        with open(p, encoding="utf-8") as fh:
-            d = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    if d.get("config_hash") != cfg_hash:
-        log.warning(f"{p}: made with a different config; this shard is redone")
-        return None
-    return d
-
+# ----------------------------------------------------------------------------- worker pool
 
 _WORKER: dict = {}
 
@@ -331,16 +318,9 @@ def _init_worker(cfg, kind):
     _WORKER["obj"] = ShardFilter(cfg) if kind == "filter" else ShardFinal(cfg)
 
 
-def _run_filter(job):
-    path, shard, workdir = job
+def _run_job(job):
     t = time.time()
-    stats = _WORKER["obj"].run(path, shard, workdir)
-    return path, stats, time.time() - t
-
-
-def _run_final(job):
-    t = time.time()
-    return job[1], _WORKER["obj"].run(*job), time.time() - t
+    return job[0], _WORKER["obj"].run(*job[1:]), time.time() - t
 
 
 def _progress(tag, i, n, nbytes, t0):
@@ -350,22 +330,22 @@ def _progress(tag, i, n, nbytes, t0):
     log.info(f"[{tag}] {i}/{n} shards, {nbytes / 1e6:.1f} MB in {el:.0f}s ({rate:.2f} MB/s), ETA {eta:.0f}s")
 
 
-def _pool_map(fn, jobs, cfg, kind, workers, sizes, tag):
-    """Run jobs inline (workers == 1) or over a process pool; yields results as they come."""
+def _pool_map(jobs, cfg, kind, workers, sizes):
+    """Run jobs (key, *args) inline (workers == 1) or over a process pool; yields results."""
     t0 = time.time()
     done_bytes = 0
     if workers <= 1 or len(jobs) <= 1:
         _init_worker(cfg, kind)
-        it = map(fn, jobs)
+        it = map(_run_job, jobs)
         pool = None
     else:
         pool = get_context("spawn" if os.environ.get("CLEAN_SPAWN") else "fork").Pool(
             min(workers, len(jobs)), initializer=_init_worker, initargs=(cfg, kind), maxtasksperchild=50)
-        it = pool.imap_unordered(fn, jobs)
+        it = pool.imap_unordered(_run_job, jobs)
     try:
         for i, res in enumerate(it, 1):
             done_bytes += sizes.get(res[0], 0)
-            _progress(tag, i, len(jobs), done_bytes, t0)
+            _progress(kind, i, len(jobs), done_bytes, t0)
             yield res
     finally:
         if pool is not None:
@@ -402,91 +382,174 @@ def read_manifest(workdir: str) -> dict:
         raise RuntimeError(f"{p}: missing; run the filter stage (--stage filter) on this --output first") from None
 
 
-# ----------------------------------------------------------------------------- run: filter
-
-def run_filter(files: list[str], out: str, cfg: dict, workers: int = 1, task_index: int = 0,
-               num_tasks: int = 1) -> dict:
-    """Pass 1 over this task's share of ``files``. Returns the merged stats of its shards."""
+def run_filter(files: list[str], out: str, cfg, workers: int = 1, task_index: int = 0, num_tasks: int = 1) -> dict:
+    """Stage 1 over this task's share of ``files``. Returns the merged stats of its shards."""
     workdir = os.path.join(out, "work")
     os.makedirs(os.path.join(workdir, "filter"), exist_ok=True)
     write_manifest(workdir, files)
     mine = partition(files, task_index, num_tasks)
-    h = config_hash(cfg)
+    h = filter_hash(cfg)
     todo, skipped = [], 0
     for f in mine:
         s = shard_name(f)
         if shard_done(workdir, s, h):
             skipped += 1
         else:
-            todo.append((f, s, workdir))
+            todo.append((f, f, s, workdir))
     log.info(f"filter: task {task_index}/{num_tasks} owns {len(mine)} of {len(files)} files; "
              f"{skipped} already done, {len(todo)} to do, {workers} worker(s)")
-    sizes = {f: os.path.getsize(f) for f, _, _ in todo}
+    sizes = {f: os.path.getsize(f) for f, *_ in todo}
     todo.sort(key=lambda j: -sizes[j[0]])  # big files first: better packing over workers
     total = new_stats()
-    for _path, st, _dt in _pool_map(_run_filter, todo, cfg, "filter", workers, sizes, "filter"):
+    for _path, st, _dt in _pool_map(todo, cfg, "filter", workers, sizes):
         merge_stats(total, st)
     return {"owned": len(mine), "skipped": skipped, "processed": len(todo), "stats": total}
 
 
-# ----------------------------------------------------------------------------- run: dedup + final
+# ----------------------------------------------------------------------------- stage 2: buckets
+
+def _filtered_shards(workdir: str, cfg) -> tuple[dict, list[int]]:
+    """The manifest and each shard's kept-document count; an error if a filter task is missing."""
+    man = read_manifest(workdir)
+    h = filter_hash(cfg)
+    counts, missing = [], []
+    for f, s in zip(man["inputs"], man["shards"]):
+        d = shard_done(workdir, s, h)
+        if d is None:
+            missing.append(f)
+        else:
+            counts.append(int(d["kept"]))
+    if missing:
+        raise RuntimeError(f"{len(missing)} of {len(man['shards'])} shards have not finished the filter stage "
+                           f"(first: {missing[0]}); run the missing filter tasks first (a rerun skips finished shards)")
+    return man, counts
+
+
+def _part(workdir: str, t: int, n: int) -> str:
+    return os.path.join(workdir, "buckets", f"part-{t:05d}-of-{n:05d}")
+
+
+def run_buckets(out: str, cfg, task_index: int = 0, num_tasks: int = 1) -> dict:
+    """Stage 2: this task's key range of the exact keys and of every band's keys."""
+    from .dedup import bucket_task
+
+    workdir = os.path.join(out, "work")
+    man, counts = _filtered_shards(workdir, cfg)
+    os.makedirs(os.path.join(workdir, "buckets"), exist_ok=True)
+    h = dedup_hash(cfg)
+    base = _part(workdir, task_index, num_tasks)
+    if _read_done(base + ".done", h):
+        log.info(f"buckets: task {task_index}/{num_tasks} already done")
+        return {"processed": 0, "skipped": 1}
+    t = time.time()
+    key_files = [os.path.join(workdir, "filter", s + ".keys.npy") for s in man["shards"]]
+    res = bucket_task(key_files, counts, task_index, num_tasks, cfg.dedup.exact, cfg.dedup.near)
+    _save_npz(base + ".npz", **res)
+    atomic_write_json(base + ".done", {"config_hash": h, "documents": int(sum(counts))})
+    log.info(f"buckets: task {task_index}/{num_tasks}: {sum(counts)} documents, {len(res['exact_dups'])} exact "
+             f"duplicates, {len(res['members'])} documents in shared buckets, {time.time() - t:.1f}s")
+    return {"processed": 1, "skipped": 0}
+
+
+# ----------------------------------------------------------------------------- stage 3: clusters
+
+def _bucket_parts(workdir: str, h: str) -> list[str]:
+    """The parts of one complete buckets run with these settings (any task count)."""
+    found: dict[int, set] = {}
+    for p in glob.glob(os.path.join(workdir, "buckets", "part-*-of-*.done")):
+        m = re.search(r"part-(\d+)-of-(\d+)\.done$", p)
+        if m and _read_done(p, h):
+            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    for n, got in sorted(found.items()):
+        if len(got) == n:
+            return [_part(workdir, t, n) + ".npz" for t in range(n)]
+    if not found:
+        raise RuntimeError(f"{os.path.join(workdir, 'buckets')}: no finished buckets task with these settings; "
+                           "run --stage buckets first")
+    n, got = max(found.items(), key=lambda kv: len(kv[1]))
+    missing = sorted(set(range(n)) - got)
+    raise RuntimeError(f"buckets: {len(missing)} of {n} tasks have not finished (first: --task-index {missing[0]} "
+                       f"--num-tasks {n}); run them first")
+
+
+def _local(ids: np.ndarray, a: int, b: int) -> np.ndarray:
+    """The global ids in [a, b), as positions from a."""
+    return ids[(ids >= a) & (ids < b)] - a
+
+
+def run_clusters(out: str, cfg, task_index: int = 0, num_tasks: int = 1) -> dict:
+    """Stage 3: every task joins all buckets into clusters (small: only documents that share a
+    bucket) and writes the duplicate positions of the shards it owns."""
+    from .dedup import find_clusters
+
+    workdir = os.path.join(out, "work")
+    man, counts = _filtered_shards(workdir, cfg)
+    h = dedup_hash(cfg)
+    cdir = os.path.join(workdir, "clusters")
+    os.makedirs(cdir, exist_ok=True)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    mine = partition(list(range(len(man["shards"]))), task_index, num_tasks)
+    todo = [i for i in mine if not shard_done(workdir, man["shards"][i], h, "clusters")]
+    log.info(f"clusters: task {task_index}/{num_tasks} owns {len(mine)} shards; {len(mine) - len(todo)} already "
+             f"done, {len(todo)} to do")
+    if not todo:
+        return {"processed": 0, "skipped": len(mine)}
+    t = time.time()
+    exact, members, groups, off = [], [], [], 0
+    for p in _bucket_parts(workdir, h):
+        with np.load(p) as z:
+            exact.append(z["exact_dups"])
+            members.append(z["members"])
+            groups.append(z["groups"] + off)
+            off += int(z["groups"].max()) + 1 if len(z["groups"]) else 0
+    exact_ids = np.sort(np.concatenate(exact))
+    near_ids = find_clusters(exact_ids, np.concatenate(members), np.concatenate(groups)) if cfg.dedup.near \
+        else np.zeros(0, np.int64)
+    log.info(f"clusters: {len(exact_ids)} exact and {len(near_ids)} near duplicates, {time.time() - t:.1f}s")
+    for i in todo:
+        a, b = offsets[i], offsets[i + 1]
+        s = man["shards"][i]
+        _save_npz(os.path.join(cdir, s + ".npz"), exact=_local(exact_ids, a, b), near=_local(near_ids, a, b))
+        atomic_write_json(os.path.join(cdir, s + ".done"), {"config_hash": h})
+    return {"processed": len(todo), "skipped": len(mine) - len(todo)}
+
+
+# ----------------------------------------------------------------------------- stage 4: write
 
 class ShardFinal:
-    """Pass 3: rewrite one filtered shard without its duplicates, masking PII."""
+    """Rewrites one filtered shard without its duplicates, masking PII."""
 
-    def __init__(self, cfg: dict):
-        from .pii import PiiMasker
-
+    def __init__(self, cfg):
         self.cfg = cfg
-        p = dict(cfg["pii"])
-        self.pii = PiiMasker(**{k: v for k, v in p.items() if k != "enabled"}) if p.pop("enabled") else None
         self.hash = final_hash(cfg)
 
-    def run(self, shard: str, workdir: str, out: str, exact_dup: np.ndarray, near_dup: np.ndarray) -> dict:
+    def run(self, shard: str, workdir: str, out: str) -> dict:
+        from .pii import PiiMask
+
+        with np.load(os.path.join(workdir, "clusters", shard + ".npz")) as z:
+            exact, near = z["exact"], z["near"]
+        n = self.cfg.output.removed_samples
+        pii = PiiMask(self.cfg.pii, n)
+        steps = [DuplicateRemoval("exact_dedup", exact, n), DuplicateRemoval("near_dedup", near, n), pii]
         stats = new_stats()
-        S = stats["stages"]
-        n_samples = self.cfg["output"]["removed_samples"]
-        samples: dict[str, list] = {}
-        writer = ZstJsonlWriter(os.path.join(out, "data", shard + ".jsonl.zst"), self.cfg["output"]["zstd_level"])
-        emails = ips = 0
-        i = -1
+        writer = ZstJsonlWriter(os.path.join(out, "data", shard + ".jsonl.zst"), self.cfg.output.zstd_level)
+
+        def documents():
+            for i, d in enumerate(iter_zst_jsonl(os.path.join(workdir, "filter", shard + ".jsonl.zst"))):
+                doc = Document.from_json(d)
+                doc.pos = i
+                yield doc
+
         try:
-            for i, doc in enumerate(iter_zst_jsonl(os.path.join(workdir, "filter", shard + ".jsonl.zst"))):
-                n = len(doc["text"])
-                dropped = False
-                for stage, mask in (("exact_dedup", exact_dup), ("near_dedup", near_dup)):
-                    st = S[stage]
-                    st["docs_in"] += 1
-                    st["chars_in"] += n
-                    if mask[i]:
-                        st["removed"]["duplicate"] = st["removed"].get("duplicate", 0) + 1
-                        lst = samples.setdefault(stage, [])
-                        if len(lst) < n_samples:
-                            lst.append({"id": doc["id"], "source": doc["source"], "reason": "duplicate",
-                                        "text": doc["text"][:20000]})
-                        dropped = True
-                        break
-                    st["docs_out"] += 1
-                    st["chars_out"] += n
-                if dropped:
-                    continue
-                st = S["pii"]
-                st["docs_in"] += 1
-                st["chars_in"] += n
-                if self.pii is not None:
-                    doc["text"], ne, ni = self.pii(doc["text"])
-                    emails += ne
-                    ips += ni
-                st["docs_out"] += 1
-                st["chars_out"] += len(doc["text"])
-                writer.write(doc)
-            if i + 1 != len(exact_dup):
-                raise RuntimeError(f"{shard}: filtered shard has {i + 1} documents but its keys say {len(exact_dup)}")
+            for doc in chain(documents(), steps):
+                writer.write(doc.to_json())
             writer.commit()
         except BaseException:
             writer.abort()
             raise
-        S["pii"]["masked"] = {"email": emails, "ip": ips}
+        samples: dict = {}
+        _collect(steps, stats, samples)
+        stats["stages"]["pii"]["masked"] = dict(pii.masked)
         fdir = os.path.join(workdir, "final")
         atomic_write_json(os.path.join(fdir, shard + ".removed.json"), samples)
         atomic_write_json(os.path.join(fdir, shard + ".stats.json"), stats)
@@ -494,85 +557,54 @@ class ShardFinal:
         return stats
 
 
-def run_dedup(out: str, cfg: dict, workers: int = 1) -> dict:
-    """Passes 2 and 3 over every shard named in the manifest, then stats.json and removed/."""
+def run_write(out: str, cfg, task_index: int = 0, num_tasks: int = 1, workers: int = 1) -> dict | None:
+    """Stage 4 over this task's shards; then, if every shard is written (by any task),
+    stats.json and removed/. Returns the report when it wrote one."""
     workdir = os.path.join(out, "work")
     man = read_manifest(workdir)
-    h = config_hash(cfg)
+    h, hd = final_hash(cfg), dedup_hash(cfg)
     shards = man["shards"]
-    missing = [f for f, s in zip(man["inputs"], shards) if not shard_done(workdir, s, h)]
+    mine = partition(shards, task_index, num_tasks)
+    missing = [s for s in mine if not shard_done(workdir, s, hd, "clusters")]
     if missing:
-        raise RuntimeError(f"{len(missing)} of {len(shards)} shards have not finished the filter stage "
-                           f"(first: {missing[0]}); run the missing filter tasks first (a rerun skips finished shards)")
-    key_files = [os.path.join(workdir, "filter", s + ".keys.npy") for s in shards]
-    counts = [int(np.load(f, mmap_mode="r").shape[1]) for f in key_files]
-    ddir = os.path.join(workdir, "dedup")
-    os.makedirs(ddir, exist_ok=True)
+        raise RuntimeError(f"{len(missing)} of this task's {len(mine)} shards have no duplicate lists "
+                           f"(first: {missing[0]}); run --stage clusters first")
     os.makedirs(os.path.join(workdir, "final"), exist_ok=True)
     os.makedirs(os.path.join(out, "data"), exist_ok=True)
-    dmark = os.path.join(ddir, "dups.done")
-    dpath = os.path.join(ddir, "dups.npz")
-    sig = hashlib.sha1(json.dumps([shards, counts, dedup_hash(cfg)]).encode()).hexdigest()
-    prev = None
-    if os.path.exists(dmark) and os.path.exists(dpath):
-        with open(dmark, encoding="utf-8") as fh:
-            prev = json.load(fh).get("signature")
-    if prev == sig:
-        z = np.load(dpath)
-        exact_dup, near_dup = z["exact"], z["near"]
-        log.info("dedup: clusters already computed; reusing them")
-    else:
-        from .dedup import find_duplicates
-
-        t = time.time()
-        exact_dup, near_dup = find_duplicates(key_files, counts, cfg["dedup"]["exact"], cfg["dedup"]["near"],
-                                              log=log.info)
-        log.info(f"dedup: {sum(counts)} documents, {int(exact_dup.sum())} exact and {int(near_dup.sum())} "
-                 f"near duplicates, {time.time() - t:.1f}s")
-        tmp = dpath + f".tmp-{os.getpid()}.npz"
-        np.savez(tmp, exact=exact_dup, near=near_dup)
-        os.replace(tmp, dpath)
-        # any earlier final pass used other clusters: forget it
-        for s in shards:
-            p = os.path.join(workdir, "final", s + ".done")
-            if os.path.exists(p):
-                os.remove(p)
-        atomic_write_json(dmark, {"signature": sig})
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    jobs, skipped = [], 0
-    for i, s in enumerate(shards):
-        if shard_done(workdir, s, final_hash(cfg), "final"):
-            skipped += 1
-            continue
-        a, b = offsets[i], offsets[i + 1]
-        jobs.append((s, workdir, out, exact_dup[a:b].copy(), near_dup[a:b].copy()))
-    log.info(f"final: {len(shards)} shards, {skipped} already done, {len(jobs)} to write")
+    jobs = [(s, s, workdir, out) for s in mine if not shard_done(workdir, s, h, "final")]
+    log.info(f"write: task {task_index}/{num_tasks} owns {len(mine)} shards; {len(mine) - len(jobs)} already done, "
+             f"{len(jobs)} to write")
     sizes = {s: os.path.getsize(os.path.join(workdir, "filter", s + ".jsonl.zst")) for s, *_ in jobs}
-    for _ in _pool_map(_run_final, jobs, cfg, "final", workers, sizes, "final"):
+    for _ in _pool_map(jobs, cfg, "final", workers, sizes):
         pass
-    return write_report(out, man, cfg)
+    if all(shard_done(workdir, s, h, "final") for s in shards):
+        return write_report(out, man, cfg)
+    log.info("write: other tasks' shards are not written yet; the last task to finish writes stats.json")
+    return None
 
 
-def write_report(out: str, man: dict, cfg: dict) -> dict:
+def run_dedup(out: str, cfg, workers: int = 1) -> dict:
+    """Stages 2-4 in one process (after the filter stage): buckets, clusters, write."""
+    run_buckets(out, cfg)
+    run_clusters(out, cfg)
+    return run_write(out, cfg, workers=workers)
+
+
+def write_report(out: str, man: dict, cfg) -> dict:
     """stats.json (stages in order) and removed/<stage>.jsonl from every shard's pieces."""
     workdir = os.path.join(out, "work")
     total = new_stats()
-    masked = {"email": 0, "ip": 0}
-    n_samples = cfg["output"]["removed_samples"]
+    n_samples = cfg.output.removed_samples
     samples: dict[str, list] = {}
     for kind in ("filter", "final"):
         for s in man["shards"]:
             with open(os.path.join(workdir, kind, s + ".stats.json"), encoding="utf-8") as fh:
-                st = json.load(fh)
-            merge_stats(total, st)
-            if kind == "final":
-                for k in masked:
-                    masked[k] += st["stages"]["pii"].get("masked", {}).get(k, 0)
+                merge_stats(total, json.load(fh))
             with open(os.path.join(workdir, kind, s + ".removed.json"), encoding="utf-8") as fh:
                 for stage, docs in json.load(fh).items():
                     lst = samples.setdefault(stage, [])
                     lst.extend(docs[: max(0, n_samples - len(lst))])
-    total["stages"]["pii"]["masked"] = masked
+    total["stages"]["pii"].setdefault("masked", {"email": 0, "ip": 0})
     rdir = os.path.join(out, "removed")
     os.makedirs(rdir, exist_ok=True)
     for stage in STAGES:  # a stage that removed nothing this time leaves no file from an earlier run
@@ -582,6 +614,8 @@ def write_report(out: str, man: dict, cfg: dict) -> dict:
             atomic_write_bytes(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode())
         elif os.path.exists(path):
             os.remove(path)
+    for st in total["stages"].values():
+        st["seconds"] = round(st["seconds"], 3)
     report = {
         "inputs": len(man["inputs"]),
         "bytes_in": total["bytes_in"],
@@ -590,7 +624,7 @@ def write_report(out: str, man: dict, cfg: dict) -> dict:
         "stages": [{"stage": s, **total["stages"][s]} for s in STAGES],
         "bad_input": total["bad_input"],
         "warnings": total["warnings"],
-        "config": cfg,
+        "config": cfg.to_dict(),
     }
     atomic_write_json(os.path.join(out, "stats.json"), report)
     return report

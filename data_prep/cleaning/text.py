@@ -66,7 +66,7 @@ def _split_piece(piece: str, out: list) -> None:
             out.extend(ex)
             piece = ""
             break
-        if _URL_RE.match(piece) and not piece[-1] in ".,;:!?)\"'":
+        if _URL_RE.match(piece) and piece[-1] not in ".,;:!?)\"'":
             break
         m = _PREFIX_RE.match(piece)
         if m and m.end() < len(piece) + (1 if len(piece) == 1 else 0):
