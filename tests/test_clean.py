@@ -673,3 +673,63 @@ def test_rerun_follows_each_stage_settings(tmp_path, rng):
     got, stats = run("{}\n")
     assert set(got) == {"mail", "base"}
     assert [json.loads(x)["id"] for x in open(os.path.join(out, "removed", "near_dedup.jsonl"))] == ["near"]
+
+
+def _without_seconds(stats):
+    for s in stats["stages"]:
+        s.pop("seconds")
+    return stats
+
+
+def test_every_stage_as_three_tasks_equals_one_process(tmp_path, rng):
+    """filter, buckets, clusters and write each run as 3 tasks (in reverse order): the same
+    shards, byte for byte once decompressed, the same stats.json and removed/ samples."""
+    src = str(tmp_path / "in")
+    expected = make_corpus(src, rng)
+    one, three = str(tmp_path / "one"), str(tmp_path / "three")
+    _run_main([src, "--output", one, "--workers", "1", "--quiet"])
+    stages = run_cli(["--stage", "list"]).stdout.split()
+    assert stages == ["filter", "buckets", "clusters", "write"]
+    for stage in stages:
+        for i in (2, 1, 0):
+            _run_main([src, "--output", three, "--stage", stage, "--task-index", str(i), "--num-tasks", "3",
+                       "--workers", "1", "--quiet"])
+    shards = sorted(os.listdir(os.path.join(one, "data")))
+    assert shards == sorted(os.listdir(os.path.join(three, "data"))) and len(shards) == 5
+    for name in shards:
+        a = list(pipeline.iter_zst_jsonl(os.path.join(one, "data", name)))
+        b = list(pipeline.iter_zst_jsonl(os.path.join(three, "data", name)))
+        assert a == b
+    assert {d["id"] for d in read_output(three)} == expected
+    sa = _without_seconds(json.load(open(os.path.join(one, "stats.json"))))
+    sb = _without_seconds(json.load(open(os.path.join(three, "stats.json"))))
+    assert sa == sb
+    assert sorted(os.listdir(os.path.join(one, "removed"))) == sorted(os.listdir(os.path.join(three, "removed")))
+    for name in os.listdir(os.path.join(one, "removed")):
+        assert open(os.path.join(one, "removed", name)).read() == open(os.path.join(three, "removed", name)).read()
+    # a stage started before the one it reads has finished names what is missing
+    part = str(tmp_path / "part")
+    _run_main([src, "--output", part, "--stage", "filter", "--workers", "1", "--quiet"])
+    _run_main(["--output", part, "--stage", "buckets", "--task-index", "0", "--num-tasks", "3", "--quiet"])
+    r = run_cli(["--output", part, "--stage", "clusters"], check=False)
+    assert r.returncode == 2 and "2 of 3 tasks have not finished" in r.stderr and "--task-index 1" in r.stderr
+    r = run_cli(["--output", part, "--stage", "write"], check=False)
+    assert r.returncode == 2 and "run --stage clusters first" in r.stderr
+
+
+def test_near_dedup_buckets_split_by_key_range(tmp_path, rng):
+    """The bucket parts of any task count give the same duplicates as one part."""
+    mh = dedup.MinHasher()
+    texts = [english(rng, 4, 4) for _ in range(8)]
+    for j in range(4):  # near copies, some of an exact copy
+        w = texts[j].split(" ")
+        w[10 + j] = "zebra"
+        texts.append(" ".join(w))
+    texts += [texts[0], texts[9]]
+    f1, f2 = str(tmp_path / "a.npy"), str(tmp_path / "b.npy")
+    counts = [_write_keys(f1, texts[:7], mh), _write_keys(f2, texts[7:], mh)]
+    ref = dedup.find_duplicates([f1, f2], counts)
+    assert ref[0].sum() == 2 and ref[1].sum() == 4
+    for n in (2, 3, 5):
+        got = dedup.find_duplicates([f1, f2], counts, num_tasks=n)
+        assert (got[0] == ref[0]).all() and (got[1] == ref[1]).all()
