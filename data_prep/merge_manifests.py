@@ -19,32 +19,24 @@ prints a ``data.prefix`` blend weighting each dataset by its tokens in that spli
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python data_prep/merge_manifests.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.readers import InputError  # noqa: E402
-from llmtrain.data.indexed import write_manifest  # noqa: E402
+from data_prep.readers import InputError
+from llmtrain.data.manifest import Manifest, ManifestError, Shard, Split, manifest_file
 
 # What every task must agree on to be one dataset.
-_SAME = ("dtype", "vocab_size", "eod_token", "eod_token_id")
-_SAME_OPTIONS = ("valid_fraction", "seed")
+_SAME = ("dtype", "vocab_size", "eod_token", "eod_token_id", "tokenizer_sha256")
+_SAME_OPTIONS = ("valid_fraction", "seed", "text_key", "id_key", "hf_config", "hf_split")
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path) -> Manifest:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); rerun that task with --overwrite") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("splits"), dict):
-        raise InputError(f"{path}: not a tokenize_corpus manifest (no 'splits'); rerun that task with --overwrite")
-    return obj
+        return Manifest.read(path)
+    except ManifestError as e:
+        raise InputError(f"{e}; rerun that task with --overwrite") from None
 
 
 def find_task_manifests(prefix: str) -> dict[int, Path]:
@@ -60,16 +52,14 @@ def find_task_manifests(prefix: str) -> dict[int, Path]:
     return found
 
 
-def merge_manifests(prefix: str, num_tasks: int | None = None, quiet: bool = False) -> dict:
-    """Write PREFIX_manifest.json from the finished tasks' manifests; returns it. InputError
-    (one line) when a task is missing or the tasks disagree."""
-    prefix = str(prefix)
+def _task_manifests(prefix: str, num_tasks: int | None) -> tuple[dict[int, Manifest], int]:
+    """The manifests of tasks 0 .. count-1, all present and agreeing; InputError otherwise."""
     found = find_task_manifests(prefix)
     if not found:
         raise InputError(f"{prefix}.task-*_manifest.json: no finished task; run python data_prep/tokenize_corpus.py "
                          f"--task-index I --num-tasks N --output-prefix {prefix} ... for every task first")
     manifests = {i: _load(p) for i, p in sorted(found.items())}
-    counts = {(m.get("task") or {}).get("count") for m in manifests.values()}
+    counts = {(m.extra.get("task") or {}).get("count") for m in manifests.values()}
     if len(counts) != 1 or None in counts:
         raise InputError(f"{prefix}.task-*_manifest.json: the tasks were run with different --num-tasks "
                          f"({', '.join(sorted(str(c) for c in counts))}); remove the stale ones and merge again")
@@ -82,91 +72,77 @@ def merge_manifests(prefix: str, num_tasks: int | None = None, quiet: bool = Fal
         raise InputError(f"{prefix}: {len(missing)} of {count} tasks not finished (task {shown}: no "
                          f"{os.path.basename(prefix)}.task-{missing[0]:05d}_manifest.json); run them "
                          f"(finished tasks are skipped) and merge again")
-    extra = [i for i in manifests if i >= count]
-    for i in extra:
-        del manifests[i]
-    first = manifests[0]
-    ref = {
-        **{k: first.get(k) for k in _SAME},
-        **{f"options.{k}": (first.get("options") or {}).get(k) for k in _SAME_OPTIONS},
-        "tokenizer.sha256": (first.get("tokenizer") or {}).get("sha256"),
-        "task.inputs_sha256": first["task"].get("inputs_sha256"),
-    }
-    for i, m in manifests.items():
-        got = {
-            **{k: m.get(k) for k in _SAME},
-            **{f"options.{k}": (m.get("options") or {}).get(k) for k in _SAME_OPTIONS},
-            "tokenizer.sha256": (m.get("tokenizer") or {}).get("sha256"),
-            "task.inputs_sha256": m["task"].get("inputs_sha256"),
-        }
+    manifests = {i: m for i, m in manifests.items() if i < count}
+
+    def facts(m: Manifest) -> dict:
+        return {**{k: getattr(m, k) for k in _SAME},
+                **{f"options.{k}": m.options.get(k) for k in _SAME_OPTIONS},
+                "task.inputs_sha256": m.extra["task"].get("inputs_sha256"),
+                "splits": sorted(m.splits)}
+
+    ref = facts(manifests[0])
+    for m in manifests.values():
+        got = facts(m)
         for k in ref:
             if got[k] != ref[k]:
-                what = "input list" if k == "task.inputs_sha256" else k
-                raise InputError(f"{found[i]}: {what} differs from task 0's ({found[0]}); rerun that task with the "
-                                 f"same --input, --tokenizer and options (and --overwrite)")
+                what = {"task.inputs_sha256": "input list", "tokenizer_sha256": "tokenizer"}.get(k, k)
+                raise InputError(f"{m.path}: {what} differs from task 0's ({manifests[0].path}); rerun that task with "
+                                 f"the same --input, --tokenizer and options (and --overwrite)")
+    return manifests, count
 
-    out = Path(f"{prefix}_manifest.json")
+
+def merge_manifests(prefix: str, num_tasks: int | None = None, quiet: bool = False) -> dict:
+    """Write PREFIX_manifest.json from the finished tasks' manifests; returns it (a dict).
+    InputError (one line) when a task is missing, a listed shard is gone, or the tasks disagree."""
+    prefix = str(prefix)
+    manifests, count = _task_manifests(prefix, num_tasks)
+    first = manifests[0]
+    out = manifest_file(prefix)
     out_dir = os.path.abspath(out.parent)
-    split_names = [s for s in ("train", "valid") if s in first["splits"]]
-    splits = {s: {"documents": 0, "tokens": 0, "shards": []} for s in split_names}
+    splits = {s: Split() for s in first.splits}
     inputs, tasks = [], []
     for i, m in manifests.items():
-        task_dir = os.path.dirname(os.path.abspath(found[i]))
-        if sorted(m["splits"]) != sorted(split_names):
-            raise InputError(f"{found[i]}: splits {sorted(m['splits'])} differ from task 0's {split_names}")
-        for s in split_names:
-            sp = m["splits"][s]
-            for sh in sp.get("shards", []):
-                if not sh["documents"]:
+        for s in splits:
+            for sh, path in zip(m.splits[s].shards, m.shard_prefixes(s)):
+                if not sh.documents:
                     continue  # an empty task's empty file holds nothing to list
-                path = os.path.join(task_dir, sh["prefix"])
                 if not (os.path.isfile(f"{path}.idx") and os.path.isfile(f"{path}.bin")):
-                    raise InputError(f"{path}.idx: listed in {found[i]} but missing; rerun task {i} with --overwrite")
-                splits[s]["shards"].append({"prefix": os.path.relpath(path, out_dir), "documents": sh["documents"],
-                                            "tokens": sh["tokens"]})
-            splits[s]["documents"] += sp["documents"]
-            splits[s]["tokens"] += sp["tokens"]
-        inputs.extend(m.get("inputs", []))
-        tasks.append({"index": i, "manifest": os.path.relpath(found[i], out_dir), "documents": m["documents"],
-                      "tokens": m["tokens"], "elapsed_s": m.get("elapsed_s")})
-    total_docs = sum(v["documents"] for v in splits.values())
-    if total_docs == 0:
+                    raise InputError(f"{path}.idx: listed in {m.path} but missing; rerun task {i} with --overwrite")
+                splits[s].shards.append(Shard(os.path.relpath(os.path.abspath(path), out_dir), sh.documents,
+                                              sh.tokens))
+        inputs.extend(m.inputs)
+        tasks.append({"index": i, "manifest": os.path.relpath(os.path.abspath(m.path), out_dir),
+                      "documents": m.documents, "tokens": m.tokens, "elapsed_s": m.extra.get("elapsed_s")})
+    if sum(v.documents for v in splits.values()) == 0:
         raise InputError(f"{prefix}: the {count} tasks found no documents at all; check the --input of the tasks")
-    options = {k: v for k, v in (first.get("options") or {}).items() if k != "workers"}
-    manifest = {
-        "format": first.get("format", "megatron-indexed-dataset"),
-        "format_version": first.get("format_version", 2),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "prefix": prefix,
-        "splits": splits,
-        "documents": total_docs,
-        "tokens": sum(v["tokens"] for v in splits.values()),
-        **{k: first.get(k) for k in _SAME},
-        "tokenizer": first.get("tokenizer"),
-        "inputs": inputs,
-        "options": options,
-        "merged_from": {"num_tasks": count, "inputs_sha256": first["task"].get("inputs_sha256"), "tasks": tasks},
-        "command": [sys.executable] + sys.argv,
-    }
-    write_manifest(prefix, manifest)
+    merged = Manifest(
+        prefix=prefix, splits=splits, dtype=first.dtype, vocab_size=first.vocab_size, eod_token=first.eod_token,
+        eod_token_id=first.eod_token_id, tokenizer_path=first.tokenizer_path, tokenizer_sha256=first.tokenizer_sha256,
+        inputs=inputs, options={k: v for k, v in first.options.items() if k != "workers"},
+        format_version=first.format_version,
+        extra={"merged_from": {"num_tasks": count, "inputs_sha256": first.extra["task"].get("inputs_sha256"),
+                               "tasks": tasks},
+               "command": [sys.executable] + sys.argv},
+    )
+    merged.write(prefix)
     if not quiet:
-        parts = ", ".join(f"{s} {v['documents']:,} docs {v['tokens']:,} tokens in {len(v['shards'])} shard(s)"
+        parts = ", ".join(f"{s} {v.documents:,} docs {v.tokens:,} tokens in {len(v.shards)} shard(s)"
                           for s, v in splits.items())
         print(f"merge_manifests: {count} tasks -> {out}: {parts}", flush=True)
-    return manifest
+    return merged.to_dict()
 
 
 def blend_spec(prefixes: list[str], split: str = "train") -> str:
     """'w1 P1 w2 P2 ...' with each weight the dataset's share of the tokens in ``split``."""
     tokens = []
     for p in prefixes:
-        path = Path(f"{p}_manifest.json")
+        path = manifest_file(p)
         if not path.is_file():
             raise InputError(f"{path}: manifest not found; tokenise {p} first")
         m = _load(path)
-        if split not in m["splits"]:
+        if split not in m.splits:
             raise InputError(f"{path}: has no '{split}' split")
-        tokens.append(m["splits"][split]["tokens"])
+        tokens.append(m.splits[split].tokens)
     total = sum(tokens)
     if total == 0:
         raise InputError(f"no {split} tokens in {', '.join(prefixes)}")

@@ -1,24 +1,31 @@
-"""Encode JSONL documents into Megatron .bin/.idx token shards with a train/valid split.
+"""Encode documents into Megatron .bin/.idx token shards with a train/valid split: a library
+(the pieces below) and a thin command line (`main`).
 
     python data_prep/tokenize_corpus.py --input data/sample --tokenizer tokenizer.json \\
         --output-prefix data/tok/sample [--valid-fraction 0.01] [--workers N] [--seed 0] \\
+        [--eod-token '<|endoftext|>'] [--text-key text] [--id-key id] [--hf-config C] [--hf-split S] \\
         [--max-shard-tokens 1000000000] [--task-index I --num-tasks N] [--overwrite]
     python data_prep/tokenize_corpus.py --output-prefix data/tok/sample --merge   # after N tasks
 
+Inputs: JSONL(.gz/.zst), Parquet, datasets ``save_to_disk`` folders and ``hf:NAME`` (streamed
+with datasets.load_dataset; see data_prep/readers.py); --text-key/--id-key name the columns.
+The tokenizer is a tokenizer.json or a transformers folder holding one (llmtrain.tokenizer).
+
 writes PREFIX_train.bin/.idx, PREFIX_valid.bin/.idx (when --valid-fraction > 0) and, last,
-PREFIX_manifest.json. Every document becomes one sequence with the end-of-document token
-(<|endoftext|>) appended. A document goes to the valid split when a keyed hash of its id and
-text falls below --valid-fraction: the split does not depend on the order, the number of
-workers or tasks, or chance, and --seed picks a different (equally deterministic) split.
+PREFIX_manifest.json (llmtrain.data.manifest.Manifest). Every document becomes one sequence
+with the end-of-document token (--eod-token, default <|endoftext|>; it must be in the
+tokenizer's vocabulary) appended. A document goes to the valid split when a keyed hash of its
+id and text falls below --valid-fraction: the split does not depend on the order, the number
+of workers or tasks, or chance, and --seed picks a different (equally deterministic) split.
 
 Shards: a split of more than --max-shard-tokens tokens is written as PREFIX_train_00000.bin/.idx,
 PREFIX_train_00001..., each of at most that many tokens (a single longer document gets a shard
-of its own); a split that fits is one PREFIX_train.bin/.idx as before. Either way the manifest
-lists every shard under ``splits.<split>.shards`` as ``{"prefix", "documents", "tokens"}``,
-``prefix`` relative to the manifest's folder.
+of its own); a split that fits is one PREFIX_train.bin/.idx. Either way the manifest lists every
+shard under ``splits.<split>.shards`` as ``{"prefix", "documents", "tokens"}``, ``prefix``
+relative to the manifest's folder.
 
 Many machines: ``--task-index I --num-tasks N`` (default: SLURM_ARRAY_TASK_ID minus
-SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT) takes every N-th input file of the sorted list and
+SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT) takes every N-th input of the sorted list and
 writes PREFIX.task-0000I_{train,valid}[_SSSSS].bin/.idx and PREFIX.task-0000I_manifest.json.
 Rerunning a task whose manifest exists (same inputs, tokenizer and options) skips it; a task
 killed half-way has no manifest and is done again. When all N have finished, ``--merge`` (or
@@ -29,11 +36,13 @@ shards; no data is copied. On SLURM:
         --tokenizer tok.json --output-prefix /shared/tok/web --workers 31"
     python data_prep/tokenize_corpus.py --output-prefix /shared/tok/web --merge   # once all have finished
 
-Documents are read and hashed by a reader thread while the previous batch is encoded, either
-in this process (--workers 1: an encoder thread calls tokenizers' encode_batch_fast, which runs
-on tokenizers' own thread pool, while the main thread turns the previous batch into arrays and
-writes it) or by N worker processes (--workers N); a progress line with docs/s, tokens/s and an ETA is printed every
---progress-every seconds. Any error leaves the previous output as it was: the shards are
+The pieces: `Job` (the checked plan: inputs, tokenizer, options, output names; `plan` makes
+it and checks every input before anything is written), `is_valid_doc` (split hashing),
+`encoded_batches` (reading + encoding: a reader thread reads and hashes while the previous
+batch is encoded, in this process on tokenizers' thread pool with --workers 1, else in N
+worker processes), `_SplitWriter` (shard writing), `build_manifest` (the manifest), and
+`tokenize_corpus` which runs them. A progress line with docs/s, tokens/s and an ETA is printed
+every --progress-every seconds. Any error leaves the previous output as it was: the shards are
 written under temporary names and renamed only when all documents are encoded, then the
 manifest is written.
 """
@@ -41,9 +50,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime as _dt
 import hashlib
-import json
 import os
 import queue
 import re
@@ -51,32 +58,42 @@ import struct
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python data_prep/tokenize_corpus.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from data_prep.readers import InputError, expand_inputs, iter_documents  # noqa: E402
-from llmtrain.data.indexed import (  # noqa: E402
-    IndexedDatasetWriter,
-    dtype_for_vocab,
-    manifest_path,
-    write_manifest,
+from data_prep.readers import (
+    InputError,
+    add_input_args,
+    check_input,
+    expand_inputs,
+    input_bytes,
+    is_hf_name,
+    iter_documents,
+    reader_options,
 )
-from llmtrain.utils import sha256_file  # noqa: E402
+from llmtrain.config import ConfigError
+from llmtrain.data.indexed import IndexedDatasetWriter, dtype_for_vocab
+from llmtrain.data.manifest import Manifest, ManifestError, Shard, Split, manifest_file
+from llmtrain.tokenizer import EOD_TOKEN, tokenizer_file
+from llmtrain.tokenizer import load_tokenizer as _load_tokenizer
+from llmtrain.utils import partition, sha256_file, task_from_env
 
-EOD_TOKEN = "<|endoftext|>"
 DEFAULT_VALID_FRACTION = 0.01
 DEFAULT_MAX_SHARD_TOKENS = 1_000_000_000  # 2 GB per .bin at uint16
-BATCH_DOCS = 512  # documents per encode batch
-BATCH_CHARS = 4_000_000  # ... or fewer when they are long
-MANIFEST_FORMAT_VERSION = 2  # 2: splits.<split>.shards
+BATCH_DOCS = 1024  # documents per encode batch
+BATCH_CHARS = 8_000_000  # ... or fewer when they are long
 SPLITS = ("train", "valid")
+READER_DEFAULTS = {"text_key": "text", "id_key": None, "hf_config": None, "hf_split": None}
 # Rough uncompressed-characters per on-disk byte, for the ETA until a file has been read.
 _RATIO_GUESS = {".gz": 3.0, ".zst": 3.5}
 
+__all__ = ["EOD_TOKEN", "Job", "Options", "build_manifest", "is_valid_doc", "load_tokenizer", "main", "partition",
+           "plan", "split_key", "task_prefix", "tokenize_corpus"]
+
+
+# ---- split hashing -------------------------------------------------------------------------
 
 def split_key(seed: int) -> bytes:
     return struct.pack("<Q", seed & 0xFFFFFFFFFFFFFFFF)
@@ -92,25 +109,16 @@ def is_valid_doc(doc_id: str, text: str, valid_fraction: float, key: bytes) -> b
     return int.from_bytes(h.digest(), "little") / 2.0**64 < valid_fraction
 
 
-def load_tokenizer(path: str):
-    """(tokenizer, eod id); InputError naming the file when it is missing or unusable."""
-    from tokenizers import Tokenizer
+# ---- encoding ------------------------------------------------------------------------------
 
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: tokenizer not found; train one with python data_prep/train_tokenizer.py "
-                         f"--input CORPUS --vocab-size N --output {path}")
+def load_tokenizer(path: str, eod_token: str = EOD_TOKEN):
+    """(tokenizer, eod id) through llmtrain.tokenizer.load_tokenizer (a tokenizer.json or a
+    transformers folder); InputError naming the file and the fix when it is missing, unusable
+    or lacks ``eod_token``."""
     try:
-        tok = Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises a bare Exception on a bad file
-        raise InputError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                         f"re-train it with python data_prep/train_tokenizer.py") from None
-    eod = tok.token_to_id(EOD_TOKEN)
-    if eod is None:
-        raise InputError(f"{path}: has no {EOD_TOKEN} token to end documents with; "
-                         f"train the tokenizer with python data_prep/train_tokenizer.py")
-    # A literal "<|endoftext|>" inside a document is text, not an end of document.
-    tok.encode_special_tokens = True
-    return tok, eod
+        return _load_tokenizer(path, eod_token)
+    except ConfigError as e:
+        raise InputError(str(e)) from None
 
 
 def _flatten(encs, eod: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +161,9 @@ def _encoded(batches, tok, timing: dict):
 _W: dict = {}
 
 
-def _worker_init(tokenizer_path: str) -> None:
+def _worker_init(tokenizer_path: str, eod_token: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
-    _W["tok"], _W["eod"] = load_tokenizer(tokenizer_path)
+    _W["tok"], _W["eod"] = load_tokenizer(tokenizer_path, eod_token)
 
 
 def _worker_encode(texts: list[str], dtype: str):
@@ -191,16 +199,18 @@ class _Progress:
               f"({self.tokens / dt:,.0f} tokens/s), ~{100 * frac:.0f}% of input{eta}", flush=True)
 
 
-def _batches(files: list[str], progress: _Progress, per_file: list[dict], valid_fraction: float, key: bytes):
-    """Yield (texts, is_valid) from all files, in order, BATCH_DOCS / BATCH_CHARS at a time;
-    is_valid is a bool array of each document's split."""
+def _batches(files: list[str], progress: _Progress, per_file: list[dict], valid_fraction: float, key: bytes,
+             reader: dict):
+    """Yield (texts, is_valid) from all inputs, in order, BATCH_DOCS / BATCH_CHARS at a time;
+    is_valid is a bool array of each document's split (the split hashing happens here, in the
+    reader thread)."""
     texts: list[str] = []
     valid: list[bool] = []
     chars = 0
     for path, info in zip(files, per_file):
         progress.cur_chars = 0
         progress.cur_suffix = os.path.splitext(path)[1].lower()
-        for doc in iter_documents(path):
+        for doc in iter_documents(path, **reader):
             text = doc["text"]
             texts.append(text)
             valid.append(is_valid_doc(doc["id"], text, valid_fraction, key))
@@ -383,20 +393,6 @@ def _rel(path: str, folder: str) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
 
 
-def shard_files_present(manifest: dict, manifest_file: str | os.PathLike) -> bool:
-    """True when every shard the manifest lists has its .idx and a .bin of the listed size."""
-    folder = os.path.dirname(os.path.abspath(manifest_file))
-    item = np.dtype(manifest.get("dtype", "uint16")).itemsize
-    for split in manifest.get("splits", {}).values():
-        for sh in split.get("shards", []):
-            p = os.path.join(folder, sh["prefix"])
-            if not os.path.isfile(f"{p}.idx") or not os.path.isfile(f"{p}.bin"):
-                return False
-            if os.path.getsize(f"{p}.bin") != sh["tokens"] * item:
-                return False
-    return True
-
-
 # ---- tasks ---------------------------------------------------------------------------------
 
 def task_prefix(prefix: str, task_index: int) -> str:
@@ -404,139 +400,157 @@ def task_prefix(prefix: str, task_index: int) -> str:
     return f"{prefix}.task-{task_index:05d}"
 
 
-def partition(files: list[str], task_index: int, num_tasks: int) -> list[str]:
-    """The files task ``task_index`` of ``num_tasks`` owns: every num_tasks-th of the sorted list,
-    so every file belongs to exactly one task."""
-    if num_tasks < 1 or not 0 <= task_index < num_tasks:
-        raise InputError(f"--task-index {task_index} is outside [0, --num-tasks {num_tasks}); indices start at 0")
-    return [f for i, f in enumerate(files) if i % num_tasks == task_index]
-
-
-def task_from_env(task_index: int | None, num_tasks: int | None) -> tuple[int, int]:
-    """--task-index/--num-tasks, else SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN) and
-    SLURM_ARRAY_TASK_COUNT, else (0, 1)."""
-    try:
-        if task_index is None:
-            task_index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-        if num_tasks is None:
-            num_tasks = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
-    except ValueError as e:
-        raise InputError(f"SLURM_ARRAY_TASK_* is not an integer ({e}); pass --task-index and --num-tasks") from None
-    if num_tasks < 1 or not 0 <= task_index < num_tasks:
-        raise InputError(f"--task-index {task_index} is outside [0, --num-tasks {num_tasks}); indices start at 0")
-    return task_index, num_tasks
-
-
 def _inputs_digest(files: list[str]) -> str:
-    return hashlib.sha256("\n".join(os.path.abspath(f) for f in files).encode("utf-8", "surrogatepass")).hexdigest()
+    names = [f if is_hf_name(f) else os.path.abspath(f) for f in files]
+    return hashlib.sha256("\n".join(names).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _finished_task(prefix: str, expect: dict) -> dict | None:
-    """The manifest of a finished task at ``prefix`` when it was made from the same inputs,
-    tokenizer and options (``expect``); None when there is none or its shards are gone;
-    InputError when it was made differently."""
-    path = manifest_path(prefix)
-    if not path.is_file():
-        return None
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None  # unreadable: do the task again (the manifest is replaced at the end)
-    got = {
-        "tokenizer_sha256": (old.get("tokenizer") or {}).get("sha256"),
-        "inputs": [(i.get("path"), i.get("bytes")) for i in old.get("inputs", [])],
-        "valid_fraction": (old.get("options") or {}).get("valid_fraction"),
-        "seed": (old.get("options") or {}).get("seed"),
-        "task": old.get("task"),
-    }
-    words = {"tokenizer_sha256": "tokenizer", "inputs": "input files", "valid_fraction": "--valid-fraction",
-             "seed": "--seed", "task": "input list or --num-tasks"}
-    diff = [words[k] for k in expect if got.get(k) != expect[k]]
-    if diff:
-        raise InputError(f"{path}: a finished task made with another {', '.join(diff)} than this run; "
-                         f"pass --overwrite to redo it (or delete its files)")
-    if not shard_files_present(old, path):
-        return None
-    return old
+# ---- the plan ------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    """What changes the output (recorded in the manifest; a finished task is reused only when
+    they are the same), and how many encoding processes (which does not)."""
+    valid_fraction: float = DEFAULT_VALID_FRACTION
+    seed: int = 0
+    max_shard_tokens: int = DEFAULT_MAX_SHARD_TOKENS
+    eod_token: str = EOD_TOKEN
+    reader: dict = field(default_factory=dict)  # data_prep.readers.reader_options: text_key, id_key, hf_*
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        self.reader = {**READER_DEFAULTS, **{k: v for k, v in self.reader.items() if v is not None}}
+
+    def check(self) -> None:
+        if not 0 <= self.valid_fraction < 1:
+            raise InputError(f"--valid-fraction {self.valid_fraction} must be in [0, 1)")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers {self.workers} must be >= 1")
+        if self.max_shard_tokens < 1 or self.max_shard_tokens != int(self.max_shard_tokens):
+            raise InputError(f"--max-shard-tokens {self.max_shard_tokens} must be a whole number >= 1")
+        if not self.eod_token:
+            raise InputError("--eod-token is empty; name the tokenizer's end-of-document token, e.g. '<|endoftext|>'")
+
+    def record(self, workers: int) -> dict:
+        return {"valid_fraction": self.valid_fraction, "seed": self.seed, "workers": workers,
+                "max_shard_tokens": int(self.max_shard_tokens),
+                "split": "blake2b(id + NUL + text, key=seed) < valid_fraction",
+                **{k: v for k, v in self.reader.items() if v is not None}}
 
 
-# ---- the whole job -------------------------------------------------------------------------
+@dataclass
+class Job:
+    """A checked tokenisation job: what to read, with which tokenizer, into which files."""
+    all_inputs: list[str]
+    inputs: list[str]  # this task's
+    tokenizer: object
+    eod: int
+    tokenizer_path: str  # the tokenizer.json file (also when a transformers folder was given)
+    tokenizer_sha256: str
+    vocab_size: int
+    dtype: np.dtype
+    base_prefix: str
+    prefix: str  # base_prefix, or this task's PREFIX.task-NNNNN
+    options: Options
+    task_index: int = 0
+    num_tasks: int = 1
+    per_input: list[dict] = field(default_factory=list)
 
-def tokenize_corpus(inputs, tokenizer_path: str, output_prefix: str, valid_fraction: float = DEFAULT_VALID_FRACTION,
-                    workers: int | None = None, seed: int = 0, progress_every: float = 10.0, quiet: bool = False,
-                    command: list[str] | None = None, max_shard_tokens: int = DEFAULT_MAX_SHARD_TOKENS,
-                    task_index: int = 0, num_tasks: int = 1, overwrite: bool = False) -> dict:
-    """Tokenise ``inputs`` (files or folders of .jsonl/.jsonl.gz/.jsonl.zst) with the tokenizer
-    at ``tokenizer_path`` into OUTPUT_PREFIX_{train,valid}[_NNNNN].bin/.idx and
-    OUTPUT_PREFIX_manifest.json.
+    @property
+    def tasked(self) -> bool:
+        return self.num_tasks > 1
 
-    With ``num_tasks`` > 1 only the files of task ``task_index`` are read and the outputs are
-    named OUTPUT_PREFIX.task-NNNNN_*; a task already finished with the same inputs, tokenizer
-    and options is skipped (its manifest is returned) unless ``overwrite``.
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        return SPLITS if self.options.valid_fraction > 0 else ("train",)
 
-    Returns the manifest (also written to disk). Raises InputError (one line naming the file,
-    and the line for malformed input) before or while reading; nothing is half-written."""
+    def task_record(self) -> dict | None:
+        if not self.tasked:
+            return None
+        return {"index": self.task_index, "count": self.num_tasks, "files": len(self.inputs),
+                "inputs_total": len(self.all_inputs), "inputs_sha256": _inputs_digest(self.all_inputs)}
+
+
+def plan(inputs, tokenizer_path: str, output_prefix: str, options: Options, task_index: int | None = 0,
+         num_tasks: int | None = 1) -> Job:
+    """Check the options, the output prefix, the tokenizer (and its --eod-token) and every input
+    of this task (opened, columns checked) before anything is written; InputError (one line)
+    otherwise."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    inputs = [str(i) for i in inputs]
-    if not 0 <= valid_fraction < 1:
-        raise InputError(f"--valid-fraction {valid_fraction} must be in [0, 1)")
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers {workers} must be >= 1")
-    if max_shard_tokens < 1:
-        raise InputError(f"--max-shard-tokens {max_shard_tokens} must be >= 1")
-    task_index, num_tasks = task_from_env(task_index, num_tasks)
-    all_files = expand_inputs(inputs)
-    files = partition(all_files, task_index, num_tasks)
-    tok, eod = load_tokenizer(tokenizer_path)
-    vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    dtype = dtype_for_vocab(vocab_size)
+    options.check()
+    try:
+        task_index, num_tasks = task_from_env(task_index, num_tasks)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    all_inputs = expand_inputs([str(i) for i in inputs])
+    mine = partition(all_inputs, task_index, num_tasks)
     base_prefix = str(output_prefix)
     if Path(base_prefix).is_dir() or base_prefix.endswith(os.sep):
         raise InputError(f"--output-prefix {base_prefix} is a folder; give a prefix such as "
                          f"{os.path.join(base_prefix, 'corpus')}")
-    tasked = num_tasks > 1
-    prefix = task_prefix(base_prefix, task_index) if tasked else base_prefix
-    tok_sha = sha256_file(tokenizer_path)
-    per_file = [{"path": os.path.abspath(f), "bytes": os.path.getsize(f), "documents": 0} for f in files]
-    task_info = ({"index": task_index, "count": num_tasks, "files": len(files), "inputs_total": len(all_files),
-                  "inputs_sha256": _inputs_digest(all_files)} if tasked else None)
-    if tasked and not overwrite:
-        done = _finished_task(prefix, {"tokenizer_sha256": tok_sha,
-                                       "inputs": [(f["path"], f["bytes"]) for f in per_file],
-                                       "valid_fraction": valid_fraction, "seed": seed, "task": task_info})
-        if done is not None:
-            if not quiet:
-                print(f"tokenize_corpus: task {task_index}/{num_tasks} already finished ({manifest_path(prefix)}: "
-                      f"{done['documents']:,} docs, {done['tokens']:,} tokens); skipped", flush=True)
-            return done
-    n_workers = workers or default_workers()
-    key = split_key(seed)
-    progress = _Progress(progress_every, sum(f["bytes"] for f in per_file), quiet)
-    if not quiet:
-        who = f"task {task_index}/{num_tasks}: {len(files)} of {len(all_files)}" if tasked else f"{len(files)}"
-        print(f"tokenize_corpus: {who} file(s), {progress.total_bytes / 1e6:.1f} MB, tokenizer {tokenizer_path} "
-              f"(vocab {vocab_size}, {dtype}), {n_workers} worker(s) -> {prefix}_*", flush=True)
+    tok, eod = load_tokenizer(tokenizer_path, options.eod_token)
+    tok_file = str(tokenizer_file(tokenizer_path))
+    for path in mine:
+        check_input(path, **options.reader)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    return Job(all_inputs=all_inputs, inputs=mine, tokenizer=tok, eod=eod, tokenizer_path=os.path.abspath(tok_file),
+               tokenizer_sha256=sha256_file(tok_file), vocab_size=vocab, dtype=np.dtype(dtype_for_vocab(vocab)),
+               base_prefix=base_prefix,
+               prefix=task_prefix(base_prefix, task_index) if num_tasks > 1 else base_prefix, options=options,
+               task_index=task_index, num_tasks=num_tasks,
+               per_input=[{"path": p if is_hf_name(p) else os.path.abspath(p), "bytes": input_bytes(p), "documents": 0}
+                          for p in mine])
 
-    split_names = SPLITS if valid_fraction > 0 else ("train",)
-    writers = {s: _SplitWriter(f"{prefix}_{s}", dtype, max_shard_tokens) for s in split_names}
-    # Wall seconds: encode_s in the encoder thread (0 with --workers > 1), the rest in this
-    # thread (wait_s: waiting for the next batch from the stage before).
-    timing = {"encode_s": 0.0, "wait_s": 0.0, "ids_to_array_s": 0.0, "write_s": 0.0}
-    t0 = time.time()
 
-    def write(valid: np.ndarray, flat: np.ndarray, lengths: np.ndarray) -> None:
-        t = time.perf_counter()
-        if valid.any():
-            token_valid = np.repeat(valid, lengths)  # each token's split, from its document's
-            writers["train"].add(flat[~token_valid], lengths[~valid])
-            writers["valid"].add(flat[token_valid], lengths[valid])
-        else:
-            writers["train"].add(flat, lengths)
-        progress.docs += len(lengths)
-        progress.tokens += int(lengths.sum())
-        timing["write_s"] += time.perf_counter() - t
-        progress.maybe_print()
+def _same_as(old: Manifest, job: Job) -> list[str]:
+    """What a finished task's manifest was made with differently from ``job`` (words for the user)."""
+    o = old.options
+    diff = []
+    if old.tokenizer_sha256 != job.tokenizer_sha256:
+        diff.append("tokenizer")
+    if [(i.get("path"), i.get("bytes")) for i in old.inputs] != [(i["path"], i["bytes"]) for i in job.per_input]:
+        diff.append("input files")
+    for key, flag in (("valid_fraction", "--valid-fraction"), ("seed", "--seed")):
+        if o.get(key) != getattr(job.options, key):
+            diff.append(flag)
+    if (old.eod_token or EOD_TOKEN) != job.options.eod_token:
+        diff.append("--eod-token")
+    for key, default in READER_DEFAULTS.items():
+        if o.get(key, default) != job.options.reader.get(key):
+            diff.append("--" + key.replace("_", "-"))
+    if old.extra.get("task") != job.task_record():
+        diff.append("input list or --num-tasks")
+    return diff
+
+
+def finished_task(job: Job) -> Manifest | None:
+    """The manifest of this task when it already finished with the same inputs, tokenizer and
+    options; None when there is none (or its shards are gone); InputError when it was made
+    differently."""
+    path = manifest_file(job.prefix)
+    if not path.is_file():
+        return None
+    try:
+        old = Manifest.read(path)
+    except ManifestError:
+        return None  # unreadable: do the task again (the manifest is replaced at the end)
+    diff = _same_as(old, job)
+    if diff:
+        raise InputError(f"{path}: a finished task made with another {', '.join(diff)} than this run; "
+                         f"pass --overwrite to redo it (or delete its files)")
+    return None if old.missing_shards() else old
+
+
+# ---- reading and encoding ------------------------------------------------------------------
+
+def encoded_batches(job: Job, n_workers: int, progress: _Progress, timing: dict):
+    """(is_valid, flat tokens, lengths) per batch of documents, in input order: a reader thread
+    reads and hashes, then either an encoder thread (n_workers == 1: tokenizers' own thread pool)
+    while this thread turns ids into arrays, or n_workers processes."""
+    opts = job.options
+    batches = _prefetch(_batches(job.inputs, progress, job.per_input, opts.valid_fraction, split_key(opts.seed),
+                                 opts.reader))
 
     def timed(it):
         while True:
@@ -548,106 +562,177 @@ def tokenize_corpus(inputs, tokenizer_path: str, output_prefix: str, valid_fract
             yield item
 
     try:
-        batches = _prefetch(_batches(files, progress, per_file, valid_fraction, key))
-        try:
-            if n_workers == 1:
-                # Three stages: a reader thread, an encoder thread, this thread (ids -> arrays, write).
-                batches = _prefetch(_encoded(batches, tok, timing))
-                for valid, encs in timed(batches):
+        if n_workers == 1:
+            encoded = _prefetch(_encoded(batches, job.tokenizer, timing))
+            try:
+                for valid, encs in timed(encoded):
                     t = time.perf_counter()
-                    flat, lengths = _flatten(encs, eod, dtype)
+                    flat, lengths = _flatten(encs, job.eod, job.dtype)
                     timing["ids_to_array_s"] += time.perf_counter() - t
-                    write(valid, flat, lengths)
-            else:
-                import multiprocessing as mp
+                    yield valid, flat, lengths
+            finally:
+                encoded.close()
+        else:
+            import multiprocessing as mp
 
-                # spawn: safe from a parent with threads (tokenizers' pool, torch), same on every OS.
-                with mp.get_context("spawn").Pool(n_workers, _worker_init, (tokenizer_path,)) as pool:
-                    pending: collections.deque = collections.deque()
-                    for texts, valid in timed(batches):
-                        pending.append((valid, pool.apply_async(_worker_encode, (texts, dtype.str))))
-                        while len(pending) > 2 * n_workers:  # bounded: never reads far ahead of the encoders
-                            v, r = pending.popleft()
-                            write(v, *r.get())
-                    while pending:
+            # spawn: safe from a parent with threads (tokenizers' pool, torch), same on every OS.
+            with mp.get_context("spawn").Pool(n_workers, _worker_init, (job.tokenizer_path, opts.eod_token)) as pool:
+                pending: collections.deque = collections.deque()
+                for texts, valid in timed(batches):
+                    pending.append((valid, pool.apply_async(_worker_encode, (texts, job.dtype.str))))
+                    while len(pending) > 2 * n_workers:  # bounded: never reads far ahead of the encoders
                         v, r = pending.popleft()
-                        write(v, *r.get())
-        finally:
-            batches.close()
-        total_docs = sum(w.documents for w in writers.values())
-        if total_docs == 0 and not tasked:
-            raise InputError(f"no documents in {', '.join(files)}; nothing to tokenise")
+                        yield (v, *r.get())
+                while pending:
+                    v, r = pending.popleft()
+                    yield (v, *r.get())
+    finally:
+        batches.close()
+
+
+def write_splits(job: Job, stream, progress: _Progress, timing: dict) -> dict[str, _SplitWriter]:
+    """Append every batch of ``stream`` to its split's shards (staged under temporary names);
+    returns the finished (not yet published) writers. On an error every staged file is removed."""
+    writers = {s: _SplitWriter(f"{job.prefix}_{s}", job.dtype, int(job.options.max_shard_tokens))
+               for s in job.split_names}
+    try:
+        for valid, flat, lengths in stream:
+            t = time.perf_counter()
+            if valid.any():
+                token_valid = np.repeat(valid, lengths)  # each token's split, from its document's
+                writers["train"].add(flat[~token_valid], lengths[~valid])
+                writers["valid"].add(flat[token_valid], lengths[valid])
+            else:
+                writers["train"].add(flat, lengths)
+            progress.docs += len(lengths)
+            progress.tokens += int(lengths.sum())
+            timing["write_s"] += time.perf_counter() - t
+            progress.maybe_print()
+        if sum(w.documents for w in writers.values()) == 0 and not job.tasked:
+            raise InputError(f"no documents in {', '.join(job.inputs)}; nothing to tokenise")
         for w in writers.values():
             w.finish()
-        # Everything is encoded: drop a previous manifest before the new shards replace the old
-        # ones, so no manifest ever describes shards it did not make.
-        _remove(manifest_path(prefix))
-        if tasked and manifest_path(base_prefix).exists():
-            # A merged manifest lists this task's old shards: it is stale once they are replaced.
-            _remove(manifest_path(base_prefix))
-            if not quiet:
-                print(f"tokenize_corpus: removed {manifest_path(base_prefix)} (it listed this task's old shards); "
-                      f"merge again when all tasks have finished", flush=True)
-        published = {s: w.publish() for s, w in writers.items()}
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
+    return writers
+
+
+def publish(job: Job, writers: dict[str, _SplitWriter], quiet: bool) -> dict[str, list[dict]]:
+    """Rename the staged shards into place, after dropping the manifests that would describe
+    the old ones (this task's, and a merged one listing this task's shards)."""
+    try:
+        _remove(manifest_file(job.prefix))
+        if job.tasked and manifest_file(job.base_prefix).exists():
+            _remove(manifest_file(job.base_prefix))
+            if not quiet:
+                print(f"tokenize_corpus: removed {manifest_file(job.base_prefix)} (it listed this task's old shards); "
+                      f"merge again when all tasks have finished", flush=True)
+        return {s: w.publish() for s, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+
+
+def build_manifest(job: Job, published: dict[str, list[dict]], n_workers: int, elapsed: float, timing: dict,
+                   command: list[str] | None) -> Manifest:
+    folder = os.path.dirname(os.path.abspath(job.prefix))
+    splits = {s: Split([Shard(_rel(sh["prefix"], folder), sh["documents"], sh["tokens"]) for sh in shards])
+              for s, shards in published.items()}
+    extra = {"command": command, "elapsed_s": round(elapsed, 3), "timing": {k: round(v, 3) for k, v in timing.items()}}
+    if job.tasked:
+        extra["task"] = job.task_record()
+    return Manifest(prefix=job.prefix, splits=splits, dtype=job.dtype.name, vocab_size=job.vocab_size,
+                    eod_token=job.options.eod_token, eod_token_id=job.eod, tokenizer_path=job.tokenizer_path,
+                    tokenizer_sha256=job.tokenizer_sha256, inputs=job.per_input, options=job.options.record(n_workers),
+                    extra=extra)
+
+
+# ---- the whole job -------------------------------------------------------------------------
+
+def tokenize_corpus(inputs, tokenizer_path: str, output_prefix: str, *, progress_every: float = 10.0,
+                    quiet: bool = False, command: list[str] | None = None, task_index: int | None = 0,
+                    num_tasks: int | None = 1, overwrite: bool = False, options: Options | None = None,
+                    **option_values) -> dict:
+    """Tokenise ``inputs`` (files, folders, save_to_disk folders, hf:NAMEs) with the tokenizer at
+    ``tokenizer_path`` (tokenizer.json or a transformers folder) into
+    OUTPUT_PREFIX_{train,valid}[_NNNNN].bin/.idx and OUTPUT_PREFIX_manifest.json.
+
+    Options: an ``Options``, or its fields as keywords (valid_fraction, seed, max_shard_tokens,
+    eod_token, workers; text_key, id_key, hf_config, hf_split go to the reader). With
+    ``num_tasks`` > 1 only the inputs of task ``task_index`` are read and the outputs are named
+    OUTPUT_PREFIX.task-NNNNN_*; a task already finished with the same inputs, tokenizer and
+    options is skipped (its manifest is returned) unless ``overwrite``.
+
+    Returns the manifest as a dict (also written to disk). Raises InputError (one line naming
+    the input, and the line for malformed input); nothing is half-written."""
+    reader = {k: option_values.pop(k) for k in ("text_key", "id_key", "hf_config", "hf_split") if k in option_values}
+    if options is None:
+        options = Options(**option_values)
+    elif option_values:
+        raise TypeError(f"tokenize_corpus: pass options= or keywords, not both ({', '.join(option_values)})")
+    if reader:
+        options.reader = {**options.reader, **{k: v for k, v in reader.items() if v is not None}}
+    job = plan(inputs, tokenizer_path, output_prefix, options, task_index, num_tasks)
+    if job.tasked and not overwrite:
+        done = finished_task(job)
+        if done is not None:
+            if not quiet:
+                print(f"tokenize_corpus: task {job.task_index}/{job.num_tasks} already finished ({done.path}: "
+                      f"{done.documents:,} docs, {done.tokens:,} tokens); skipped", flush=True)
+            return done.to_dict()
+    n_workers = options.workers or default_workers()
+    progress = _Progress(progress_every, sum(f["bytes"] for f in job.per_input), quiet)
+    if not quiet:
+        who = (f"task {job.task_index}/{job.num_tasks}: {len(job.inputs)} of {len(job.all_inputs)}" if job.tasked
+               else f"{len(job.inputs)}")
+        print(f"tokenize_corpus: {who} input(s), {progress.total_bytes / 1e6:.1f} MB, tokenizer {tokenizer_path} "
+              f"(vocab {job.vocab_size}, {job.dtype}, end of document {options.eod_token!r} = {job.eod}), "
+              f"{n_workers} worker(s) -> {job.prefix}_*", flush=True)
+    # Wall seconds: encode_s in the encoder thread (0 with --workers > 1), the rest in this
+    # thread (wait_s: waiting for the next batch from the stage before).
+    timing = {"encode_s": 0.0, "wait_s": 0.0, "ids_to_array_s": 0.0, "write_s": 0.0}
+    t0 = time.time()
+    stream = encoded_batches(job, n_workers, progress, timing)
+    try:
+        writers = write_splits(job, stream, progress, timing)
+    finally:
+        stream.close()
+    published = publish(job, writers, quiet)
     elapsed = time.time() - t0
     progress.maybe_print(force=True)
-
-    folder = os.path.dirname(os.path.abspath(prefix))
-    splits = {}
-    for s, shards in published.items():
-        entry = {"documents": writers[s].documents, "tokens": writers[s].tokens,
-                 "shards": [{"prefix": _rel(sh["prefix"], folder), "documents": sh["documents"],
-                             "tokens": sh["tokens"]} for sh in shards]}
-        if len(shards) == 1:
-            entry["prefix"] = shards[0]["prefix"]  # the one file, as this run named it (format 1 readers)
-        splits[s] = entry
-    counts = {s: (writers[s].documents, writers[s].tokens) for s in SPLITS if s in writers}
-    manifest = {
-        "format": "megatron-indexed-dataset",
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "prefix": prefix,
-        "splits": splits,
-        "documents": sum(c[0] for c in counts.values()),
-        "tokens": sum(c[1] for c in counts.values()),
-        "dtype": str(dtype),
-        "vocab_size": vocab_size,
-        "eod_token": EOD_TOKEN,
-        "eod_token_id": eod,
-        "tokenizer": {"path": os.path.abspath(tokenizer_path), "sha256": tok_sha},
-        "inputs": per_file,
-        "options": {"valid_fraction": valid_fraction, "seed": seed, "workers": n_workers,
-                    "max_shard_tokens": max_shard_tokens,
-                    "split": "blake2b(id + NUL + text, key=seed) < valid_fraction"},
-        "command": command,
-        "elapsed_s": round(elapsed, 3),
-        "timing": {k: round(v, 3) for k, v in timing.items()},
-    }
-    if tasked:
-        manifest["task"] = task_info
-    write_manifest(prefix, manifest)
+    manifest = build_manifest(job, published, n_workers, elapsed, timing, command)
+    manifest.write(job.prefix)
     if not quiet:
-        rate = manifest["tokens"] / max(elapsed, 1e-9)
-        nsh = ", ".join(f"{s} {len(v['shards'])} shard(s)" for s, v in splits.items())
-        tr, va = counts.get("train", (0, 0)), counts.get("valid", (0, 0))
-        print(f"tokenize_corpus: done in {elapsed:.1f} s ({rate:,.0f} tokens/s): train {tr[0]:,} docs "
-              f"{tr[1]:,} tokens, valid {va[0]:,} docs {va[1]:,} tokens ({nsh}) -> {prefix}_manifest.json", flush=True)
-        if tasked:
-            print(f"tokenize_corpus: when all {num_tasks} tasks have finished: python data_prep/tokenize_corpus.py "
-                  f"--output-prefix {base_prefix} --merge", flush=True)
-    return manifest
+        _report(job, manifest, elapsed)
+    return manifest.to_dict()
 
+
+def _report(job: Job, m: Manifest, elapsed: float) -> None:
+    nsh = ", ".join(f"{s} {len(v.shards)} shard(s)" for s, v in m.splits.items())
+    parts = ", ".join(f"{s} {v.documents:,} docs {v.tokens:,} tokens" for s, v in m.splits.items())
+    print(f"tokenize_corpus: done in {elapsed:.1f} s ({m.tokens / max(elapsed, 1e-9):,.0f} tokens/s): {parts} "
+          f"({nsh}) -> {m.path}", flush=True)
+    if job.tasked:
+        print(f"tokenize_corpus: when all {job.num_tasks} tasks have finished: python data_prep/tokenize_corpus.py "
+              f"--output-prefix {job.base_prefix} --merge", flush=True)
+
+
+# ---- command line --------------------------------------------------------------------------
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Encode JSONL documents into Megatron .bin/.idx shards with a "
+    ap = argparse.ArgumentParser(description="Encode documents into Megatron .bin/.idx shards with a "
                                              "deterministic train/valid split and a manifest.")
-    ap.add_argument("--input", nargs="+", help="files or folders of .jsonl/.jsonl.gz/.jsonl.zst")
-    ap.add_argument("--tokenizer", help="tokenizer.json from data_prep/train_tokenizer.py")
-    ap.add_argument("--output-prefix", required=True, help="writes PREFIX_train.*, PREFIX_valid.*, PREFIX_manifest.json")
+    ap.add_argument("--input", nargs="+", help="files or folders of .jsonl(.gz/.zst)/.parquet, datasets "
+                                               "save_to_disk folders, or hf:NAME (streamed with datasets)")
+    ap.add_argument("--tokenizer", help="tokenizer.json (data_prep/train_tokenizer.py) or a transformers folder")
+    ap.add_argument("--output-prefix", required=True,
+                    help="writes PREFIX_train.*, PREFIX_valid.*, PREFIX_manifest.json")
+    ap.add_argument("--eod-token", default=EOD_TOKEN,
+                    help=f"the end-of-document token appended to every document (default {EOD_TOKEN}); "
+                         f"must be in the tokenizer's vocabulary, e.g. '<|end_of_text|>' for Llama 3, '</s>'")
     ap.add_argument("--valid-fraction", type=float, default=DEFAULT_VALID_FRACTION,
                     help=f"share of documents in the valid split (default {DEFAULT_VALID_FRACTION}; 0: none)")
     ap.add_argument("--workers", type=int, default=None,
@@ -659,12 +744,13 @@ def main(argv=None) -> int:
     ap.add_argument("--task-index", type=int, default=None,
                     help="this task's index (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN, or 0)")
     ap.add_argument("--num-tasks", type=int, default=None,
-                    help="tasks sharing the input files (default: $SLURM_ARRAY_TASK_COUNT, or 1)")
+                    help="tasks sharing the inputs (default: $SLURM_ARRAY_TASK_COUNT, or 1)")
     ap.add_argument("--overwrite", action="store_true", help="redo a task even when its manifest exists")
     ap.add_argument("--merge", action="store_true",
                     help="after all --num-tasks tasks: write PREFIX_manifest.json listing every task's shards")
     ap.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_input_args(ap)
     args = ap.parse_args(argv)
     try:
         if args.merge:
@@ -674,13 +760,14 @@ def main(argv=None) -> int:
             return 0
         if not args.input or not args.tokenizer:
             ap.error("--input and --tokenizer are required (except with --merge)")
-        if args.max_shard_tokens != int(args.max_shard_tokens):
-            raise InputError(f"--max-shard-tokens {args.max_shard_tokens} must be a whole number")
-        tokenize_corpus(args.input, args.tokenizer, args.output_prefix, args.valid_fraction, args.workers, args.seed,
-                        args.progress_every, args.quiet, command=[sys.executable] + sys.argv,
-                        max_shard_tokens=int(args.max_shard_tokens), task_index=args.task_index,
-                        num_tasks=args.num_tasks, overwrite=args.overwrite)
-    except InputError as e:
+        opts = Options(valid_fraction=args.valid_fraction, seed=args.seed, max_shard_tokens=args.max_shard_tokens,
+                       eod_token=args.eod_token, reader=reader_options(args), workers=args.workers)
+        opts.check()
+        opts.max_shard_tokens = int(opts.max_shard_tokens)
+        tokenize_corpus(args.input, args.tokenizer, args.output_prefix, options=opts,
+                        progress_every=args.progress_every, quiet=args.quiet, command=[sys.executable] + sys.argv,
+                        task_index=args.task_index, num_tasks=args.num_tasks, overwrite=args.overwrite)
+    except (InputError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,8 +16,9 @@ from tokenizers import Tokenizer
 
 from data_prep.readers import InputError
 from data_prep.tokenize_corpus import is_valid_doc, split_key, tokenize_corpus
-from data_prep.train_tokenizer import EOD_TOKEN, train_tokenizer
+from data_prep.train_tokenizer import train_tokenizer
 from llmtrain.data.indexed import IndexedDataset, load_manifest
+from llmtrain.tokenizer import EOD_TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample" / "corpus.jsonl.gz"

@@ -17,9 +17,11 @@ import zstandard
 
 from data_prep.merge_manifests import merge_manifests
 from data_prep.readers import InputError, expand_inputs
-from data_prep.tokenize_corpus import partition, task_prefix, tokenize_corpus
-from data_prep.train_tokenizer import EOD_TOKEN, train_tokenizer
+from data_prep.tokenize_corpus import task_prefix, tokenize_corpus
+from data_prep.train_tokenizer import train_tokenizer
 from llmtrain.data.indexed import IndexedDataset, load_manifest
+from llmtrain.tokenizer import EOD_TOKEN
+from llmtrain.utils import partition
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample" / "corpus.jsonl.gz"
@@ -138,7 +140,7 @@ def test_task_partition_covers_each_file_once(corpus):
     for n in (1, 2, 3, 7, 10):
         parts = [partition(files, i, n) for i in range(n)]
         assert Counter(f for p in parts for f in p) == Counter(files)  # every file, exactly once
-    with pytest.raises(InputError, match="outside"):
+    with pytest.raises(ValueError, match="outside"):
         partition(files, 3, 3)
 
 

@@ -71,6 +71,10 @@ def prepare_sample_data(cfg: Config, rank: int) -> str:
 
 
 def read_manifest(prefix: str) -> tuple[dict, Path]:
+    """PREFIX_manifest.json as a dict, validated by llmtrain.data.manifest.Manifest (the type its
+    writer and the task merge use), and its path; ConfigError (one line) when missing or malformed."""
+    from llmtrain.data.manifest import Manifest, ManifestError
+
     path = Path(f"{prefix}_manifest.json")
     if not path.is_file():
         raise ConfigError(
@@ -78,16 +82,22 @@ def read_manifest(prefix: str) -> tuple[dict, Path]:
             f"python data_prep/tokenize_corpus.py --output-prefix {prefix} ..."
         )
     try:
-        return json.loads(path.read_text()), path
+        obj = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); re-run data_prep/tokenize_corpus.py") from None
+    try:
+        Manifest.from_dict(obj, path)
+    except ManifestError as e:
+        raise ConfigError(str(e)) from None
+    return obj, path
 
 
 def tokenizer_of(manifest: dict) -> tuple[str | None, str | None]:
-    tok = manifest.get("tokenizer")
-    if isinstance(tok, dict):
-        return tok.get("path"), tok.get("sha256")
-    return tok, manifest.get("tokenizer_sha256")
+    """(tokenizer path, sha256) a manifest records (any format)."""
+    from llmtrain.data.manifest import Manifest
+
+    m = Manifest.from_dict(manifest)
+    return m.tokenizer_path, m.tokenizer_sha256
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -107,15 +117,12 @@ def tokenizer_vocab_size(path: str, named_by: str) -> int:
 
 
 def split_shards(prefix: str, manifest: dict, split: str) -> list[str]:
-    """The .bin/.idx prefixes of one split: the manifest's splits.<split>.shards (paths
-    relative to the manifest's folder), else PREFIX_<split> when its .idx exists."""
-    entry = (manifest.get("splits") or {}).get(split) or {}
-    shards = entry.get("shards")
-    if shards:
-        base = Path(f"{prefix}_manifest.json").parent
-        return [str(base / (s["prefix"] if isinstance(s, dict) else s)) for s in shards]
-    single = f"{prefix}_{split}"
-    return [single] if split == "train" or Path(f"{single}.idx").exists() else []
+    """The .bin/.idx prefixes of one split, as llmtrain.data.manifest.Manifest lists them: the
+    manifest's splits.<split>.shards (paths relative to the manifest's folder; a format-1
+    manifest's split is PREFIX_<split>); [] when the split is absent."""
+    from llmtrain.data.manifest import Manifest
+
+    return Manifest.from_dict(manifest, Path(f"{prefix}_manifest.json")).shard_prefixes(split)
 
 
 def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
