@@ -7,7 +7,8 @@
 
 INPUT: files or folders (searched recursively) of WARC/WET (.warc[.gz], .wet[.gz]), JSONL
 (.jsonl[.gz|.zst], .json.gz/.zst), Parquet (.parquet) and plain text (.txt[.gz|.zst], one
-document per file), mixed freely.
+document per file), folders written by datasets' save_to_disk, and hf:NAME (a Hugging Face
+data set, streamed), mixed freely. --text-key/--id-key name the text and id columns.
 
 Steps: read → HTML to text → unicode repair (ftfy + NFC) → language ID → Gopher repetition
 → Gopher quality → C4 → FineWeb rules → exact dedup → MinHash near dedup → PII masking.
@@ -36,9 +37,9 @@ import os
 import sys
 
 from data_prep.cleaning.config import load_config
-from data_prep.cleaning.pipeline import (TASK_STAGES, expand, read_manifest, run_buckets, run_clusters, run_filter,
-                                         run_write)
-from data_prep.readers import InputError
+from data_prep.cleaning.pipeline import (TASK_STAGES, canonical, expand, read_manifest, run_buckets, run_clusters,
+                                         run_filter, run_write)
+from data_prep.readers import DEFAULT_TEXT_KEY, InputError, add_input_args, reader_options
 from llmtrain.config import ConfigError
 from llmtrain.utils import task_from_env
 
@@ -49,7 +50,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Config keys: see configs/data/clean_default.yaml")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or folders, any supported format")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="files or folders (any supported format), datasets save_to_disk folders, hf:NAME")
     p.add_argument("--output", "-o", help="output folder (shared by all tasks)")
     p.add_argument("--config",
                    help="pipeline YAML (default: the built-in FineWeb recipe = configs/data/clean_default.yaml)")
@@ -64,13 +66,14 @@ def parse_args(argv=None):
     p.add_argument("--num-tasks", type=int, default=None,
                    help="number of tasks (default: $SLURM_ARRAY_TASK_COUNT or 1)")
     p.add_argument("--quiet", action="store_true", help="only warnings")
+    add_input_args(p)
     return p.parse_args(argv)
 
 
 def _check_inputs(args) -> None:
     """Later stages need no INPUT; when one is given it must be the list the filter tasks used."""
     man = read_manifest(os.path.join(args.output, "work"))
-    given = sorted(os.path.abspath(f) for f in expand(args.inputs))
+    given = sorted(canonical(f) for f in expand(args.inputs))
     if given != sorted(man["inputs"]):
         raise InputError(f"{args.output}: the INPUT list differs from the one the filter tasks used; "
                          "give the same inputs or none")
@@ -90,6 +93,12 @@ def main(argv=None) -> int:
         if args.languages:
             langs = args.languages.split(",") if args.languages.strip().lower() != "all" else []
             overrides["language"] = {"languages": [x.strip() for x in langs if x.strip()]}
+        # the input flags override the YAML's read section where given (the text key where not the default)
+        read = {k: v for k, v in reader_options(args).items() if v is not None}
+        if read.get("text_key") == DEFAULT_TEXT_KEY:
+            del read["text_key"]
+        if read:
+            overrides["read"] = read
         cfg = load_config(args.config, overrides)
         ti, nt = task_from_env(args.task_index, args.num_tasks)
         if args.stage == "all" and nt > 1:

@@ -733,3 +733,38 @@ def test_near_dedup_buckets_split_by_key_range(tmp_path, rng):
     for n in (2, 3, 5):
         got = dedup.find_duplicates([f1, f2], counts, num_tasks=n)
         assert (got[0] == ref[0]).all() and (got[1] == ref[1]).all()
+
+
+def test_datasets_folder_and_parquet_columns(tmp_path, rng):
+    """A save_to_disk folder with columns content/url and a Parquet file with a `body` column
+    go through clean with --text-key/--id-key; a missing column is one line, nothing written."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [english(rng, 5, 5) for _ in range(3)]
+    ds_dir = str(tmp_path / "ds")
+    datasets.Dataset.from_dict({"content": texts + [texts[0]], "url": [f"https://d.example/{i}" for i in range(4)]}
+                               ).save_to_disk(ds_dir)
+    out = str(tmp_path / "out_ds")
+    run_cli([ds_dir, "--output", out, "--text-key", "content", "--id-key", "url", "--workers", "1"])
+    docs = read_output(out)
+    assert [d["id"] for d in docs] == [f"https://d.example/{i}" for i in range(3)]  # the 4th is a duplicate
+    # the text as written, less C4's paragraph breaks
+    assert [d["text"].split() for d in docs] == [t.split() for t in texts]
+    assert docs[0]["source"] == os.path.abspath(ds_dir)
+    stats = json.load(open(os.path.join(out, "stats.json")))
+    assert stats["config"]["read"]["text_key"] == "content"
+
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    pq.write_table(pa.table({"body": texts[:2], "n": [1, 2]}), str(pq_dir / "b.parquet"))
+    out = str(tmp_path / "out_pq")
+    run_cli([str(pq_dir), "--output", out, "--text-key", "body", "--workers", "1"])
+    assert [d["text"].split() for d in read_output(out)] == [t.split() for t in texts[:2]]
+
+    bad = str(tmp_path / "out_bad")
+    r = run_cli([str(pq_dir), "--output", bad, "--text-key", "content"], check=False)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "b.parquet" in err[0] and "--text-key" in err[0]
+    assert not os.path.exists(bad)

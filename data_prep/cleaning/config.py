@@ -26,8 +26,10 @@ from .steps import FILTERS
 
 @dataclass
 class ReadConfig:
-    text_key: str = "text"               # JSONL / Parquet field holding the text
-    id_key: str = "id"                   # JSONL / Parquet field holding the id
+    text_key: str = "text"               # JSONL / Parquet / datasets field holding the text (--text-key)
+    id_key: Optional[str] = None         # ... holding the id; null: `id` when present, else <name>:<row> (--id-key)
+    hf_config: Optional[str] = None      # configuration of hf:NAME inputs (--hf-config)
+    hf_split: Optional[str] = None       # split of hf:NAME inputs and DatasetDict folders (--hf-split)
     max_doc_bytes: int = 20_000_000      # larger documents are counted as `oversized` and skipped
     max_control_char_ratio: float = 0.01  # more control characters (or any NUL): `binary`, skipped
 
@@ -95,6 +97,11 @@ class _CleanConfigBase:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def reader_options(self) -> dict:
+        """The keyword arguments of readers.iter_documents / check_input."""
+        r = self.read
+        return {"text_key": r.text_key, "id_key": r.id_key, "hf_config": r.hf_config, "hf_split": r.hf_split}
 
     def filter_configs(self) -> list[tuple[str, object]]:
         """(name, config) of every registered filter, in pipeline order."""

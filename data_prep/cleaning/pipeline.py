@@ -47,7 +47,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from data_prep.readers import ALL_SUFFIXES, expand_inputs, iter_documents
+from data_prep.readers import ALL_SUFFIXES, check_input, expand_inputs, input_bytes, is_hf_name, iter_documents
 from llmtrain.utils import atomic_write_bytes, atomic_write_json, partition
 
 from .config import FILTER_ORDER, dedup_hash, filter_hash, final_hash
@@ -63,9 +63,14 @@ TASK_STAGES = ("filter", "buckets", "clusters", "write")
 
 # ----------------------------------------------------------------------------- small helpers
 
+def canonical(path: str) -> str:
+    """An input as the manifest records it: an absolute path, or hf:NAME as given."""
+    return path if is_hf_name(path) else os.path.abspath(path)
+
+
 def shard_name(path: str) -> str:
-    """Stable name of an input file's shard: a short hash of its absolute path + its name."""
-    ap = os.path.abspath(path)
+    """Stable name of an input's shard: a short hash of its absolute path (or hf:NAME) + its name."""
+    ap = canonical(path)
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(ap))[:80]
     return f"{hashlib.sha1(ap.encode()).hexdigest()[:10]}-{base}"
 
@@ -256,9 +261,9 @@ class ShardFilter:
 
     def _documents(self, path: str, errors: dict):
         t0 = t_last = time.time()
-        r = self.cfg.read
-        for i, d in enumerate(iter_documents(path, strict=False, errors=errors, max_doc_bytes=r.max_doc_bytes,
-                                             text_key=r.text_key, id_key=r.id_key), 1):
+        docs = iter_documents(path, strict=False, errors=errors, max_doc_bytes=self.cfg.read.max_doc_bytes,
+                              **self.cfg.reader_options())
+        for i, d in enumerate(docs, 1):
             if i % 1000 == 0 and time.time() - t_last > 60:  # a big file: say how it goes
                 t_last = time.time()
                 log.info(f"[filter] {os.path.basename(path)}: {i} documents read, {t_last - t0:.0f}s")
@@ -270,7 +275,7 @@ class ShardFilter:
         fdir = os.path.join(workdir, "filter")
         stats = new_stats()
         stats["files"] = 1
-        stats["bytes_in"] = os.path.getsize(path)
+        stats["bytes_in"] = input_bytes(path)
         errors: dict = {}
         steps = filter_steps(self.cfg)
         collector = _WarningCollector()
@@ -358,7 +363,7 @@ def _pool_map(jobs, cfg, kind, workers, sizes):
 def write_manifest(workdir: str, files: list[str]) -> dict:
     """Record the full input list (every task computes the same); refuse a different one."""
     os.makedirs(workdir, exist_ok=True)
-    man = {"inputs": [os.path.abspath(f) for f in files], "shards": [shard_name(f) for f in files]}
+    man = {"inputs": [canonical(f) for f in files], "shards": [shard_name(f) for f in files]}
     p = os.path.join(workdir, "manifest.json")
     if os.path.exists(p):
         with open(p, encoding="utf-8") as fh:
@@ -384,10 +389,12 @@ def read_manifest(workdir: str) -> dict:
 
 def run_filter(files: list[str], out: str, cfg, workers: int = 1, task_index: int = 0, num_tasks: int = 1) -> dict:
     """Stage 1 over this task's share of ``files``. Returns the merged stats of its shards."""
+    mine = partition(files, task_index, num_tasks)
+    for f in mine:  # a missing or non-text column: one line naming the input, before anything is written
+        check_input(f, **cfg.reader_options())
     workdir = os.path.join(out, "work")
     os.makedirs(os.path.join(workdir, "filter"), exist_ok=True)
     write_manifest(workdir, files)
-    mine = partition(files, task_index, num_tasks)
     h = filter_hash(cfg)
     todo, skipped = [], 0
     for f in mine:
@@ -398,7 +405,7 @@ def run_filter(files: list[str], out: str, cfg, workers: int = 1, task_index: in
             todo.append((f, f, s, workdir))
     log.info(f"filter: task {task_index}/{num_tasks} owns {len(mine)} of {len(files)} files; "
              f"{skipped} already done, {len(todo)} to do, {workers} worker(s)")
-    sizes = {f: os.path.getsize(f) for f, *_ in todo}
+    sizes = {f: input_bytes(f) for f, *_ in todo}
     todo.sort(key=lambda j: -sizes[j[0]])  # big files first: better packing over workers
     total = new_stats()
     for _path, st, _dt in _pool_map(todo, cfg, "filter", workers, sizes):
