@@ -768,3 +768,41 @@ def test_datasets_folder_and_parquet_columns(tmp_path, rng):
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "b.parquet" in err[0] and "--text-key" in err[0]
     assert not os.path.exists(bad)
+
+
+FAKE_SBATCH = r"""#!/bin/bash
+# Stands in for Slurm's sbatch: runs every task of the array at once, in index order, with
+# the array variables set (jobs are submitted in dependency order, so afterok holds).
+wrap=""; array=""
+for a in "$@"; do
+  case "$a" in --wrap=*) wrap="${a#--wrap=}";; --array=*) array="${a#--array=}";; esac
+  echo "$a" >> "$SBATCH_LOG"
+done
+lo=${array%-*}; hi=${array#*-}
+for ((i = lo; i <= hi; i++)); do
+  SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_MIN=$lo SLURM_ARRAY_TASK_COUNT=$((hi - lo + 1)) bash -c "$wrap" || exit 1
+done
+echo $RANDOM
+"""
+
+
+def test_slurm_script_runs_the_stages_as_dependent_arrays(tmp_path, rng):
+    src = str(tmp_path / "in")
+    expected = make_corpus(src, rng)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(FAKE_SBATCH)
+    os.chmod(bindir / "sbatch", 0o755)
+    out = str(tmp_path / "out")
+    log = str(tmp_path / "sbatch.log")
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "SBATCH_LOG": log, "FILTER_TASKS": "2",
+           "DEDUP_TASKS": "2", "WRITE_TASKS": "2", "CPUS": "1", "CLEAN_ARGS": "--quiet"}
+    r = subprocess.run(["bash", os.path.join(ROOT, "data_prep/slurm/clean.sbatch"), src, out], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    args = open(log).read().splitlines()
+    names = [a.split("=", 1)[1] for a in args if a.startswith("--job-name=")]
+    assert names == ["clean-filter", "clean-buckets", "clean-clusters", "clean-write"]
+    assert sum(a.startswith("--dependency=afterok:") for a in args) == 3
+    assert {d["id"] for d in read_output(out)} == expected
+    assert json.load(open(os.path.join(out, "stats.json")))["documents_out"] == len(expected)
