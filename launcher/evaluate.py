@@ -2,24 +2,23 @@
 
     python launcher/evaluate.py RUN_DIR_OR_CHECKPOINT [--data PREFIX] [--batches N] [--batch-size B] [--out FILE]
 
-Default data: the run's own valid split (PREFIX_valid). --batches N evaluates the first
+Default data: the run's own valid split (every shard its manifest lists). --batches N evaluates the first
 N x batch size non-overlapping seq_len windows (batch size: the run's train.global_batch_size),
 the windows the trainer's validation uses with train.eval_batches=N; default: every window.
 See llmtrain/export/evaluate.py for how bytes are counted.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from llmtrain.export.runinfo import run_cli  # noqa: E402
+from llmtrain.export.runinfo import run_cli
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", help="a run folder (latest checkpoint), its checkpoints/ folder or checkpoints/global_stepN")
-    ap.add_argument("--data", help="PREFIX of PREFIX.bin/.idx, or of a tokenised dataset (its PREFIX_valid is used)")
+    ap.add_argument("checkpoint",
+                    help="a run folder (latest checkpoint), its checkpoints/ folder or checkpoints/global_stepN")
+    ap.add_argument("--data", help="PREFIX of PREFIX.bin/.idx, or of a tokenised dataset (the valid split its "
+                                   "manifest lists: one file, shards, or merged tasks' shards)")
     ap.add_argument("--batches", type=int, default=None, help="evaluate the first N batches of windows (default: all)")
     ap.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: train.global_batch_size)")
     ap.add_argument("--micro-batch-size", type=int, default=8, help="windows per forward pass")

@@ -2,9 +2,13 @@
 
     python launcher/evaluate.py RUN_DIR_OR_CHECKPOINT [--data PREFIX] [--batches N] [--out FILE]
 
-Windows: the dataset's tokens are one stream (documents end with the end-of-document token);
-window j is tokens[j*T : j*T + T + 1] (T = model.seq_len), inputs the first T, targets the last
-T: the non-overlapping windows the trainer's validation uses, in order. With --batches N only
+Data: a tokenised dataset PREFIX (its manifest, llmtrain.data.manifest.Manifest, lists the
+valid split's shards: one file, several shards, or the shards of merged tasks) or one
+PREFIX.bin/.idx file. Windows: each shard's tokens are one stream (documents end with the
+end-of-document token); window j of a shard is tokens[j*T : j*T + T + 1] (T = model.seq_len),
+inputs the first T, targets the last T; the windows of shard 0 come first, then shard 1's, ...
+(windows never cross a shard boundary): the non-overlapping windows the trainer's validation
+uses, in order. With --batches N only
 the first N x batch_size windows are used (batch_size defaults to the run's
 train.global_batch_size, so --batches train.eval_batches evaluates exactly the trainer's
 validation windows); without it, every whole window.
@@ -13,8 +17,8 @@ loss: mean next-token cross-entropy in nats over every target token; perplexity 
 
 bits per byte = (sum of the targets' losses in nats) / (ln 2 x bytes), where bytes is the UTF-8
 length of the evaluated target tokens decoded back to text with the run's tokenizer. The targets
-of consecutive windows are one contiguous span of the stream, decoded document by document (cut
-at end-of-document tokens); the end-of-document token itself stands for no text and counts 0
+of consecutive windows of a shard are one contiguous span of its stream, decoded document by
+document (cut at end-of-document tokens); the end-of-document token itself stands for no text and counts 0
 bytes (its loss still counts). A multi-byte character split at the two ends of the span may
 decode as U+FFFD: at most a few bytes off in total.
 """
@@ -32,12 +36,14 @@ BYTES_METHOD = ("UTF-8 bytes of the target tokens decoded with the run's tokeniz
                 "(end-of-document token = 0 bytes)")
 
 
-def resolve_data(info, data: str | None):
-    """The IndexedDataset to evaluate: --data PREFIX (PREFIX.bin/.idx, or PREFIX_valid.* when
-    PREFIX names a whole tokenised dataset), else the run's own valid split."""
+def resolve_data(info, data: str | None) -> tuple[str, list]:
+    """(what to call it, the IndexedDataset shards to evaluate, in order): --data PREFIX.bin/.idx
+    (one file), --data PREFIX of a tokenised dataset (the valid split's shards its manifest
+    lists, also for sharded and merged-task datasets), else the run's own valid split."""
     from pathlib import Path
 
     from llmtrain.data.indexed import IndexedDataset
+    from llmtrain.data.manifest import Manifest, manifest_file
     from llmtrain.export.runinfo import ExportError
 
     if data is None:
@@ -45,10 +51,30 @@ def resolve_data(info, data: str | None):
         if not spec or len(str(spec).split()) > 1:
             raise ExportError(f"{info.run_dir / 'config.yaml'}: data.prefix is "
                               f"{'a blend' if spec else 'not set'}; name the data to evaluate with --data PREFIX")
-        return IndexedDataset(f"{spec}_valid")
-    if not Path(f"{data}.idx").exists() and Path(f"{data}_valid.idx").exists():
-        data = f"{data}_valid"
-    return IndexedDataset(data)
+        data = str(spec)
+    elif Path(f"{data}.idx").exists():
+        return str(data), [IndexedDataset(data)]
+    if not manifest_file(data).is_file() and Path(f"{data}_valid.idx").exists():
+        return f"{data}_valid", [IndexedDataset(f"{data}_valid")]  # a dataset without its manifest
+    m = Manifest.read(data)
+    shards = m.shard_prefixes("valid")
+    if not shards:
+        raise ExportError(f"{m.path}: has no valid split (tokenised with --valid-fraction 0); pass --data with a "
+                          f"PREFIX.bin/.idx file or a dataset that has one")
+    return f"{data}_valid", [IndexedDataset(s) for s in shards]
+
+
+def window_counts(shards: list, seq_len: int) -> np.ndarray:
+    """Whole windows of each shard; window g overall is window g - starts[k] of shard k, shard
+    by shard: the order of the trainer's validation (llmtrain.data.sampler.TokenWindows without
+    shuffling)."""
+    return np.array([max(0, (d.num_tokens - 1) // seq_len) for d in shards], dtype=np.int64)
+
+
+def _locate(counts: np.ndarray, g: int) -> tuple[int, int]:
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    k = int(np.searchsorted(starts, g, side="right")) - 1
+    return k, g - int(starts[k])
 
 
 def count_bytes(tok, ids: np.ndarray, eod: int) -> int:
@@ -71,25 +97,29 @@ def evaluate(checkpoint, data: str | None = None, batches: int | None = None, ba
     from llmtrain.export.runinfo import ExportError, eod_token_id, load_model, load_tokenizer, run_info, tokenizer_path
 
     info = run_info(checkpoint)
-    ds = resolve_data(info, data)
+    label, shards = resolve_data(info, data)
     tok = load_tokenizer(tokenizer_path(info, tokenizer))
     eod = eod_token_id(info, tok)
     T = int(info.config["model"]["seq_len"])
     B = batch_size or int((info.config.get("train") or {}).get("global_batch_size") or 8)
     if B < 1 or (batches is not None and batches < 1) or micro_batch_size < 1:
         raise ExportError("--batches, --batch-size and --micro-batch-size must be >= 1")
-    n_windows = (ds.num_tokens - 1) // T
+    counts = window_counts(shards, T)
+    n_windows = int(counts.sum())
     if n_windows < 1:
-        raise ExportError(f"{ds.prefix}: {ds.num_tokens} tokens are fewer than one window of seq_len+1={T + 1}")
+        total = sum(d.num_tokens for d in shards)
+        raise ExportError(f"{label}: {total} tokens are fewer than one window of seq_len+1={T + 1}")
     n = n_windows if batches is None else min(n_windows, batches * B)
+    per_shard = np.minimum(counts, np.maximum(0, n - np.concatenate([[0], np.cumsum(counts)[:-1]])))  # used
     model, rec = load_model(checkpoint)
-    tokens = ds.tokens
-    if int(tokens[: n * T + 1].max()) >= model.cfg.vocab_size:
-        raise ExportError(f"{ds.prefix}.bin: token ids beyond the model's vocabulary ({model.cfg.vocab_size}); "
-                          f"the data was made with another tokenizer")
+    for d, k in zip(shards, per_shard):
+        if k and int(d.tokens[: k * T + 1].max()) >= model.cfg.vocab_size:
+            raise ExportError(f"{d.prefix}.bin: token ids beyond the model's vocabulary ({model.cfg.vocab_size}); "
+                              f"the data was made with another tokenizer")
     loss_sum, t0, last = 0.0, time.time(), time.time()
     for s in range(0, n, micro_batch_size):
-        rows = np.stack([tokens[j * T: j * T + T + 1] for j in range(s, min(n, s + micro_batch_size))])
+        rows = np.stack([shards[k].tokens[j * T: j * T + T + 1]
+                         for k, j in (_locate(counts, g) for g in range(s, min(n, s + micro_batch_size)))])
         t = torch.from_numpy(rows.astype(np.int64))
         logits = model(t[:, :-1])
         loss_sum += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), t[:, 1:].reshape(-1),
@@ -101,19 +131,23 @@ def evaluate(checkpoint, data: str | None = None, batches: int | None = None, ba
                   file=sys.stderr, flush=True)
             last = time.time()
     n_tokens = n * T
-    targets = np.asarray(tokens[1: n_tokens + 1])
-    n_bytes = count_bytes(tok, targets, eod)
+    n_bytes = n_eod = 0
+    for d, k in zip(shards, per_shard):  # each shard's targets are one contiguous span
+        targets = np.asarray(d.tokens[1: k * T + 1])
+        n_bytes += count_bytes(tok, targets, eod)
+        n_eod += int((targets == eod).sum())
     loss = loss_sum / n_tokens
     return {
         "checkpoint": rec["source"],
         "step": rec["step"],
-        "data": ds.prefix,
+        "data": label,
+        "shards": len(shards),
         "seq_len": T,
         "windows": n,
         "windows_available": n_windows,
         "batch_size": B,
         "tokens": n_tokens,
-        "eod_tokens": int((targets == eod).sum()),
+        "eod_tokens": n_eod,
         "bytes": n_bytes,
         "loss": loss,
         "perplexity": math.exp(loss),
