@@ -4,11 +4,17 @@
         --target-flops 1e21 --bootstrap 1000
     python launcher/fit_scaling.py data.csv --method isoflop --out fit --n-col params --d-col tokens \\
         --loss-col loss --c-col flops
+    python launcher/fit_scaling.py runs/sweeps/NAME --method task --metric task:NAME/acc_norm --out fit \\
+        --target 1e9,2e10 --bootstrap 1000
 
 SOURCE: a sweep folder (its run folders), one run folder, or a CSV. Methods:
   chinchilla  approach 3: L = E + A/N^alpha + B/D^beta, Huber on log loss, 4,500-start grid
   isoflop     approach 2: per compute budget the loss-minimising N, then N_opt = k C^a
   kaplan      L(N), L(D), L(C) each E + (X_c/X)^alpha_X on the loss frontiers
+  task        a downstream metric in two steps: L(N, D) as chinchilla, then the metric from L,
+              sigmoid (Bhagia et al. 2024) and exponential Err = eps - k exp(-gamma L) (Gadre et al. 2024)
+Metrics of run folders are SPLIT/FIELD: the FIELD of metrics.jsonl records with "split": SPLIT,
+e.g. {"step": S, "tokens": T, "split": "task:NAME", "acc": a, "acc_norm": b} is task:NAME/acc_norm.
 Writes OUT/fit.json and PNG plots. Bad input: one line on stderr, exit status 2.
 """
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from llmtrain.scaling.fit import FitError, fit_chinchilla, fit_isoflop, fit_kaplan
+from llmtrain.scaling.task import FORMS, fit_task
 from llmtrain.scaling.sources import SourceError, drop_highest_loss, load
 from llmtrain.utils import atomic_write_json
 
@@ -45,7 +52,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("source", help="sweep folder, run folder or CSV file")
-    ap.add_argument("--method", required=True, choices=["chinchilla", "isoflop", "kaplan"])
+    ap.add_argument("--method", required=True, choices=["chinchilla", "isoflop", "kaplan", "task"])
     ap.add_argument("--out", required=True, help="output folder for fit.json and plots")
     ap.add_argument("--target-flops", type=float, help="predict the compute-optimal N, D for this budget")
     ap.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap refits for intervals (e.g. 1000)")
@@ -64,9 +71,29 @@ def main(argv=None) -> int:
                     help="isoflop: compute values within this many log10 units form one budget (default 0.05)")
     ap.add_argument("--window-dex", type=float, default=0.5,
                     help="isoflop: parabola fitted to points within this many log10 units of the minimum")
+    ap.add_argument("--metric", help="task: the metric to predict: SPLIT/FIELD of the runs' metrics.jsonl "
+                    "(task:NAME/acc_norm) or a CSV column")
+    ap.add_argument("--loss-metric", metavar="SPLIT/FIELD",
+                    help="run folders: a logged quantity read in place of the validation loss (e.g. valid/loss)")
+    ap.add_argument("--target", action="append", default=[], metavar="N,D",
+                    help="task: predict the metric for N parameters and D tokens (repeatable)")
+    ap.add_argument("--forms", nargs="+", choices=list(FORMS), default=list(FORMS),
+                    help="task: the metric-from-loss forms to fit (default both)")
+    ap.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
+                    help="CSV: keep the rows that match (=, !=, <, <=, >, >=; repeatable), e.g. dataset=rpj")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     try:
+        if args.method == "task" and not args.metric:
+            raise SourceError("--method task needs --metric: a logged SPLIT/FIELD such as task:NAME/acc_norm, or a "
+                              "CSV column")
+        if args.metric and args.method != "task":
+            raise SourceError(f"--metric {args.metric}: only --method task predicts a metric; to fit another "
+                              "logged loss in place of the validation loss use --loss-metric")
+        if args.target and args.method != "task":
+            raise SourceError("--target N,D: only --method task predicts at given sizes; the others take "
+                              "--target-flops")
+        targets = [_target(t) for t in args.target]
         if args.bootstrap < 0:
             raise SourceError(f"--bootstrap {args.bootstrap}: must be >= 0")
         if not 0 < args.ci_level < 1:
@@ -74,7 +101,8 @@ def main(argv=None) -> int:
         if args.target_flops is not None and not (args.target_flops > 0 and np.isfinite(args.target_flops)):
             raise SourceError(f"--target-flops {args.target_flops}: must be a positive number")
         ld = load(args.source, n_col=args.n_col, d_col=args.d_col, loss_col=args.loss_col, c_col=args.c_col,
-                  basis=args.params, allow_unfinished=args.allow_unfinished)
+                  basis=args.params, allow_unfinished=args.allow_unfinished, metric=args.metric,
+                  loss_metric=args.loss_metric, where=args.where)
         n_read = len(ld.points) + len(ld.dropped)
         ld = drop_highest_loss(ld, args.drop_highest_loss)
         pts = ld.points
@@ -85,6 +113,8 @@ def main(argv=None) -> int:
         kw = dict(n_boot=args.bootstrap, seed=args.seed, target_flops=args.target_flops, level=args.ci_level)
         if args.method == "chinchilla":
             res = fit_chinchilla(pts, **kw)
+        elif args.method == "task":
+            res = fit_task(pts, pts.M, targets=targets, forms=args.forms, **kw)
         elif args.method == "isoflop":
             res = fit_isoflop(pts, tol_dex=args.flops_tol_dex, window_dex=args.window_dex, **kw)
         else:
@@ -101,8 +131,11 @@ def main(argv=None) -> int:
     if not args.no_plots:
         from llmtrain.scaling import plot
 
-        fn = {"chinchilla": plot.chinchilla_plots, "isoflop": plot.isoflop_plots, "kaplan": plot.kaplan_plots}
-        plots = fn[args.method](out, pts, res)
+        if args.method == "task":
+            plots = plot.task_plots(out, pts, res, args.metric)
+        else:
+            fn = {"chinchilla": plot.chinchilla_plots, "isoflop": plot.isoflop_plots, "kaplan": plot.kaplan_plots}
+            plots = fn[args.method](out, pts, res)
     doc = {
         "method": args.method,
         "source": str(Path(args.source).resolve()),
@@ -121,10 +154,25 @@ def main(argv=None) -> int:
         "points": [{"label": lab, "N": float(n), "D": float(d), "C": float(c), "loss": float(lo)}
                    for lab, n, d, c, lo in zip(pts.labels, pts.N, pts.D, pts.C, pts.L)],
     }
+    if args.metric:
+        doc["metric"] = args.metric
+        for p, m in zip(doc["points"], pts.M):
+            p["metric"] = float(m)
     atomic_write_json(out / "fit.json", _plain(doc))
     print(summary(doc), flush=True)
     print(f"wrote {out / 'fit.json'}" + (f" and {', '.join(plots)}" if plots else ""))
     return 0
+
+
+def _target(text: str) -> tuple[float, float]:
+    """'N,D' -> (N, D), both positive."""
+    try:
+        N, D = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SourceError(f"--target {text!r}: write N,D (parameters and tokens), e.g. --target 1.4e9,2.9e10") from None
+    if not (N > 0 and D > 0 and np.isfinite(N) and np.isfinite(D)):
+        raise SourceError(f"--target {text!r}: N and D must be positive numbers")
+    return N, D
 
 
 def summary(doc: dict) -> str:
@@ -138,6 +186,9 @@ def summary(doc: dict) -> str:
 
     lines = [f"{doc['method']} fit on {doc['n_points']} points ({doc['elapsed_s']:.1f}s):"]
     lines += [fmt(k, v) for k, v in doc["parameters"].items()]
+    for p in doc.get("predictions", []):
+        lines.append(f"predicted at N = {p['N']:.4g}, D = {p['D']:.4g} ({p['how']}):")
+        lines += [fmt(k, p[k]) for k in ("loss", *doc["forms"])]
     co = doc.get("compute_optimal")
     if co:
         lines.append(f"compute-optimal at C = {co['flops']:.3g}:")

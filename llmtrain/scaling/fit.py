@@ -292,8 +292,10 @@ def bootstrap_starts(fit: MultiStartFit, n_starts: int = 4) -> np.ndarray:
 
 
 def bootstrap_lse(X: np.ndarray, y: np.ndarray, fit: MultiStartFit, n_boot: int, seed: int,
-                  n_starts: int = 4, delta: float = HUBER_DELTA, chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Refit on n_boot resamples (rows drawn with replacement, as multinomial weights).
+                  n_starts: int = 4, delta: float = HUBER_DELTA, chunk: int = 1000,
+                  weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Refit on n_boot resamples (rows drawn with replacement, as multinomial weights; or the
+    given weights (n_boot, n), so that a caller can refit other quantities on the same resamples).
 
     Each refit starts from the full fit's optimum and from the grid points whose runs ended best
     in the full fit (the n_starts - 1 best, one per distinct end point). Returns (thetas (B, P),
@@ -301,7 +303,7 @@ def bootstrap_lse(X: np.ndarray, y: np.ndarray, fit: MultiStartFit, n_boot: int,
     """
     n = len(y)
     rng = np.random.default_rng(seed)
-    W_all = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+    W_all = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float) if weights is None else weights
     st = bootstrap_starts(fit, n_starts)
     K = len(st)
     thetas = np.empty((n_boot, st.shape[1]))
@@ -380,6 +382,7 @@ class Points:
     C: np.ndarray
     L: np.ndarray
     labels: list = field(default_factory=list)
+    M: np.ndarray | None = None  # a downstream metric per point (the task method), or None
 
     def __len__(self):
         return len(self.L)
@@ -419,6 +422,7 @@ def fit_chinchilla(pts: Points, n_boot: int = 0, seed: int = 0, target_flops: fl
         },
         "residuals_log": (lse_predict(fit.theta, X) - y).tolist(),
         "_theta": fit.theta,
+        "_fit": fit,
     }
     if n_boot:
         out["bootstrap"] = {"n": n_boot, "seed": seed, "level": level, "resampling": "rows with replacement",

@@ -184,3 +184,58 @@ def kaplan_plots(out: Path, pts: Points, res: dict) -> list[str]:
         ax.grid(alpha=0.3)
     files.append(_save(fig, out / "residuals.png"))
     return files
+
+
+def task_plots(out: Path, pts: Points, res: dict, metric_name: str = "metric") -> list[str]:
+    """The task method: the metric against the loss with both forms (and the predictions), the
+    loss law's plots (step 1), and observed against two-step predicted metric."""
+    from llmtrain.scaling.task import predict_metric
+
+    files = []
+    M = res["_metric"]
+    forms = res["forms"]
+    preds = res.get("predictions", [])
+    lo, hi = float(pts.L.min()), float(pts.L.max())
+    for p in preds:
+        lo, hi = min(lo, p["loss"]["value"]), max(hi, p["loss"]["value"])
+    span = hi - lo
+    Ls = np.linspace(lo - 0.15 * span, hi + 0.15 * span, 300)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    sc = ax.scatter(pts.L, M, c=np.log10(pts.N), cmap="viridis", s=18, zorder=3)
+    fig.colorbar(sc, ax=ax, label="log10 N (parameters)")
+    styles = {"sigmoid": ("C3", "-"), "exponential": ("C0", "--")}
+    for f in forms:
+        law = res["metric_laws"][f]
+        col, ls = styles[f]
+        ax.plot(Ls, predict_metric(f, law["_theta"], Ls), color=col, ls=ls, lw=1.3,
+                label=f"{f}: {law['law'].split('  (')[0]} (rmse {law['rmse']:.3g})")
+        for p in preds:
+            y, x = p[f], p["loss"]
+            xerr = None if x["ci_low"] is None else [[x["value"] - x["ci_low"]], [x["ci_high"] - x["value"]]]
+            yerr = None if y["ci_low"] is None else [[y["value"] - y["ci_low"]], [y["ci_high"] - y["value"]]]
+            ax.errorbar([x["value"]], [y["value"]], xerr=xerr, yerr=yerr, color=col, marker="*", ms=12, mec="k",
+                        capsize=3, zorder=4)
+    if preds:
+        ax.plot([], [], "k*", ms=10, label="predicted from N, D (two steps), with intervals")
+    ax.set_xlabel("loss")
+    ax.set_ylabel(metric_name)
+    ax.set_title(f"{metric_name} against the loss; curves extended past the data", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    files.append(_save(fig, out / "metric_vs_loss.png"))
+    if "loss_law" in res:
+        files += chinchilla_plots(out, pts, res["loss_law"])
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        for f in forms:
+            col, _ = styles[f]
+            ax.scatter(res["metric_laws"][f]["_two_step"], M, s=14, color=col,
+                       label=f"{f} (rmse {res['metric_laws'][f]['two_step_rmse']:.3g})")
+        a, b = float(min(M.min(), *(res["metric_laws"][f]["_two_step"].min() for f in forms))), \
+            float(max(M.max(), *(res["metric_laws"][f]["_two_step"].max() for f in forms)))
+        ax.plot([a, b], [a, b], "k", lw=0.8)
+        ax.set_xlabel(f"{metric_name} predicted from N and D (two steps)")
+        ax.set_ylabel(f"{metric_name} observed")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        files.append(_save(fig, out / "two_step.png"))
+    return files

@@ -5,6 +5,21 @@ n_params_non_embedding, tokens, flops, final_valid_loss, final_train_loss, ...) 
 metrics.jsonl. A run with WSD cooldown branches may list several points in summary.json
 ``points``: [{"tokens", "flops", "valid_loss"}, ...]; each is one (N, D) point.
 
+Logged metrics (``--metric`` for the task method, ``--loss-metric`` in place of the loss) are
+named SPLIT/FIELD and read from metrics.jsonl records, one JSON object a line::
+
+    {"step": S, "tokens": T, "split": "task:NAME", "acc": a, "acc_norm": b}     task:NAME/acc_norm
+    {"step": S, "tokens": T, "split": "valid", "loss": l}                        valid/loss
+
+A run's value is summary.json ``tasks.NAME.FIELD`` when the summary carries it (``"tasks":
+{"NAME": {"acc": a, "acc_norm": b}}``, task splits only), else the FIELD of the last record of
+that split in metrics.jsonl. A point of summary.json ``points`` takes the record of the split
+whose ``tokens`` equal the point's, else the point's own ``tasks.NAME.FIELD``. Records cut short
+by an interrupted write are skipped.
+
+A CSV names the metric by its column; ``where`` filters keep the rows that match
+(``dataset=rpj``, ``params<1e9``).
+
 Every problem is raised as SourceError with a one-line message naming the file and the line or
 key; the CLI prints it and exits with status 2.
 """
@@ -45,8 +60,47 @@ def _positive(value, where: str, what: str) -> float:
     return v
 
 
+WHERE_OPS = ("!=", "<=", ">=", "==", "=", "<", ">")  # two-character operators first
+
+
+def parse_where(expr: str) -> tuple[str, str, str]:
+    """'COL<op>VALUE' -> (col, op, value) at the first operator in the string; '==' reads as '='."""
+    for i in range(1, len(expr)):
+        for op in WHERE_OPS:
+            if expr.startswith(op, i):
+                col, value = expr[:i].strip(), expr[i + len(op):].strip()
+                if col and value:
+                    return col, ("=" if op == "==" else op), value
+                break
+        else:
+            continue
+        break
+    raise SourceError(f"--where {expr!r}: write COLUMN=VALUE, COLUMN!=VALUE or COLUMN<VALUE (<, <=, >, >=), "
+                      "e.g. --where dataset=rpj --where params<1e9")
+
+
+def _matches(cell: str, op: str, value: str) -> bool:
+    try:
+        a, b = float(cell), float(value)
+    except ValueError:
+        a, b = cell.strip(), value
+        if op not in ("=", "!="):
+            return False
+    return {"=": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
+
+
+def _finite(value, where: str, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SourceError(f"{where}: {what} is {value!r}, not a number") from None
+    if not math.isfinite(v):
+        raise SourceError(f"{where}: {what} is {value!r}; it must be a finite number")
+    return v
+
+
 def read_csv(path: Path, n_col: str = "params", d_col: str = "tokens", loss_col: str = "loss",
-             c_col: str = "flops") -> Loaded:
+             c_col: str = "flops", metric_col: str | None = None, where: tuple = ()) -> Loaded:
     try:
         fh = open(path, newline="")
     except OSError as e:
@@ -64,22 +118,33 @@ def read_csv(path: Path, n_col: str = "params", d_col: str = "tokens", loss_col:
         has_d, has_c = d_col in col, c_col in col
         if not has_d and not has_c:
             missing.append(d_col)
+        if metric_col is not None and metric_col not in col:
+            missing.append(metric_col)
+        filters = [parse_where(w) for w in where]
+        missing += [c for c, _, _ in filters if c not in col and c not in missing]
         if missing:
-            flags = {n_col: "--n-col", d_col: "--d-col", loss_col: "--loss-col"}
+            flags = {n_col: "--n-col", d_col: "--d-col", loss_col: "--loss-col", metric_col: "--metric"}
+            flags.update({c: "--where" for c, _, _ in filters if c not in flags})
             raise SourceError(f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; columns present: "
                               f"{', '.join(header)} (name the right ones with "
                               f"{', '.join(flags[m] + ' NAME' for m in missing)})")
-        N, D, C, L, labels = [], [], [], [], []
+        N, D, C, L, M, labels = [], [], [], [], [], []
+        n_filtered = 0
         for lineno, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
                 raise SourceError(f"{path}:{lineno}: {len(row)} fields, the header has {len(header)}")
-            where = f"{path}:{lineno}"
-            n = _positive(row[col[n_col]], where, f"column {n_col!r}")
-            lo = _positive(row[col[loss_col]], where, f"column {loss_col!r}")
-            c = _positive(row[col[c_col]], where, f"column {c_col!r}") if has_c else None
-            d = _positive(row[col[d_col]], where, f"column {d_col!r}") if has_d else c / (6 * n)
+            if not all(_matches(row[col[c]], op, v) for c, op, v in filters):
+                n_filtered += 1
+                continue
+            at = f"{path}:{lineno}"
+            if metric_col is not None:
+                M.append(_finite(row[col[metric_col]], at, f"column {metric_col!r}"))
+            n = _positive(row[col[n_col]], at, f"column {n_col!r}")
+            lo = _positive(row[col[loss_col]], at, f"column {loss_col!r}")
+            c = _positive(row[col[c_col]], at, f"column {c_col!r}") if has_c else None
+            d = _positive(row[col[d_col]], at, f"column {d_col!r}") if has_d else c / (6 * n)
             N.append(n)
             D.append(d)
             L.append(lo)
@@ -90,17 +155,31 @@ def read_csv(path: Path, n_col: str = "params", d_col: str = "tokens", loss_col:
         notes.append(f"no {c_col!r} column: C = 6 N D")
     if not has_d:
         notes.append(f"no {d_col!r} column: D = C / (6 N)")
-    return Loaded(Points(np.array(N), np.array(D), np.array(C), np.array(L), labels), "csv",
-                  f"column {loss_col!r}", notes=notes)
+    if filters:
+        notes.append(f"--where {' '.join(where)}: {len(L)} rows kept, {n_filtered} left out")
+        if not L:
+            raise SourceError(f"{path}: no row matches --where {' '.join(where)}")
+    return Loaded(Points(np.array(N), np.array(D), np.array(C), np.array(L), labels,
+                         np.array(M) if metric_col is not None else None), "csv", f"column {loss_col!r}",
+                  notes=notes)
 
 
 def _is_run_folder(p: Path) -> bool:
     return any((p / f).exists() for f in ("summary.json", "metrics.jsonl", "config.yaml", "checkpoints"))
 
 
-def _last_valid_loss(metrics: Path):
-    """The loss of the last eval record ("split": "valid") in metrics.jsonl, or None."""
-    last = None
+def parse_metric(key: str, flag: str = "--metric") -> tuple[str, str]:
+    """'task:NAME/acc_norm' -> ('task:NAME', 'acc_norm')."""
+    split, sep, fld = key.rpartition("/")
+    if not sep or not split or not fld:
+        raise SourceError(f"{flag} {key!r}: name a logged metric as SPLIT/FIELD, e.g. task:NAME/acc_norm "
+                          "or valid/loss")
+    return split, fld
+
+
+def _records(metrics: Path) -> list[dict]:
+    """The records of metrics.jsonl that carry a split (evaluations); [] without the file."""
+    out = []
     try:
         with open(metrics) as fh:
             for line in fh:
@@ -111,28 +190,78 @@ def _last_valid_loss(metrics: Path):
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by an interrupted write
-                if rec.get("split") == "valid" and rec.get("loss") is not None:
-                    last = rec["loss"]
+                if isinstance(rec, dict) and rec.get("split") is not None:
+                    out.append(rec)
     except OSError:
-        return None
-    return last
+        return []
+    return out
 
 
-def read_run(run: Path, basis: str = "total"):
-    """(points, unfinished reason or None, dropped list). points: [(N, D, C, L, label, loss source)]."""
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def logged_keys(records: list[dict], summary: dict) -> set[str]:
+    """Every SPLIT/FIELD with a number in the records or in summary.json tasks."""
+    keys = {f"{r['split']}/{k}" for r in records for k, v in r.items() if k not in ("split", "step", "tokens")
+            and _number(v)}
+    tasks = summary.get("tasks")
+    if isinstance(tasks, dict):
+        keys |= {f"task:{name}/{k}" for name, d in tasks.items() if isinstance(d, dict)
+                 for k, v in d.items() if _number(v)}
+    return keys
+
+
+def _task_entry(d: dict, split: str, fld: str):
+    tasks = d.get("tasks") if isinstance(d, dict) else None
+    if split.startswith("task:") and isinstance(tasks, dict) and isinstance(tasks.get(split[5:]), dict):
+        v = tasks[split[5:]].get(fld)
+        return v if _number(v) else None
+    return None
+
+
+def metric_value(records: list[dict], summary: dict, split: str, fld: str, tokens=None):
+    """A run's value of SPLIT/FIELD (tokens=None) or a summary point's (tokens = its token count)."""
+    if tokens is None:
+        v = _task_entry(summary, split, fld)
+        if v is not None:
+            return float(v)
+        last = None
+        for r in records:
+            if r.get("split") == split and _number(r.get(fld)):
+                last = r[fld]
+        return None if last is None else float(last)
+    for r in reversed(records):
+        if r.get("split") == split and _number(r.get(fld)) and r.get("tokens") == tokens:
+            return float(r[fld])
+    return None
+
+
+def _last_valid_loss(metrics: Path):
+    """The loss of the last eval record ("split": "valid") in metrics.jsonl, or None."""
+    return metric_value(_records(metrics), {}, "valid", "loss")
+
+
+def read_run(run: Path, basis: str = "total", metric: str | None = None, loss_metric: str | None = None):
+    """(points, unfinished reason or None, dropped list, logged metric keys).
+    points: [(N, D, C, L, label, loss source, metric value or None)]."""
     sp = run / "summary.json"
     if not sp.exists():
-        return [], "no summary.json (not finished)", []
+        return [], "no summary.json (not finished)", [], set()
     try:
         s = json.loads(sp.read_text())
     except json.JSONDecodeError as e:
-        return [], f"summary.json unreadable ({e.msg} at line {e.lineno}); not finished?", []
+        return [], f"summary.json unreadable ({e.msg} at line {e.lineno}); not finished?", [], set()
     if s.get("status") != "finished":
-        return [], f"status {s.get('status')!r}", []
+        return [], f"status {s.get('status')!r}", [], set()
     key = "n_params" if basis == "total" else "n_params_non_embedding"
     if key not in s:
         raise SourceError(f"{sp}: key {key!r} missing (keys present: {', '.join(s)})")
     N = _positive(s[key], str(sp), f"key {key!r}")
+    records = _records(run / "metrics.jsonl") if (metric or loss_metric or not s.get("points")) else []
+    logged = logged_keys(records, s)
+    msplit = parse_metric(metric) if metric else None
+    lsplit = parse_metric(loss_metric, "--loss-metric") if loss_metric else None
     pts, dropped = [], []
     if s.get("points"):
         for i, p in enumerate(s["points"]):
@@ -141,33 +270,71 @@ def read_run(run: Path, basis: str = "total"):
                 if k not in p:
                     raise SourceError(f"{where}: key {k!r} missing (each point needs tokens, flops, valid_loss)")
             D = _positive(p["tokens"], where, "key 'tokens'")
-            lo = p["valid_loss"]
+            logged |= logged_keys([], p)
+            if lsplit:
+                lo = metric_value(records, {}, *lsplit, tokens=p["tokens"])
+                lo = _task_entry(p, *lsplit) if lo is None else lo
+            else:
+                lo = p["valid_loss"]
             label = f"{run.name}@{int(D)}"
             if lo is None or not isinstance(lo, (int, float)) or not math.isfinite(lo) or lo <= 0:
-                dropped.append({"label": label, "reason": f"valid_loss is {lo!r}"})
+                why = f"no {loss_metric} at {int(D)} tokens" if lsplit else f"valid_loss is {lo!r}"
+                dropped.append({"label": label, "reason": why})
                 continue
+            m = None
+            if msplit:
+                m = metric_value(records, {}, *msplit, tokens=p["tokens"])
+                m = _task_entry(p, *msplit) if m is None else m
+                if m is None:
+                    dropped.append({"label": label, "reason": f"no {metric} logged at {int(D)} tokens"})
+                    continue
             C = 6 * N * D if basis != "total" or "flops" not in p else _positive(p["flops"], where, "key 'flops'")
-            pts.append((N, D, C, float(lo), label, "valid"))
-        return pts, None, dropped
+            pts.append((N, D, C, float(lo), label, loss_metric or "valid", m))
+        return pts, None, dropped, logged
     for k in ("tokens",):
         if k not in s:
             raise SourceError(f"{sp}: key {k!r} missing (keys present: {', '.join(s)})")
     D = _positive(s["tokens"], str(sp), "key 'tokens'")
     C = 6 * N * D if basis != "total" or "flops" not in s else _positive(s["flops"], str(sp), "key 'flops'")
-    lo, src = s.get("final_valid_loss"), "valid"
-    if lo is None:
-        lo = _last_valid_loss(run / "metrics.jsonl")
-    if lo is None:
-        lo, src = s.get("final_train_loss"), "train"
+    if lsplit:
+        lo, src = metric_value(records, s, *lsplit), loss_metric
+        if lo is None or lo <= 0:
+            return [], None, [{"label": run.name, "reason": f"no positive {loss_metric} logged ({lo!r})"}], logged
+    else:
+        lo, src = s.get("final_valid_loss"), "valid"
+        if lo is None:
+            lo = metric_value(records, {}, "valid", "loss")
+        if lo is None:
+            lo, src = s.get("final_train_loss"), "train"
     if lo is None or not isinstance(lo, (int, float)) or not math.isfinite(lo) or lo <= 0:
         return [], None, [{"label": run.name, "reason": f"no usable loss (final_valid_loss "
                                                          f"{s.get('final_valid_loss')!r}, final_train_loss "
-                                                         f"{s.get('final_train_loss')!r})"}]
-    return [(N, D, C, float(lo), run.name, src)], None, dropped
+                                                         f"{s.get('final_train_loss')!r})"}], logged
+    m = None
+    if msplit:
+        m = metric_value(records, s, *msplit)
+        if m is None:
+            return [], None, [{"label": run.name, "reason": f"no {metric} logged"}], logged
+    return [(N, D, C, float(lo), run.name, src, m)], None, dropped, logged
 
 
-def read_runs(source: Path, basis: str = "total", allow_unfinished: bool = False) -> Loaded:
+def _not_logged(source: Path, flag: str, key: str, logged: set[str]) -> SourceError:
+    split, fld = parse_metric(key, flag)
+    how = (f'metrics.jsonl records with "split": "{split}" and a "{fld}" field'
+           + (f", or summary.json tasks.{split[5:]}.{fld}" if split.startswith("task:") else ""))
+    have = ", ".join(sorted(logged)) if logged else "none"
+    fix = ("list the task in train.eval_tasks and rerun, or name a logged one" if split.startswith("task:")
+           else "name a logged one")
+    return SourceError(f"{source}: no run logged {flag} {key} (looked for {how}); logged: {have}; {fix}")
+
+
+def read_runs(source: Path, basis: str = "total", allow_unfinished: bool = False, metric: str | None = None,
+              loss_metric: str | None = None) -> Loaded:
     """A run folder or a sweep folder. Planned runs (plan.json) without a folder count as unfinished."""
+    if metric:
+        parse_metric(metric)
+    if loss_metric:
+        parse_metric(loss_metric, "--loss-metric")
     if (source / "summary.json").exists() or (_is_run_folder(source) and not any(
             _is_run_folder(p) for p in source.iterdir() if p.is_dir())):
         runs, kind = [source], "run"
@@ -185,13 +352,17 @@ def read_runs(source: Path, basis: str = "total", allow_unfinished: bool = False
         unfinished += [{"run": n, "reason": "not started"} for n in planned if n not in have]
     if not runs and not unfinished:
         raise SourceError(f"{source}: no run folders (a run folder holds summary.json and metrics.jsonl)")
-    rows, dropped = [], []
+    rows, dropped, logged = [], [], set()
     for r in runs:
-        pts, why, drop = read_run(r, basis)
+        pts, why, drop, keys = read_run(r, basis, metric, loss_metric)
         if why:
             unfinished.append({"run": r.name, "reason": why})
         rows += pts
         dropped += drop
+        logged |= keys
+    for flag, key in (("--loss-metric", loss_metric), ("--metric", metric)):
+        if key and key not in logged and not rows:
+            raise _not_logged(source, flag, key, logged)
     notes = []
     if unfinished:
         listing = ", ".join(f"{u['run']} ({u['reason']})" for u in unfinished)
@@ -206,7 +377,9 @@ def read_runs(source: Path, basis: str = "total", allow_unfinished: bool = False
     if not rows:
         raise SourceError(f"{source}: no usable points: " + "; ".join(f"{d['label']}: {d['reason']}" for d in dropped))
     srcs = {r[5] for r in rows}
-    if srcs == {"valid"}:
+    if loss_metric:
+        loss_source = f"{loss_metric} (--loss-metric)"
+    elif srcs == {"valid"}:
         loss_source = "validation loss"
     else:
         train = [r[4] for r in rows if r[5] == "train"]
@@ -215,18 +388,27 @@ def read_runs(source: Path, basis: str = "total", allow_unfinished: bool = False
     if basis != "total":
         notes.append("N = non-embedding parameters; C = 6 N D with that N")
     arr = np.array([r[:4] for r in rows], float)
-    return Loaded(Points(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], [r[4] for r in rows]), kind, loss_source,
+    M = np.array([r[6] for r in rows], float) if metric else None
+    return Loaded(Points(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], [r[4] for r in rows], M), kind, loss_source,
                   dropped=dropped, unfinished=unfinished, notes=notes)
 
 
 def load(source: str | Path, *, n_col="params", d_col="tokens", loss_col="loss", c_col="flops", basis="total",
-         allow_unfinished=False) -> Loaded:
+         allow_unfinished=False, metric=None, loss_metric=None, where=()) -> Loaded:
+    """metric: the task method's metric (SPLIT/FIELD for run folders, a column for a CSV);
+    loss_metric: a logged SPLIT/FIELD read in place of the loss (run folders; a CSV has --loss-col);
+    where: CSV row filters."""
     p = Path(source)
     if not p.exists():
         raise SourceError(f"{p}: no such file or folder")
     if p.is_dir():
-        return read_runs(p, basis, allow_unfinished)
-    return read_csv(p, n_col, d_col, loss_col, c_col)
+        if where:
+            raise SourceError(f"--where {' '.join(where)}: row filters apply to a CSV; {p} is a folder")
+        return read_runs(p, basis, allow_unfinished, metric, loss_metric)
+    if loss_metric:
+        raise SourceError(f"--loss-metric {loss_metric}: reads run folders; for the CSV {p} name the loss column "
+                          "with --loss-col")
+    return read_csv(p, n_col, d_col, loss_col, c_col, metric, tuple(where))
 
 
 def drop_highest_loss(ld: Loaded, k: int) -> Loaded:
@@ -239,5 +421,6 @@ def drop_highest_loss(ld: Loaded, k: int) -> Loaded:
     gone = np.sort(order[-k:])
     ld.dropped += [{"label": pts.labels[i], "reason": f"among the {k} highest losses ({pts.L[i]:.4g}) "
                                                        "(--drop-highest-loss)"} for i in gone]
-    ld.points = Points(pts.N[keep], pts.D[keep], pts.C[keep], pts.L[keep], [pts.labels[i] for i in keep])
+    ld.points = Points(pts.N[keep], pts.D[keep], pts.C[keep], pts.L[keep], [pts.labels[i] for i in keep],
+                       None if pts.M is None else pts.M[keep])
     return ld
