@@ -61,6 +61,8 @@ WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 PARQUET_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
 ALL_SUFFIXES = JSONL_SUFFIXES + WARC_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES
+# What the tokenizer scripts read: documents already cleaned (no WARC/HTML, no one-file-one-document text).
+TOKENIZE_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
 
 # A single document larger than this (bytes) is counted as `oversized` and skipped rather
 # than held in memory; the cleaning config can change it.

@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.readers import (
+    TOKENIZE_SUFFIXES,
     InputError,
     add_input_args,
     check_input,
@@ -483,7 +484,7 @@ def plan(inputs, tokenizer_path: str, output_prefix: str, options: Options, task
         task_index, num_tasks = task_from_env(task_index, num_tasks)
     except ValueError as e:
         raise InputError(str(e)) from None
-    all_inputs = expand_inputs([str(i) for i in inputs])
+    all_inputs = expand_inputs([str(i) for i in inputs], TOKENIZE_SUFFIXES)
     mine = partition(all_inputs, task_index, num_tasks)
     base_prefix = str(output_prefix)
     if Path(base_prefix).is_dir() or base_prefix.endswith(os.sep):

@@ -18,7 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-from data_prep.readers import InputError, add_input_args, check_input, expand_inputs, iter_documents, reader_options
+from data_prep.readers import (
+    TOKENIZE_SUFFIXES,
+    InputError,
+    add_input_args,
+    check_input,
+    expand_inputs,
+    iter_documents,
+    reader_options,
+)
 from llmtrain.tokenizer import EOD_TOKEN
 from llmtrain.utils import atomic_write_text
 
@@ -71,7 +79,7 @@ def train_tokenizer(inputs, vocab_size: int, output: str, min_frequency: int = 2
                          f"(256 bytes + {eod_token})")
     if min_frequency < 1:
         raise InputError(f"--min-frequency {min_frequency} must be >= 1")
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, TOKENIZE_SUFFIXES)
     out = Path(output)
     if out.is_dir():
         raise InputError(f"{out}: is a folder; --output names the tokenizer.json file to write")
