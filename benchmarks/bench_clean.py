@@ -6,8 +6,9 @@
    Gopher repetition + Gopher quality + C4 (FineWeb's settings) + FineWeb quality, all
    with the same thresholds; JSONL in, JSONL out. Reports MB/s (per core too) and how far
    the kept documents agree.
-2. Peak memory (sum of the RSS of the whole process tree, sampled every 50 ms) of a full
-   run, every stage including exact + MinHash dedup and PII, at two corpus sizes.
+2. Peak memory per task (the RSS of the task's process tree, sampled every 50 ms) of each
+   stage (filter, buckets, clusters, write; every stage as ``--tasks`` tasks), at two corpus
+   sizes.
 
 Input: synthetic but realistic web-like documents made by re-mixing the paragraphs of the
 bundled sample corpus (data/sample/corpus.jsonl.gz, prose of the Python docs): clean prose
@@ -270,33 +271,44 @@ def compare(args, work: str) -> dict:
 
 
 def memory(args, work: str) -> list[dict]:
+    """Peak RSS of every task of every stage (``--tasks`` tasks each, one worker per task),
+    at each corpus size: what one array task of data_prep/slurm/clean.sbatch needs."""
+    from data_prep.cleaning.pipeline import TASK_STAGES
+
     rows = []
     for mb in args.memory_mb:
         inp = os.path.join(work, f"mem_in_{mb}")
-        info = make_corpus(inp, mb, n_files=max(args.files, int(mb // 10)), seed=2)
+        shutil.rmtree(inp, ignore_errors=True)
+        info = make_corpus(inp, mb, n_files=max(args.files, int(mb // 5)), seed=2)
         out = os.path.join(work, f"mem_out_{mb}")
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, os.path.join(ROOT, "data_prep", "clean.py"), inp, "--output", out,
-               "--workers", str(args.workers), "--quiet"]
-        t = time.time()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        mon = TreeRSS(proc.pid)
-        so, se = proc.communicate()
-        peak = mon.stop()
-        dt = time.time() - t
-        if proc.returncode != 0:
-            raise SystemExit(f"clean.py failed: {se[-2000:]}")
+        row = {"input_mb": info["bytes"] / 1e6, "documents": info["docs"], "files": len(os.listdir(inp)),
+               "tasks": args.tasks, "stages": {}}
+        for stage in TASK_STAGES:
+            peaks, secs = [], []
+            for i in range(args.tasks):
+                cmd = [sys.executable, "-m", "data_prep.clean", *([inp] if stage == "filter" else []), "--output", out,
+                       "--stage", stage, "--task-index", str(i), "--num-tasks", str(args.tasks), "--workers", "1",
+                       "--quiet"]
+                t = time.time()
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                mon = TreeRSS(proc.pid)
+                so, se = proc.communicate()
+                peaks.append(mon.stop() / 1e6)
+                secs.append(time.time() - t)
+                if proc.returncode != 0:
+                    raise SystemExit(f"clean.py --stage {stage} failed: {se[-2000:]}")
+            row["stages"][stage] = {"peak_rss_mb_max": max(peaks), "seconds_max": max(secs)}
         stats = json.load(open(os.path.join(out, "stats.json")))
         st = {s["stage"]: s for s in stats["stages"]}
-        row = {"input_mb": info["bytes"] / 1e6, "documents": info["docs"], "files": len(os.listdir(inp)),
-               "seconds": dt, "mb_per_s": info["bytes"] / 1e6 / dt, "peak_rss_mb": peak / 1e6,
-               "documents_out": stats["documents_out"],
-               "exact_dups": st["exact_dedup"]["docs_in"] - st["exact_dedup"]["docs_out"],
-               "near_dups": st["near_dedup"]["docs_in"] - st["near_dedup"]["docs_out"]}
+        row.update(documents_out=stats["documents_out"],
+                   exact_dups=st["exact_dedup"]["docs_in"] - st["exact_dedup"]["docs_out"],
+                   near_dups=st["near_dedup"]["docs_in"] - st["near_dedup"]["docs_out"])
         rows.append(row)
-        print(f"memory: {row['input_mb']:.0f} MB in {dt:.1f}s ({row['mb_per_s']:.2f} MB/s, full pipeline), "
-              f"peak RSS of the process tree {row['peak_rss_mb']:.0f} MB; kept {row['documents_out']} of "
-              f"{row['documents']}; {row['exact_dups']} exact + {row['near_dups']} near duplicates removed", flush=True)
+        per = ", ".join(f"{k} {v['peak_rss_mb_max']:.0f} MB" for k, v in row["stages"].items())
+        print(f"memory: {row['input_mb']:.0f} MB, {info['docs']} documents, {args.tasks} tasks per stage; "
+              f"peak RSS of the largest task: {per}; kept {row['documents_out']}, {row['exact_dups']} exact + "
+              f"{row['near_dups']} near duplicates removed", flush=True)
     return rows
 
 
@@ -306,6 +318,7 @@ def main():
     ap.add_argument("--memory-mb", type=float, nargs="*", default=[50, 200])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--tasks", type=int, default=3, help="tasks per stage in the memory measurement")
     ap.add_argument("--work", default="/tmp/bench_clean")
     ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--json", help="write the results here")
