@@ -34,11 +34,17 @@ from llmtrain.utils import atomic_write_text
 MIN_VOCAB = 257
 
 
-def _documents(files: list[str], progress_every: float, stats: dict, reader: dict):
+def _documents(files: list[str], progress_every: float, stats: dict, reader: dict, max_documents: int | None):
     start = time.time()
     last = start
     for path in files:
-        for doc in iter_documents(path, **reader):
+        docs = iter_documents(path, **reader)
+        for doc in docs:
+            if max_documents is not None and stats["documents"] >= max_documents:
+                close = getattr(docs, "close", None)
+                if close is not None:
+                    close()
+                return
             stats["documents"] += 1
             stats["characters"] += len(doc["text"])
             yield doc["text"]
@@ -62,11 +68,12 @@ def build_tokenizer():
 
 def train_tokenizer(inputs, vocab_size: int, output: str, min_frequency: int = 2,
                     progress_every: float = 10.0, quiet: bool = False, eod_token: str = EOD_TOKEN,
-                    reader: dict | None = None) -> str:
+                    reader: dict | None = None, max_documents: int | None = None) -> str:
     """Train on the documents of ``inputs`` (files, folders, save_to_disk folders, hf:NAMEs;
     ``reader``: data_prep.readers.reader_options, e.g. {"text_key": "content"}) with
     ``eod_token`` as the special end-of-document token (id 0), and write ``output``
-    atomically. Returns the output path. Raises InputError on bad input, before writing."""
+    atomically; ``max_documents``: train on the first N documents only (a sample of a big
+    streamed data set). Returns the output path. Raises InputError on bad input, before writing."""
     from tokenizers import pre_tokenizers, trainers
 
     if isinstance(inputs, (str, os.PathLike)):
@@ -79,6 +86,8 @@ def train_tokenizer(inputs, vocab_size: int, output: str, min_frequency: int = 2
                          f"(256 bytes + {eod_token})")
     if min_frequency < 1:
         raise InputError(f"--min-frequency {min_frequency} must be >= 1")
+    if max_documents is not None and max_documents < 1:
+        raise InputError(f"--max-documents {max_documents} must be >= 1")
     files = expand_inputs(inputs, TOKENIZE_SUFFIXES)
     out = Path(output)
     if out.is_dir():
@@ -95,7 +104,8 @@ def train_tokenizer(inputs, vocab_size: int, output: str, min_frequency: int = 2
     )
     stats = {"documents": 0, "characters": 0}
     t0 = time.time()
-    tok.train_from_iterator(_documents(files, 0 if quiet else progress_every, stats, reader), trainer=trainer)
+    docs = _documents(files, 0 if quiet else progress_every, stats, reader, max_documents)
+    tok.train_from_iterator(docs, trainer=trainer)
     if stats["documents"] == 0:
         raise InputError(f"no documents in {', '.join(files)}; nothing to train on")
     if tok.token_to_id(eod_token) is None:  # cannot happen with the trainer above; guard the contract
@@ -118,12 +128,14 @@ def main(argv=None) -> int:
     ap.add_argument("--min-frequency", type=int, default=2, help="least count for a merge (default 2)")
     ap.add_argument("--eod-token", default=EOD_TOKEN,
                     help=f"the special end-of-document token, id 0 (default {EOD_TOKEN})")
+    ap.add_argument("--max-documents", type=int, default=None,
+                    help="train on the first N documents only (e.g. a sample of a streamed hf: data set)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     add_input_args(ap)
     args = ap.parse_args(argv)
     try:
         train_tokenizer(args.input, args.vocab_size, args.output, args.min_frequency, quiet=args.quiet,
-                        eod_token=args.eod_token, reader=reader_options(args))
+                        eod_token=args.eod_token, reader=reader_options(args), max_documents=args.max_documents)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

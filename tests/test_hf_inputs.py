@@ -133,6 +133,9 @@ def test_hf_streaming_fineweb_layout(data, docs, tokenizer, tmp_path):
     got = list(iter_documents(name, hf_config="sample-10BT"))
     assert [d["text"] for d in got] == [d["text"] for d in docs] and [d["id"] for d in got] == [d["id"] for d in docs]
     assert expand_inputs([name, data / "body.parquet"], TOKENIZE_SUFFIXES) == [str(data / "body.parquet"), name]
+    train_tokenizer([name], 300, str(tmp_path / "t.json"), quiet=True, reader={"hf_config": "sample-10BT"},
+                    max_documents=10)  # a tokenizer on the first 10 streamed documents
+    assert Tokenizer.from_file(str(tmp_path / "t.json")).get_vocab_size() <= 300
     tokenize_corpus([name], tokenizer, str(tmp_path / "fw"), hf_config="sample-10BT", hf_split="train",
                     valid_fraction=0.0, quiet=True)
     assert _texts(tmp_path / "fw", tokenizer) == [d["text"] for d in docs]
