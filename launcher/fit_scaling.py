@@ -28,7 +28,7 @@ import numpy as np
 
 from llmtrain.scaling.fit import FitError, fit_chinchilla, fit_isoflop, fit_kaplan
 from llmtrain.scaling.task import FORMS, fit_task
-from llmtrain.scaling.sources import SourceError, drop_highest_loss, load
+from llmtrain.scaling.sources import SourceError, best_of_duplicates, drop_highest_loss, load
 from llmtrain.utils import atomic_write_json
 
 
@@ -81,6 +81,8 @@ def main(argv=None) -> int:
                     help="task: the metric-from-loss forms to fit (default both)")
     ap.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
                     help="CSV: keep the rows that match (=, !=, <, <=, >, >=; repeatable), e.g. dataset=rpj")
+    ap.add_argument("--best-of-duplicates", action="store_true",
+                    help="runs with the same N and D (a sweep's hparams.lr_grid) count once, with the lowest loss")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -104,6 +106,8 @@ def main(argv=None) -> int:
                   basis=args.params, allow_unfinished=args.allow_unfinished, metric=args.metric,
                   loss_metric=args.loss_metric, where=args.where)
         n_read = len(ld.points) + len(ld.dropped)
+        if args.best_of_duplicates:
+            ld = best_of_duplicates(ld)
         ld = drop_highest_loss(ld, args.drop_highest_loss)
         pts = ld.points
         print(f"{args.method}: {len(pts)} points from {args.source} ({ld.kind}); loss: {ld.loss_source}", flush=True)

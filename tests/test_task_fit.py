@@ -5,6 +5,7 @@ metrics.jsonl logs task records; bad metric names and flags."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from llmtrain.scaling.fit import Points
-from llmtrain.scaling.sources import read_csv
+from llmtrain.scaling.sources import best_of_duplicates, read_csv, read_runs
 from llmtrain.scaling.task import fit_metric, fit_task, predict_metric
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,19 @@ def in_gadre_error_fit(r) -> bool:
 def cli(*args):
     return subprocess.run([sys.executable, str(REPO / "launcher" / "fit_scaling.py"), *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
+
+
+_spec = importlib.util.spec_from_file_location("fit_scaling_cli", REPO / "launcher" / "fit_scaling.py")
+fit_scaling = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fit_scaling)
+
+
+def cli_error(capsys, *args) -> str:
+    """The CLI's main() in this process, for input it must refuse: exit status 2 and one line."""
+    assert fit_scaling.main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,11 +193,9 @@ def test_cli_task_fit_on_run_folders(task_sweep, tmp_path):
     assert "predicted at N = 2e+10" in r.stdout
 
 
-def test_metric_no_run_logged_is_one_line(task_sweep, tmp_path):
+def test_metric_no_run_logged_is_one_line(task_sweep, tmp_path, capsys):
     root, _ = task_sweep
-    r = cli(root, "--method", "task", "--metric", "task:hellaswag/acc_norm", "--out", tmp_path / "fit")
-    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
-    line = r.stderr
+    line = cli_error(capsys, root, "--method", "task", "--metric", "task:hellaswag/acc_norm", "--out", tmp_path / "fit")
     assert "no run logged --metric task:hellaswag/acc_norm" in line
     assert '"split": "task:hellaswag"' in line and "train.eval_tasks" in line
     assert "task:wiki/acc, task:wiki/acc_norm" in line and "valid/loss" in line
@@ -196,23 +208,55 @@ def test_metric_no_run_logged_is_one_line(task_sweep, tmp_path):
     (["--method", "chinchilla", "--metric", "task:wiki/acc"], "--loss-metric"),
     (["--method", "task", "--metric", "task:wiki/acc", "--target", "1e9"], "--target '1e9': write N,D"),
 ])
-def test_bad_task_flags(task_sweep, tmp_path, args, want):
+def test_bad_task_flags(task_sweep, tmp_path, capsys, args, want):
     root, _ = task_sweep
-    r = cli(root, *args, "--out", tmp_path / "fit")
-    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
-    assert want in r.stderr
+    assert want in cli_error(capsys, root, *args, "--out", tmp_path / "fit")
+    assert not (tmp_path / "fit").exists()
 
 
-def test_csv_metric_column_and_where_filters(tmp_path):
+def test_reading_metrics_of_wsd_points_loss_metric_and_lr_grid_duplicates(task_sweep, tmp_path):
+    root, truth = task_sweep
+    # --loss-metric: the valid records of metrics.jsonl in place of summary.json's loss
+    ld = read_runs(root, metric="task:wiki/acc", loss_metric="valid/loss")
+    got = dict(zip(ld.points.labels, zip(ld.points.L, ld.points.M)))
+    assert got == pytest.approx({k: (L, acc - 0.02) for k, (L, acc) in truth.items()}, rel=1e-12)
+    assert ld.loss_source == "valid/loss (--loss-metric)"
+    # a WSD run with cooldown points: each point's metric is the record at its token count
+    sw = tmp_path / "wsd"
+    run = sw / "big"
+    run.mkdir(parents=True)
+    pts = [{"tokens": t, "flops": 6e9 * t, "valid_loss": 3.0 - t / 1e10} for t in (1000, 2000, 4000)]
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "n_params": 10**9, "tokens": 4000,
+                                                  "points": pts}))
+    recs = [{"step": s, "tokens": t, "split": "task:wiki", "acc": 0.3 + t / 1e4, "acc_norm": 0.4 + t / 1e4}
+            for s, t in ((1, 1000), (3, 4000))]  # none at 2000 tokens
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    ld = read_runs(sw, metric="task:wiki/acc_norm")
+    assert ld.points.labels == ["big@1000", "big@4000"] and ld.points.M.tolist() == [0.5, 0.8]
+    assert ld.dropped == [{"label": "big@2000", "reason": "no task:wiki/acc_norm logged at 2000 tokens"}]
+    # an LR grid: two runs at the same N and D count once, with the lower loss and its metric
+    (sw / "big_lr2").mkdir()
+    (sw / "big_lr2" / "summary.json").write_text(json.dumps(
+        {"status": "finished", "n_params": 10**9, "tokens": 4000, "final_valid_loss": 2.5,
+         "tasks": {"wiki": {"acc_norm": 0.9}}}))
+    ld = best_of_duplicates(read_runs(sw, metric="task:wiki/acc_norm"))
+    assert dict(zip(ld.points.labels, ld.points.M)) == {"big@1000": 0.5, "big_lr2": 0.9}
+    assert any(d["label"] == "big@4000" and "big_lr2" in d["reason"] for d in ld.dropped)
+
+
+def test_csv_metric_column_and_where_filters(tmp_path, capsys):
     ld = read_csv(GADRE_CSV, loss_col="loss_c4_val", metric_col="err_avg",
                   where=("dataset!=rpj", "tokens_per_param>=40"))
     want = [r for r in gadre_rows() if r["dataset"] != "rpj" and float(r["tokens_per_param"]) >= 40]
     assert 30 < len(want) < 104
     assert ld.points.M.tolist() == [float(r["err_avg"]) for r in want]
     assert ld.points.L.tolist() == [float(r["loss_c4_val"]) for r in want]
-    r = cli(GADRE_CSV, "--method", "task", "--metric", "err_avg_typo", "--loss-col", "loss_c4_val",
-            "--out", tmp_path / "fit")
-    assert r.returncode == 2 and "missing column(s) 'err_avg_typo'" in r.stderr and "--metric NAME" in r.stderr
+    err = cli_error(capsys, GADRE_CSV, "--method", "task", "--metric", "err_avg_typo", "--loss-col", "loss_c4_val",
+                    "--out", tmp_path / "fit")
+    assert "missing column(s) 'err_avg_typo'" in err and "--metric NAME" in err
+    err = cli_error(capsys, GADRE_CSV, "--method", "task", "--metric", "err_avg", "--loss-col", "loss_c4_val",
+                    "--where", "dataset=none", "--out", tmp_path / "fit")
+    assert "no row matches --where dataset=none" in err
 
 
 def test_too_few_points_for_the_loss_law_still_fits_the_metric():

@@ -424,3 +424,23 @@ def drop_highest_loss(ld: Loaded, k: int) -> Loaded:
     ld.points = Points(pts.N[keep], pts.D[keep], pts.C[keep], pts.L[keep], [pts.labels[i] for i in keep],
                        None if pts.M is None else pts.M[keep])
     return ld
+
+
+def best_of_duplicates(ld: Loaded) -> Loaded:
+    """Points with the same N and D (runs of a learning-rate grid) count once: the lowest loss,
+    with that run's metric. The others are listed as dropped."""
+    pts = ld.points
+    groups: dict = {}
+    for i, key in enumerate(zip(pts.N.tolist(), pts.D.tolist())):
+        groups.setdefault(key, []).append(i)
+    keep = []
+    for idx in groups.values():
+        best = min(idx, key=lambda i: pts.L[i])
+        keep.append(best)
+        ld.dropped += [{"label": pts.labels[i], "reason": f"same N and D as {pts.labels[best]}, whose loss "
+                        f"{pts.L[best]:.4g} is lower than its {pts.L[i]:.4g} (--best-of-duplicates)"}
+                       for i in idx if i != best]
+    keep = np.array(sorted(keep), dtype=int)
+    ld.points = Points(pts.N[keep], pts.D[keep], pts.C[keep], pts.L[keep], [pts.labels[i] for i in keep],
+                       None if pts.M is None else pts.M[keep])
+    return ld
