@@ -23,7 +23,6 @@ Sources of the thresholds:
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -51,6 +50,8 @@ def _sentence_terminals() -> tuple[str, ...]:
 
 
 TERMINAL_PUNCTUATION = _sentence_terminals()
+TERMINAL_SET = frozenset(TERMINAL_PUNCTUATION)  # all single characters: `ln[-1] in` = `ln.endswith(tuple)`
+assert all(len(c) == 1 for c in TERMINAL_PUNCTUATION)
 
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 
@@ -149,20 +150,30 @@ class GopherRepetition(BaseFilter):
         if c.dup_line_char_frac is not None and dup_chars / n_chars > c.dup_line_char_frac:
             return "dup_line_char_frac"
         words = doc.words
+        if not (self.top_n_grams or self.dup_n_grams):
+            return True
+        ids, cum = self._word_ids(words)
+        hashes = _NGramHashes(ids)
         for n, frac in self.top_n_grams:
             if len(words) < n:
                 continue
-            grams = Counter(zip(*(words[i:] for i in range(n))))
-            gram, count = grams.most_common(1)[0]
-            # characters of the n-gram written with single spaces, times its count
-            if (sum(map(len, gram)) + n - 1) * count / n_chars > frac:
+            # the most frequent n-gram (the first seen among equals), written with single spaces,
+            # times its count
+            uniq_first, counts = np.unique(hashes.of(n), return_index=True, return_counts=True)[1:]
+            best = int(counts.max())
+            i = int(uniq_first[counts == best].min())
+            if (int(cum[i + n] - cum[i]) + n - 1) * best / n_chars > frac:
                 return f"top_{n}_gram"
         if self.dup_n_grams:
-            ids, cum = self._word_ids(words)
+            cl = None
             none_below = False
             for n, frac in self.dup_n_grams:
                 # a repeated n-gram contains a repeated shorter one: none at n means none above
-                chars = 0 if none_below else self._dup_ngram_chars(ids, cum, n)
+                if none_below or len(ids) - n + 1 <= 1:
+                    chars = 0
+                else:
+                    cl = cum.tolist() if cl is None else cl
+                    chars = self._dup_ngram_chars(hashes.of(n), cl, n)
                 none_below = none_below or chars == 0
                 if chars / n_chars > frac:
                     return f"duplicated_{n}_grams"
@@ -171,38 +182,58 @@ class GopherRepetition(BaseFilter):
     @staticmethod
     def _word_ids(words):
         """Words as int ids (same word, same id) and the running sum of word lengths."""
-        vocab: dict = {}
-        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words))
+        vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        ids = np.fromiter(map(vocab.__getitem__, words), dtype=np.uint64, count=len(words))
         cum = np.zeros(len(words) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=cum[1:])
         return ids, cum
 
     @staticmethod
-    def _dup_ngram_chars(ids, cum, n):
+    def _dup_ngram_chars(h, cl, n):
         """Characters covered by n-grams that repeat an earlier one, counting each word once
-        (after a repeated n-gram the scan jumps past it)."""
-        m = len(ids) - n + 1
-        if m <= 1:
+        (after a repeated n-gram the scan jumps past it), as datatrove's find_all_duplicate.
+        ``h``: the n-gram hashes by position; ``cl``: running sum of word lengths. Only the
+        positions whose n-gram occurs more than once are visited: the others never repeat."""
+        m = len(h)
+        order = np.argsort(h, kind="stable")
+        hs = h[order]
+        same = hs[1:] == hs[:-1]
+        if not same.any():  # no n-gram repeats: the usual case
             return 0
-        with np.errstate(over="ignore"):
-            h = ids[:m] * _MULT[0]
-            for j in range(1, n):
-                h = h * _MULT[1] + ids[j:j + m] + np.uint64(j)
-        if len(np.unique(h)) == m:  # no n-gram repeats: the usual case
-            return 0
-        hl = h.tolist()
-        cl = cum.tolist()
+        mask = np.zeros(m, dtype=bool)
+        mask[1:] |= same
+        mask[:-1] |= same
+        pos = np.sort(order[mask])
         seen: set = set()
         total = i = 0
-        while i < m:
-            g = hl[i]
+        for p, g in zip(pos.tolist(), h[pos].tolist()):
+            if p < i:
+                continue
             if g in seen:
-                total += cl[i + n] - cl[i]
-                i += n
+                total += cl[p + n] - cl[p]
+                i = p + n
             else:
                 seen.add(g)
-                i += 1
+                i = p + 1
         return total
+
+
+class _NGramHashes:
+    """64-bit hashes of the word n-grams at every position, built up one n at a time
+    (the hash for n extends the one for n - 1)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        with np.errstate(over="ignore"):
+            self.h = {1: ids * _MULT[0]}
+
+    def of(self, n: int) -> np.ndarray:
+        if n not in self.h:
+            prev = self.of(n - 1)
+            m = len(self.ids) - n + 1
+            with np.errstate(over="ignore"):
+                self.h[n] = prev[:m] * _MULT[1] + self.ids[n - 1:n - 1 + m] + np.uint64(n - 1)
+        return self.h[n]
 
 
 _MULT = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
@@ -237,7 +268,7 @@ class GopherQuality(BaseFilter):
         text = doc.text
         words = doc.words
         n_words = len(words)
-        real = [w for w in words if not PUNCTUATION.issuperset(w)]
+        real = [w for w in words if w.isalpha() or not PUNCTUATION.issuperset(w)]  # isalpha: the fast case
         n_real = len(real)
         if c.min_doc_words is not None and n_real < c.min_doc_words:
             return "gopher_short_doc"
@@ -263,7 +294,7 @@ class GopherQuality(BaseFilter):
             if ell / len(lines) > c.max_ellipsis_lines_ratio:
                 return "gopher_too_many_end_ellipsis"
         if c.min_alpha_words_ratio is not None:
-            alpha = sum(1 for w in words if any(ch.isalpha() for ch in w))
+            alpha = sum(1 for w in words if w.isalpha() or any(ch.isalpha() for ch in w))
             if alpha / n_words < c.min_alpha_words_ratio:
                 return "gopher_below_alpha_ratio"
         if c.min_stop_words is not None and len(self.stop_words.intersection(words)) < c.min_stop_words:
@@ -305,7 +336,8 @@ class C4(BaseFilter):
             if not line:
                 continue
             lw = line.split()
-            if c.max_word_length is not None and any(len(w) > c.max_word_length for w in lw):
+            if c.max_word_length is not None and len(line) > c.max_word_length and \
+                    any(len(w) > c.max_word_length for w in lw):
                 continue
             if c.remove_citations and "[" in line:
                 line = self._citation_re.sub("", line)
@@ -353,7 +385,7 @@ class FineWebQuality(BaseFilter):
         if not lines:
             return "empty"
         if c.line_punct_thr is not None:
-            ratio = sum(1 for ln in lines if ln.endswith(TERMINAL_PUNCTUATION)) / len(lines)
+            ratio = sum(1 for ln in lines if ln[-1] in TERMINAL_SET) / len(lines)
             if ratio < c.line_punct_thr and not (ratio == 0 and c.line_punct_exclude_zero):
                 return "fineweb_line_punct_ratio"
         if c.short_line_thr is not None:

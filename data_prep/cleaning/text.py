@@ -103,15 +103,28 @@ def _split_piece(piece: str, out: list) -> None:
     out.extend(reversed(suffixes))
 
 
+_PIECES: dict[str, tuple[str, ...]] = {}  # piece -> its tokens: web text repeats its odd pieces
+_PIECES_MAX = 200_000
+
+
 def split_words(text: str) -> list[str]:
     """Words and punctuation tokens of ``text`` (see the module doc)."""
     out: list[str] = []
-    append = out.append
+    append, extend = out.append, out.extend
+    cache = _PIECES
     for piece in text.split():
         if piece.isalnum() and piece not in _EXC:
             append(piece)
-        else:
-            _split_piece(piece, out)
+            continue
+        toks = cache.get(piece)
+        if toks is None:
+            tmp: list[str] = []
+            _split_piece(piece, tmp)
+            toks = tuple(tmp)
+            if len(cache) >= _PIECES_MAX:
+                cache.clear()
+            cache[piece] = toks
+        extend(toks)
     return out
 
 
