@@ -28,7 +28,7 @@ class ModelConfig:
     n_head: int = 4
     seq_len: int = 256
     vocab_size: Optional[int] = None  # None: taken from the tokenizer
-    pos_encoding: str = "learned"  # learned | rotary
+    pos_encoding: str = "learned"  # learned | rotary | sinusoidal (the fixed sin/cos table, no parameters)
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
@@ -38,20 +38,59 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = False
     init_std: float = 0.02
+    n_kv_head: Optional[int] = None  # key/value heads; None: n_head; 1: multi-query; between: grouped-query
+    rotary_pct: float = 1.0  # fraction of each head's dimensions rotated (GPT-NeoX/Pythia: 0.25)
+    rope_scaling: Optional[str] = None  # None | llama3 (Llama 3.1's long-context frequency scaling)
+    rope_scaling_factor: float = 8.0  # llama3 scaling: factor, low/high frequency factors, original context
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_seq_len: int = 8192
+    parallel_residual: bool = False  # GPT-NeoX/Pythia: x + attn(norm1(x)) + mlp(norm2(x))
+    qk_norm: bool = False  # normalise each head's queries and keys (model.norm's kind) before attention
+    z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) added to the training loss (PaLM: 1e-4)
+    gelu: str = "tanh"  # tanh | exact: the GELU form of the gelu MLP (GPT-NeoX/Pythia use exact)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     def validate(self, where: str) -> None:
-        _choice(where, "model.pos_encoding", self.pos_encoding, ("learned", "rotary"))
+        _choice(where, "model.pos_encoding", self.pos_encoding, ("learned", "rotary", "sinusoidal"))
         _choice(where, "model.norm", self.norm, ("layernorm", "rmsnorm"))
         _choice(where, "model.mlp", self.mlp, ("gelu", "swiglu"))
+        _choice(where, "model.gelu", self.gelu, ("tanh", "exact"))
+        if self.rope_scaling is not None:
+            _choice(where, "model.rope_scaling", self.rope_scaling, ("llama3",))
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
+            raise ConfigError(f"{where}: model.n_kv_head={self.n_kv_head} must be > 0 and divide model.n_head="
+                              f"{self.n_head} (1: multi-query; n_head: plain multi-head)")
+        if not 0.0 < self.rotary_pct <= 1.0:
+            raise ConfigError(f"{where}: model.rotary_pct must be in (0, 1] (got {self.rotary_pct})")
+        if self.pos_encoding != "rotary" and (self.rotary_pct != 1.0 or self.rope_scaling):
+            raise ConfigError(f"{where}: model.rotary_pct and model.rope_scaling apply only with "
+                              f"model.pos_encoding=rotary (got {self.pos_encoding})")
+        if self.pos_encoding == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"{where}: sinusoidal positions need an even model.d_model (got {self.d_model})")
+        if self.z_loss < 0:
+            raise ConfigError(f"{where}: model.z_loss must be >= 0 (got {self.z_loss}; PaLM uses 1e-4)")
         for k in ("n_layer", "d_model", "n_head", "seq_len"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{where}: model.{k} must be > 0 (got {getattr(self, k)})")
         if self.d_model % self.n_head:
             raise ConfigError(f"{where}: model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
         if self.pos_encoding == "rotary" and (self.d_model // self.n_head) % 2:
-            raise ConfigError(f"{where}: rotary embeddings need an even head size (d_model/n_head = {self.d_model // self.n_head})")
+            raise ConfigError(f"{where}: rotary embeddings need an even head size "
+                              f"(d_model/n_head = {self.d_model // self.n_head})")
+        if self.pos_encoding == "rotary" and (self.rotary_dim <= 0 or self.rotary_dim % 2):
+            raise ConfigError(f"{where}: model.rotary_pct={self.rotary_pct} rotates {self.rotary_dim} of each head's "
+                              f"{self.d_model // self.n_head} dimensions; it must be an even number > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{where}: model.dropout must be in [0, 1) (got {self.dropout})")
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions of each head that rotary rotates (GPT-NeoX: int(head_dim * rotary_pct))."""
+        return int((self.d_model // self.n_head) * self.rotary_pct)
 
     @property
     def ffn_dim(self) -> int:

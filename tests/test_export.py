@@ -32,7 +32,8 @@ LAYOUTS = {  # name: (launch, model options, expected transformers class)
               ["model.pos_encoding=rotary", "model.norm=rmsnorm", "model.mlp=swiglu", "model.tie_embeddings=false"],
               "LlamaForCausalLM"),
     "pipe": (["--deepspeed_config", REPO / "ds_configs/zero1.json"],
-             ["parallel.pipeline_stages=2", "model.pos_encoding=rotary", "model.norm=layernorm", "model.mlp=gelu", "model.bias=true"],
+             ["parallel.pipeline_stages=2", "model.pos_encoding=rotary", "model.norm=layernorm", "model.mlp=gelu",
+              "model.bias=true"],
              "GPTNeoXForCausalLM"),
 }
 
@@ -159,8 +160,8 @@ def test_exported_tokenizer_encodes_like_ours(runs, exports):
     hf = AutoTokenizer.from_pretrained(exports["single"])
     assert hf.eos_token == hf.bos_token == "<|endoftext|>" and hf.eos_token_id == hf.bos_token_id == eod
     ds = IndexedDataset(f"{cfg['data']['prefix']}_valid")
-    texts = ["", " leading space", "tabs\tand\nnewlines\n\n", "naïve café — 日本語 🙂", "a literal <|endoftext|> in text",
-             "x" * 300]
+    texts = ["", " leading space", "tabs\tand\nnewlines\n\n", "naïve café — 日本語 🙂",
+             "a literal <|endoftext|> in text", "x" * 300]
     for i in range(min(20, len(ds))):  # real documents: decode the stored ids, re-encode with both
         doc = ds[i].tolist()
         assert doc[-1] == eod

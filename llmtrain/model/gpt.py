@@ -1,8 +1,14 @@
 """A GPT in one readable file. No parallelism in here: DeepSpeed wiring lives in llmtrain/train.
 
-Options (all from ``ModelConfig``): learned or rotary positions, LayerNorm or RMSNorm, GELU or
-SwiGLU MLP, tied or untied embeddings, dropout, optional biases. Attention goes through
-``F.scaled_dot_product_attention`` with ``is_causal=True``.
+Options (all from ``ModelConfig``): learned, rotary (whole or partial head, optionally with
+Llama 3 frequency scaling) or fixed sinusoidal positions; LayerNorm or RMSNorm; GELU or SwiGLU
+MLP; multi-head, grouped-query or multi-query attention (n_kv_head); QK-norm; sequential or
+parallel (GPT-NeoX) residual; z-loss; tied or untied embeddings; dropout; optional biases.
+Attention goes through ``F.scaled_dot_product_attention`` (grouped-query without materialising
+repeated key/value heads, ``enable_gqa``).
+
+Generation can pass a ``KVCache``: each call then runs only the new tokens, attending to the
+keys and values kept from earlier calls.
 
 Initialisation: every weight N(0, init_std); the two projections that write into the residual
 stream (attention out, MLP down) get init_std / sqrt(2 * n_layer), as in GPT-2, so the
@@ -32,48 +38,143 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
+def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or cfg.d_model
     if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
 
 
-def rotary_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
+    """theta^(-2i/dim) over the rotated dimensions, with Llama 3's scaling when configured: long
+    wavelengths slowed by the factor, short ones kept, the band between interpolated."""
+    dim = cfg.rotary_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+    if cfg.rope_scaling == "llama3":
+        factor, lo, hi, old = (cfg.rope_scaling_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                               cfg.rope_original_seq_len)
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        mid = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv_freq = torch.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return inv_freq
+
+
+def rotary_tables(seq_len: int, head_dim: int, theta: float,
+                  inv_freq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, rotated/2)
     return angles.cos(), angles.sin()
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :h/2], x[..., h/2:]) of x (B, H, T, hd) by the position's angle."""
-    T = x.shape[-2]
-    cos, sin = cos[:T].to(x.dtype), sin[:T].to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Rotate pairs (r[..., :n/2], r[..., n/2:]) of the first n = 2 * cos.shape[-1] dimensions r of
+    x (B, H, T, hd) by the angle of positions start..start+T-1; the rest of each head passes."""
+    T, n = x.shape[-2], 2 * cos.shape[-1]
+    cos, sin = cos[start:start + T].to(x.dtype), sin[start:start + T].to(x.dtype)
+    rot, rest = x[..., :n], x[..., n:]
+    x1, x2 = rot.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest), dim=-1)
+
+
+def sinusoidal_table(seq_len: int, dim: int) -> torch.Tensor:
+    """The fixed positions of "Attention is all you need": sin at even, cos at odd dimensions."""
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32),
+                         torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim)))
+    table = torch.zeros(seq_len, dim)
+    table[:, 0::2], table[:, 1::2] = angles.sin(), angles.cos()
+    return table
+
+
+class LayerCache:
+    """One layer's keys and values (B, n_kv_head, T_seen, hd) from earlier calls."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=-2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=-2)
+        return self.k, self.v
+
+
+class KVCache:
+    """Every layer's LayerCache, for incremental decoding: ``model(new_ids, cache=cache)``."""
+
+    def __init__(self, n_layer: int):
+        self.layers = [LayerCache() for _ in range(n_layer)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
+def _sdpa(q, k, v, causal: bool, dropout_p: float) -> torch.Tensor:
+    """Attention of q (B, H, T, hd) over k, v (B, KV, S, hd). With S > T (a cache) the causal mask is
+    aligned to the end: query i sees keys up to S - T + i."""
+    T, S = q.shape[-2], k.shape[-2]
+    mask = None
+    if causal and T != S:
+        causal = False
+        if T > 1:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if k.shape[1] != q.shape[1]:
+        if _HAS_GQA:  # grouped-query: SDPA maps each group of query heads onto its key/value head
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p,
+                                                  enable_gqa=True)
+        rep = q.shape[1] // k.shape[1]  # older torch: repeat the key/value heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p)
+
+
+_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 class Attention(nn.Module):
+    """Causal self-attention. The fused projection's rows are [q heads | k heads | v heads]:
+    n_head query heads and n_kv_head key and value heads of head_dim each."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head = cfg.n_head
+        self.n_head, self.n_kv_head = cfg.n_head, cfg.kv_heads
         self.head_dim = cfg.d_model // cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.q_norm = make_norm(cfg, self.head_dim) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, self.head_dim) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.rotary = cfg.pos_encoding == "rotary"
-        if self.rotary:
-            cos, sin = rotary_tables(cfg.seq_len, self.head_dim, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+        self.cfg = cfg
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def rotary_angles(self, start: int, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (T, rotary_dim/2) of positions start..start+T-1, made in fp32 on the device at
+        each call (cheap; no table of the whole context, no buffer a bf16 cast could round)."""
+        pos = torch.arange(start, start + T, dtype=torch.float32, device=device)
+        angles = torch.outer(pos, rope_inv_freq(self.cfg, device))
+        return angles.cos(), angles.sin()
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        hd, kv = self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split([C, kv, kv], dim=-1)
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary:
-            q = apply_rotary(q, self.rope_cos, self.rope_sin)
-            k = apply_rotary(k, self.rope_cos, self.rope_sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+            cos, sin = self.rotary_angles(0 if cache is None else cache.length, T, x.device)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        y = _sdpa(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -82,6 +183,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
+        self.gelu_approximate = "tanh" if cfg.gelu == "tanh" else "none"
         hidden = cfg.ffn_dim
         self.up = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * hidden, bias=cfg.bias)
         self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
@@ -93,7 +195,7 @@ class MLP(nn.Module):
             gate, val = h.chunk(2, dim=-1)
             h = F.silu(gate) * val
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = F.gelu(h, approximate=self.gelu_approximate)
         return self.drop(self.down(h))
 
 
@@ -104,25 +206,36 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.norm2 = make_norm(cfg)
         self.mlp = MLP(cfg)
+        self.parallel = cfg.parallel_residual
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        if self.parallel:  # GPT-NeoX: attention and MLP both read the block's input
+            return x + self.attn(self.norm1(x), cache) + self.mlp(self.norm2(x))
+        x = x + self.attn(self.norm1(x), cache)
         return x + self.mlp(self.norm2(x))
 
 
 class Embedding(nn.Module):
-    """Token (+ learned position) embedding; also serves as the tied output head."""
+    """Token (+ learned or sinusoidal position) embedding; also serves as the tied output head."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
+        if cfg.pos_encoding == "sinusoidal":  # fixed, not a parameter (and not in the state dict)
+            self.register_buffer("sin_pos", sinusoidal_table(cfg.seq_len, cfg.d_model), persistent=False)
+        else:
+            self.sin_pos = None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Embeddings of idx (B, T) at positions start..start+T-1."""
         x = self.wte(idx)
+        T = idx.shape[1]
         if self.wpe is not None:
-            x = x + self.wpe.weight[: idx.shape[1]]
+            x = x + self.wpe.weight[start:start + T]
+        elif self.sin_pos is not None:
+            x = x + self.sin_pos[start:start + T].to(x.dtype)
         return self.drop(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,9 +276,15 @@ def piece_seed(seed: int, index: int) -> int:
     return seed * 100003 + index
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over every position, computed in fp32."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
+    """Mean next-token cross-entropy over every position, computed in fp32. With ``z_loss`` > 0
+    and gradients on (training), plus z_loss * mean(logsumexp(logits)^2) (PaLM's z-loss, which
+    keeps the softmax normaliser near 1); evaluation (no gradients) reports the cross-entropy."""
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    loss = F.cross_entropy(logits, targets.reshape(-1))
+    if z_loss and torch.is_grad_enabled():
+        loss = loss + z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean()
+    return loss
 
 
 class GPT(nn.Module):
@@ -180,14 +299,16 @@ class GPT(nn.Module):
         for i, piece in enumerate([self.embed, *self.blocks, self.head]):
             init_weights(piece, cfg, piece_seed(seed, i))
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """idx (B, T) token ids → logits (B, T, V); with targets, the mean loss instead."""
-        x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids → logits (B, T, V); with targets, the mean loss instead. With a
+        cache, idx are the tokens after the cached ones (positions continue from there)."""
+        x = self.embed(idx, 0 if cache is None else cache.length)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache.layers[i])
         x = self.head(x)
         logits = self.embed.logits(x) if self.head.out is None else x
-        return logits if targets is None else lm_loss(logits, targets)
+        return logits if targets is None else lm_loss(logits, targets, self.cfg.z_loss)
 
 
 def count_params(cfg: ModelConfig) -> dict:
@@ -199,8 +320,12 @@ def count_params(cfg: ModelConfig) -> dict:
     """
     d, L, V, f = cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.ffn_dim
     b = 1 if cfg.bias else 0
-    norm = d * (2 if (cfg.norm == "layernorm" and cfg.bias) else 1)
-    attn = 3 * d * d + 3 * d * b + d * d + d * b
+    per_dim = 2 if (cfg.norm == "layernorm" and cfg.bias) else 1  # weight (+ bias) per normalised dim
+    norm = d * per_dim
+    qkv = d + 2 * cfg.kv_heads * (d // cfg.n_head)  # query heads + key and value heads
+    attn = d * qkv + qkv * b + d * d + d * b
+    if cfg.qk_norm:
+        attn += 2 * (d // cfg.n_head) * per_dim
     up = (2 if cfg.mlp == "swiglu" else 1) * f
     mlp = d * up + up * b + f * d + d * b
     per_layer = attn + mlp + 2 * norm
@@ -213,7 +338,9 @@ def count_params(cfg: ModelConfig) -> dict:
 def flops_per_token(cfg: ModelConfig) -> float:
     """Training FLOPs per token counting every matmul (forward + backward = 3x forward):
     6 x (non-embedding params + the V x d output projection) + 12 x n_layer x seq_len x d_model
-    for attention scores and values (causal masking not discounted, as in PaLM's MFU)."""
+    for attention scores and values (causal masking not discounted, as in PaLM's MFU). Fewer
+    key/value heads shrink only the qkv projection (in the parameters): every query head still
+    scores seq_len keys."""
     counts = count_params(cfg)
     matmul_params = counts["n_params_non_embedding"] + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)
     return 6.0 * matmul_params + 12.0 * cfg.n_layer * cfg.seq_len * cfg.d_model

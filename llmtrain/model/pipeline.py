@@ -5,6 +5,8 @@ GPT (seeded by its position), so a pipeline run starts from the same weights as 
 single-process one. Nothing here is DeepSpeed engine wiring: that lives in llmtrain/train."""
 from __future__ import annotations
 
+from functools import partial
+
 from llmtrain.config import ModelConfig
 from llmtrain.model.gpt import Block, Embedding, Head, init_weights, lm_loss, piece_seed
 
@@ -45,7 +47,7 @@ def gpt_pipeline(cfg: ModelConfig, num_stages: int, seed: int = 0, activation_ch
     return PipelineModule(
         layers=layers,
         num_stages=num_stages,
-        loss_fn=lm_loss,
+        loss_fn=partial(lm_loss, z_loss=cfg.z_loss),
         partition_method="type:Block",
         activation_checkpoint_interval=activation_checkpoint_interval,
     )
