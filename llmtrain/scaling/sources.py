@@ -258,7 +258,9 @@ def read_run(run: Path, basis: str = "total", metric: str | None = None, loss_me
     if key not in s:
         raise SourceError(f"{sp}: key {key!r} missing (keys present: {', '.join(s)})")
     N = _positive(s[key], str(sp), f"key {key!r}")
-    records = _records(run / "metrics.jsonl") if (metric or loss_metric or not s.get("points")) else []
+    # metrics.jsonl is read only when a metric is asked for or the summary has no validation loss
+    need = metric or loss_metric or (not s.get("points") and s.get("final_valid_loss") is None)
+    records = _records(run / "metrics.jsonl") if need else []
     logged = logged_keys(records, s)
     msplit = parse_metric(metric) if metric else None
     lsplit = parse_metric(loss_metric, "--loss-metric") if loss_metric else None
