@@ -4,6 +4,9 @@
     python launcher/sweep.py --config configs/scaling/cpu_ladder.yaml             # run it, one run after another
     python launcher/sweep.py --config configs/scaling/cpu_ladder.yaml --slurm     # write a Slurm array instead
 
+With hparams.lr_grid: [1e-3, 3e-3, 1e-2] in the YAML every size and budget runs once per LR
+(names end in _lr<value>); fit such a sweep with fit_scaling.py --best-of-duplicates.
+
 Runs go to SWEEP_DIR/<run name>/ (default SWEEP_DIR: runs/sweeps/<sweep name>). A finished run
 (summary.json with status finished) is skipped, an interrupted one resumes from its latest
 checkpoint, so rerunning the same command continues the sweep. Fit the result with
