@@ -19,6 +19,8 @@ setup(
         "scipy",
         "matplotlib",
         "psutil",
+        # other launchers people use: accelerate launch / torchrun (torchrun comes with torch)
+        "accelerate",
         # data_prep (web-text cleaning)
         "resiliparse>=0.14",
         "trafilatura>=1.6",
@@ -32,7 +34,9 @@ setup(
     ],
     extras_require={
         # README's test command installs these
-        "test": ["pytest", "megatron-core", "transformers>=4.40", "warcio"],
+        "test": ["pytest", "ruff", "megatron-core", "transformers>=4.40", "warcio", "wandb"],
+        # the optional Weights & Biases sink (log.wandb=true)
+        "wandb": ["wandb"],
         # benchmarks/bench_clean.py compares against datatrove
         "bench": ["datatrove"],
     },

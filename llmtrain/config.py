@@ -13,7 +13,21 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_root() -> Path:
+    """The project folder that holds configs/, ds_configs/ and data/sample/: $LLMTRAIN_HOME (the
+    launcher scripts set it to their own checkout), else the source checkout this package runs
+    from (an editable install), else the current folder."""
+    if os.environ.get("LLMTRAIN_HOME"):
+        return Path(os.environ["LLMTRAIN_HOME"]).resolve()
+    source = Path(__file__).resolve().parents[1]
+    if (source / "configs" / "tiny.yaml").is_file():
+        return source
+    return Path.cwd()
+
+
+REPO_ROOT = project_root()
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 
 
@@ -105,7 +119,7 @@ class ModelConfig:
 class DataConfig:
     # PREFIX as given to data_prep/tokenize_corpus.py: PREFIX_train.{bin,idx},
     # PREFIX_valid.{bin,idx} and PREFIX_manifest.json. None: the bundled sample corpus,
-    # prepared on first use under data/cache/sample_v<vocab>/.
+    # prepared on first use in the user cache ($LLMTRAIN_CACHE, else ~/.cache/llmtrain).
     prefix: Optional[str] = None
     tokenizer: Optional[str] = None  # tokenizer.json; None: the one named in the manifest
     # Preparing the bundled corpus (used only when prefix is None):
@@ -139,6 +153,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile the model through DeepSpeed (engine.compile)
     threads: Optional[int] = None  # CPU: torch threads per rank; None: cores / ranks on the node
+    profile_steps: list[int] = field(default_factory=list)  # [a, b]: torch.profiler trace of steps a..b-1
+    # multiple-choice JSONL files ({"context", "choices", "label"} a line) scored at each evaluation (acc, acc_norm)
+    eval_tasks: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         _choice(where, "train.schedule", self.schedule, ("cosine", "wsd", "constant"))
@@ -151,6 +168,13 @@ class TrainConfig:
             raise ConfigError(f"{where}: train.warmup_steps must be >= 0")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"{where}: train.decay_fraction must be in [0, 1]")
+        if self.profile_steps and (len(self.profile_steps) != 2 or not 0 <= self.profile_steps[0] < self.profile_steps[1]):
+            raise ConfigError(f"{where}: train.profile_steps={self.profile_steps} must be [first, last] with "
+                              f"0 <= first < last, e.g. [10, 13]")
+        if self.eval_tasks:  # every task file read and checked now, before any run folder is written
+            from llmtrain.eval.tasks import load_tasks
+
+            load_tasks(self.eval_tasks)
 
 
 @dataclass
@@ -167,12 +191,17 @@ class CheckpointConfig:
     # Start from another run's checkpoint folder (.../checkpoints/global_stepN): weights,
     # optimizer, schedule position, RNG and data position; used for WSD cooldown branches.
     init_from: Optional[str] = None
+    # A resume refuses a changed data.prefix, train.global_batch_size or train.seed (the data
+    # position would no longer be exact); true accepts the change and goes on from the step.
+    allow_data_change: bool = False
 
 
 @dataclass
 class LogConfig:
     tensorboard: bool = True
     name: Optional[str] = None  # run name; default: config file stem
+    wandb: bool = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works offline)
+    wandb_project: Optional[str] = None  # default: llmtrain
 
 
 @dataclass

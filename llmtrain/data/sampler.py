@@ -57,8 +57,13 @@ class TokenWindows:
 
 
 class BlendedSamples:
-    """Several datasets mixed by weight; sample g comes from the dataset whose share so far is
-    furthest below its target, which keeps every prefix of the stream close to the weights."""
+    """Several datasets mixed by weight. Sample k of dataset d is due at time (k+1)/w_d; the
+    blend reads the samples of all datasets in order of that time (ties: the dataset listed
+    first), so every prefix of the stream holds each dataset within one sample of its share.
+
+    The order is built with NumPy (one stable sort, no Python loop per sample) for the samples a
+    run needs, once: ``prepare(n, cache_dir)`` stores it as .npy files beside the run and maps
+    them back on a resume. Any prefix of the order is the same whatever n it was built for."""
 
     def __init__(self, sources: list[TokenWindows], weights: list[float]):
         if len(sources) != len(weights) or not sources:
@@ -68,31 +73,53 @@ class BlendedSamples:
             raise ValueError("blend weights must be > 0")
         self.sources = sources
         self.weights = w / w.sum()
-        self._choice = np.zeros(0, dtype=np.int32)
+        self._choice = np.zeros(0, dtype=np.uint16)
         self._local = np.zeros(0, dtype=np.int64)
 
-    def _extend(self, n: int) -> None:
-        """Precompute the (dataset, index within dataset) of global samples [0, n)."""
-        start = len(self._choice)
-        if n <= start:
+    def order(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset of each global sample in [0, n), index of that sample within its dataset)."""
+        keys, blocks = [], [0]
+        for wd in self.weights:
+            k = int(np.ceil(n * wd)) + 1  # more than any prefix of length n can hold
+            keys.append(np.arange(1, k + 1, dtype=np.float64) / wd)
+            blocks.append(blocks[-1] + k)
+        flat = np.argsort(np.concatenate(keys), kind="stable")[:n]
+        choice = (np.searchsorted(np.asarray(blocks), flat, side="right") - 1).astype(np.uint16)
+        local = flat - np.asarray(blocks, dtype=np.int64)[choice]
+        return choice, local
+
+    def _cache_key(self, n: int) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.weights.tobytes() + str(n).encode()).hexdigest()[:16]
+
+    def prepare(self, n: int, cache_dir=None) -> None:
+        """Make samples [0, n) addressable: build their order, or load it from ``cache_dir``
+        (written there through a temporary name on first use)."""
+        if len(self.sources) == 1 or n <= len(self._choice):
             return
-        n = max(n, 2 * start, 1024)
-        counts = np.bincount(self._choice, minlength=len(self.sources)).astype(np.float64)
-        choice = np.empty(n - start, dtype=np.int32)
-        local = np.empty(n - start, dtype=np.int64)
-        for k, g in enumerate(range(start, n)):
-            d = int(np.argmax(self.weights * (g + 1) - counts))
-            choice[k] = d
-            local[k] = counts[d]
-            counts[d] += 1
-        self._choice = np.concatenate([self._choice, choice])
-        self._local = np.concatenate([self._local, local])
+        if cache_dir is None:
+            self._choice, self._local = self.order(n)
+            return
+        from pathlib import Path
+
+        path = Path(cache_dir) / f"blend_order_{self._cache_key(n)}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                self._choice, self._local = z["choice"], z["local"]
+            return
+        self._choice, self._local = self.order(n)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{__import__('os').getpid()}.tmp.npz")
+        np.savez(tmp, choice=self._choice, local=self._local)
+        tmp.replace(path)
 
     def __getitem__(self, g: int) -> np.ndarray:
         if len(self.sources) == 1:
             return self.sources[0][g]
-        self._extend(g + 1)
-        return self.sources[self._choice[g]][int(self._local[g])]
+        if g >= len(self._choice):  # past what was prepared (e.g. a later max_steps): grow
+            self._choice, self._local = self.order(max(2 * g + 2, 1024))
+        return self.sources[int(self._choice[g])][int(self._local[g])]
 
 
 def batch(samples, start: int, count: int):

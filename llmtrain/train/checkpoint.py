@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +29,27 @@ def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, rank: 
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random state a step draws from on this rank: Python, NumPy, torch's CPU generator
+    and the accelerator's (GPU dropout), so a resumed run continues bit for bit."""
+    from deepspeed.accelerator import get_accelerator
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    acc = get_accelerator()
+    if acc.device_name() != "cpu":
+        state["accelerator"] = acc.get_rng_state().cpu()
+        state["accelerator_name"] = acc.device_name()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
+    from deepspeed.accelerator import get_accelerator
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    tokens: int = 0
-    wall_time: float = 0.0
-    bad_steps: int = 0
-    last_train_losses: list = field(default_factory=list)
-    last_valid_loss: float | None = None
+    acc = get_accelerator()
+    if "accelerator" in state and acc.device_name() == state.get("accelerator_name"):
+        acc.set_rng_state(state["accelerator"])
 
 
 def check_same_model(old: dict, cfg: Config, source, hint: str) -> None:
@@ -56,7 +59,8 @@ def check_same_model(old: dict, cfg: Config, source, hint: str) -> None:
     diff = [k for k, v in now.items() if k != "dropout" and k in old and old[k] != v]
     if diff:
         k = diff[0]
-        raise ConfigError(f"{source}: the checkpoint is of another model shape (model.{k}={old[k]} there, {now[k]} now){hint}")
+        raise ConfigError(f"{source}: the checkpoint is of another model shape (model.{k}={old[k]} there, "
+                          f"{now[k]} now){hint}")
 
 
 def check_checkpoint_shape(ckpt_dir: Path, cfg: Config) -> None:
@@ -78,9 +82,40 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def checkpoint_state(prog: Progress, wall: float, world: int) -> dict:
-    import torch.distributed as dist
+# Settings a resume must keep for the data position to stay exact (seq_len is a model field,
+# checked with the model's shape). Raising max_steps or max_tokens is fine.
+RESUME_FIXED = (("data", "prefix"), ("train", "global_batch_size"), ("train", "seed"))
 
-    states = [None] * world
-    dist.all_gather_object(states, rng_state())
-    return {"step": prog.step, "tokens": prog.tokens, "wall_time": wall, "bad_steps": prog.bad_steps, "rng": states}
+
+def check_resume_compatible(run_dir: Path, cfg: Config) -> None:
+    """Refuse a resume whose data, global batch size or seed differ from the run's (the sample a
+    step reads would change), unless checkpoint.allow_data_change=true."""
+    saved = run_dir / "config.yaml"
+    if cfg.checkpoint.allow_data_change or not saved.is_file():
+        return
+    import yaml
+
+    old = yaml.safe_load(saved.read_text()) or {}
+    now = cfg.to_dict()
+    for section, key in RESUME_FIXED:
+        was, is_ = (old.get(section) or {}).get(key), now[section][key]
+        if section == "data" and was and is_ and Path(str(was)).resolve() == Path(str(is_)).resolve():
+            continue
+        if was is not None and was != is_:
+            raise ConfigError(
+                f"{saved}: the run was trained with {section}.{key}={was}, now {is_}; resuming would break the exact "
+                f"data position. Keep {section}.{key}={was}, use a new --run-dir, or pass "
+                f"checkpoint.allow_data_change=true to go on anyway"
+            )
+
+
+def finished_step(run_dir: Path) -> int | None:
+    """The step at which the run in ``run_dir`` finished (summary.json with status finished), or None."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        s = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return int(s["steps"]) if s.get("status") == "finished" and s.get("steps") is not None else None

@@ -8,12 +8,13 @@ from llmtrain.config import Config, ConfigError
 
 
 def enable_activation_checkpointing(blocks) -> None:
-    """Recompute each block's activations in the backward pass instead of storing them."""
-    from torch.utils.checkpoint import checkpoint
+    """Recompute each block's activations in the backward pass instead of storing them, applied
+    from outside the model (torch's composable checkpoint: forward hooks, parameter names and
+    state-dict keys unchanged)."""
+    from torch.distributed._composable import checkpoint
 
     for blk in blocks:
-        fwd = blk.forward
-        blk.forward = lambda x, fwd=fwd: checkpoint(fwd, x, use_reentrant=False)
+        checkpoint(blk)
 
 
 def pipeline_key_to_gpt(key: str, n_layer: int) -> str | None:
@@ -78,8 +79,15 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
         {"params": no_decay, "weight_decay": 0.0},
     ]
     t = cfg.train
-    # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
+    # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop.
+    # Where DeepSpeed checks no gradient overflow itself (fp32 without ZeRO), the optimizer skips
+    # non-finite steps on its own (see llmtrain/train/module.py).
+    from llmtrain.train.ds_config import zero_stage
+    from llmtrain.train.module import SkipNonFiniteAdamW
+
+    own_check = zero_stage(ds_config) == 0 and t.precision == "fp32"
+    adamw = SkipNonFiniteAdamW if own_check else torch.optim.AdamW
+    optimizer = adamw(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_multiplier(s, total_steps, t.schedule, t.warmup_steps, t.min_lr_ratio, t.decay_fraction),
@@ -89,9 +97,24 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base * scheduler.lr_lambdas[0](start_step)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    if own_check:
+        keep_clip_norm(engine)
     if cfg.train.compile:
         engine.compile()
     return engine
+
+
+def keep_clip_norm(engine) -> None:
+    """fp32 without ZeRO: DeepSpeed clips with a global norm (across pipeline stages too) but
+    discards it; keep it, so the logged gradient norm is the pre-clipping one on every layout."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip() -> None:
+        norm = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(),
+                               mpu=engine.mpu)
+        engine._global_grad_norm = engine.basic_optimizer.clip_norm = norm  # the optimizer's check reuses it
+
+    engine.clip_fp32_gradients = clip
 
 
 def data_parallel_rank(engine, rank: int) -> int:

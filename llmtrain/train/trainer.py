@@ -1,17 +1,18 @@
-"""The training run: distributed set-up, the run folder, and the loop that ties together the
-pieces beside it: engine.py (model, optimizer, schedule → DeepSpeed engine), step.py (one
-optimizer step, evaluation), checkpoint.py (save, resume, shape check), metrics.py (logging).
+"""The training run: set-up (config, data, run folder, engine, resume), then ``Trainer.fit``, a
+short loop with callbacks around it (callbacks.py: metrics, console, non-finite guard, stop
+signal, evaluation, checkpoints, summary, W&B, profiler).
+
+Beside it: dist.py (process group, collectives), engine.py (model, optimizer, schedule →
+DeepSpeed engine), module.py (one optimizer step per layout), loader.py (batches prepared
+ahead), checkpoint.py (save, resume checks, RNG).
 
 Entry point: ``main(argv)``, used by launcher/pretrain.py.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -23,15 +24,14 @@ import torch
 
 from llmtrain.config import REPO_ROOT, Config, ConfigError, dump_config, load_config
 from llmtrain.data.dataset import DataBundle, load_data, padded_vocab, prepare_sample_data
-from llmtrain.train.checkpoint import (Progress, check_checkpoint_shape, check_same_model, checkpoint_state,
-                                      save_checkpoint, set_rng_state, truncate_metrics)
-from llmtrain.train.engine import build_engine, data_parallel_rank
-from llmtrain.train.step import any_rank, evaluate, train_step
+from llmtrain.train.callbacks import Callback, RunError, StopOnSignal, default_callbacks
+from llmtrain.train.checkpoint import (check_checkpoint_shape, check_resume_compatible, check_same_model,
+                                      finished_step, rng_state, save_checkpoint, set_rng_state)
+from llmtrain.train.dist import broadcast_object, env_int, init_distributed, set_cpu_threads
+from llmtrain.train.loader import BatchPlan, PrefetchLoader, host_micro_batches, to_device
 from llmtrain.utils import atomic_write_json
 
-
-class RunError(RuntimeError):
-    """A problem found while running, reported as one line."""
+__all__ = ["main", "Trainer", "RunError"]
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -43,110 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train a GPT with DeepSpeed. With no arguments: the tiny default model on the bundled corpus.",
     )
     p.add_argument("--config", default=None, help="YAML experiment config (default: configs/tiny.yaml)")
-    p.add_argument("--run-dir", default=None, help="run folder (default: a new folder under ./runs/); an existing one is resumed")
+    p.add_argument("--run-dir", default=None,
+                   help="run folder (default: a new folder under ./runs/); an existing one is resumed")
     p.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON (default: ds_configs/zero0.json)")
     p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
     return p.parse_args(argv)
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> tuple[int, int, int, torch.device]:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); works under the
-    deepspeed launcher and as a plain single process."""
-    import deepspeed
-
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
-    use_cuda = torch.cuda.is_available()
-    local_rank = env_int("LOCAL_RANK", 0)
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
-    return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device
-
-
-def set_cpu_threads(threads: int | None) -> int:
-    """Give each rank on this node its share of the cores (oversubscription costs far more
-    than it gains on CPU)."""
-    local_size = env_int("LOCAL_SIZE", env_int("LOCAL_WORLD_SIZE", 1))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        cores = os.cpu_count() or 1
-    n = threads or max(1, cores // max(1, local_size))
-    torch.set_num_threads(n)
-    return n
-
-
-# ----------------------------------------------------------------------------- run folder
-
-
-def resolve_run_dir(args, cfg: Config, rank: int) -> Path:
-    """Rank 0 picks the folder (a new timestamped one under ./runs unless --run-dir); every rank
-    gets the same path."""
-    import torch.distributed as dist
-
-    if args.run_dir:
-        path = str(Path(args.run_dir).resolve())
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = str((Path.cwd() / "runs" / f"{cfg.log.name}-{stamp}").resolve())
-    obj = [path]
-    dist.broadcast_object_list(obj, src=0)
-    return Path(obj[0])
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
-    except Exception:
-        return None
-
-
-def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundle, extra: dict) -> None:
-    import deepspeed
-
-    dump_config(cfg, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "ds_config.json", ds_config)
-    atomic_write_json(run_dir / "data_manifest.json", {"prefixes": data.prefixes, "weights": data.weights, "manifests": data.manifests})
-    env = {
-        "torch": torch.__version__,
-        "deepspeed": deepspeed.__version__,
-        "python": sys.version.split()[0],
-        "git_commit": git_commit(),
-        "command": sys.argv,
-        "hostname": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **extra,
-    }
-    atomic_write_json(run_dir / "env.json", env)
-
-
-# ----------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
@@ -166,7 +69,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     try:
-        return train(args, cfg, ds_config, data)
+        return run(args, cfg, ds_config, data)
     except (ConfigError, RunError, ValueError) as e:
         if env_int("RANK", 0) == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -190,30 +93,190 @@ def check_layout(cfg: Config, user_ds: dict, ds_path: str, config_path: str, wor
     return build_ds_config(cfg, user_ds, ds_path, config_path, world // cfg.parallel.pipeline_stages)
 
 
-class StopSignal:
-    """Remembers a SIGTERM/SIGINT (preemption) so the loop can checkpoint and exit cleanly."""
-
-    def __init__(self):
-        self.received = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
+# ----------------------------------------------------------------------------- run folder
 
 
-def train(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
-    """The run, with the DeepSpeed config and (unless the bundled corpus is still to be
+def resolve_run_dir(args, cfg: Config) -> Path:
+    """Rank 0 picks the folder (a new timestamped one under ./runs unless --run-dir); every rank
+    gets the same path."""
+    if args.run_dir:
+        path = str(Path(args.run_dir).resolve())
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = str((Path.cwd() / "runs" / f"{cfg.log.name}-{stamp}").resolve())
+    return Path(broadcast_object(path))
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except Exception:
+        return None
+
+
+def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundle, extra: dict) -> None:
+    import deepspeed
+
+    dump_config(cfg, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "ds_config.json", ds_config)
+    atomic_write_json(run_dir / "data_manifest.json",
+                      {"prefixes": data.prefixes, "weights": data.weights, "manifests": data.manifests})
+    env = {
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "python": sys.version.split()[0],
+        "git_commit": git_commit(),
+        "command": sys.argv,
+        "hostname": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    atomic_write_json(run_dir / "env.json", env)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """The loop and the state callbacks read: step, tokens, the engine and its train module."""
+
+    def __init__(self, cfg: Config, run_dir: Path, engine, module, data: DataBundle, callbacks: list[Callback], *,
+                 rank: int, world: int, device: torch.device, total_steps: int, plan: BatchPlan,
+                 param_counts: dict, flops_per_token: float, peak_flops: float):
+        self.cfg, self.run_dir, self.engine, self.module, self.data = cfg, run_dir, engine, module, data
+        self.callbacks = callbacks
+        self.rank, self.world, self.device = rank, world, device
+        self.total_steps, self.plan = total_steps, plan
+        self.tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
+        self.param_counts, self.flops_per_token, self.peak_flops = param_counts, flops_per_token, peak_flops
+        self.step = self.tokens = 0
+        self.wall_before = 0.0
+        self.resumed = False
+        self.status = "running"
+        self.stop_reason: str | None = None
+        self.last_checkpoint: str | None = None
+        self.last_lr = 0.0
+        self.summary: dict | None = None
+        self._t_start = time.time()
+
+    # --- the loop
+
+    def fit(self) -> str:
+        """Train to total_steps (or a stop request); returns "finished" or "stopped"."""
+        self._t_start = time.time()
+        self._each("pre_train")
+        loader = PrefetchLoader(self.data.train, self.plan, self.step, self.device)
+        try:
+            while self.step < self.total_steps and not self.stop_reason:
+                micro_batches = next(loader)
+                self._each("pre_step")
+                self.last_lr = self.engine.get_lr()[0]  # the LR this step uses
+                stop = getattr(self.callback("stop_signal"), "received", None) is not None
+                out = self.module.train_batch(micro_batches, stop_flag=stop)
+                self.step += 1
+                self.tokens += self.tokens_per_step
+                self._each("post_step", out)
+            self.status = "stopped" if self.stop_reason else "finished"
+            self._each("post_train")
+        except BaseException as e:
+            self._each("on_error", e)
+            raise
+        finally:
+            loader.close()
+            self._each("close")
+        return self.status
+
+    def _each(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # --- services for callbacks
+
+    def callback(self, name: str) -> Callback | None:
+        return next((cb for cb in self.callbacks if cb.name == name), None)
+
+    def log(self, record: dict) -> None:
+        self._each("log_metrics", record)
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop_reason:
+            self.stop_reason = reason
+            if self.rank == 0:
+                print(f"{reason}: saving a checkpoint at step {self.step} and exiting", flush=True)
+
+    def elapsed(self) -> float:
+        return self.wall_before + time.time() - self._t_start
+
+    def evaluate(self) -> float | None:
+        """Mean loss over the first eval_batches x global_batch_size windows of the valid split
+        (the same windows every time), over every data-parallel rank."""
+        valid = self.data.valid
+        if valid is None:
+            return None
+        G = self.cfg.train.global_batch_size
+        n_batches = max(1, min(self.cfg.train.eval_batches, valid.num_samples // G))
+        self.module.eval()
+        total = torch.zeros((), device=self.device)
+        for b in range(n_batches):
+            total += self.module.eval_batch(to_device(host_micro_batches(valid, self.plan, b), self.device))
+        self.module.train()
+        return float(total) / n_batches
+
+    def save_checkpoint(self) -> str:
+        if self.last_checkpoint and self.last_checkpoint.endswith(f"global_step{self.step}"):
+            return self.last_checkpoint
+        path = save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), self.rank)
+        self.last_checkpoint = path
+        self._each("on_checkpoint", path)
+        return path
+
+    # --- state
+
+    def state_dict(self) -> dict:
+        import torch.distributed as dist
+
+        rngs = [None] * self.world
+        dist.all_gather_object(rngs, rng_state())
+        return {"step": self.step, "tokens": self.tokens, "wall_time": self.elapsed(), "rng": rngs,
+                "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks}}
+
+    def load_state_dict(self, client: dict, exact: bool) -> None:
+        """Restore step, tokens and this rank's RNG from a checkpoint's client state; ``exact`` (a
+        resume of this run, not a branch from another): also the wall time and every callback's state."""
+        self.step, self.tokens = int(client["step"]), int(client["tokens"])
+        rngs = client["rng"]
+        set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
+        if not exact:  # a branch counts only its own wall time and starts its own monitors
+            return
+        self.wall_before = float(client.get("wall_time", 0.0))
+        states = client.get("callbacks", {})
+        legacy = {"nonfinite": {"bad_steps": client.get("bad_steps", 0)}}
+        for cb in self.callbacks:
+            cb.load_state_dict(states.get(cb.name, legacy.get(cb.name, {})))
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def run(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
+    """Set up and train, with the DeepSpeed config and (unless the bundled corpus is still to be
     prepared) the data already validated by main()."""
     import torch.distributed as dist
 
     from llmtrain.model.gpt import count_params, flops_per_token
     from llmtrain.train.ds_config import zero_stage
-    from llmtrain.train.metrics import MetricsLogger, memory_stats, peak_flops
+    from llmtrain.train.engine import build_engine, data_parallel_rank
+    from llmtrain.train.metrics import peak_flops
+    from llmtrain.train.module import train_module
 
-    stop = StopSignal()
+    stop = StopOnSignal()
+    stop.install()
     config_path = args.config or str(Path("configs") / "tiny.yaml")
-    rank, world, local_rank, device = init_distributed()
+    rank, world, _, device = init_distributed()
     threads = set_cpu_threads(cfg.train.threads) if device.type == "cpu" else None
     is_main = rank == 0
 
@@ -230,209 +293,125 @@ def train(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
 
     pipeline = cfg.parallel.pipeline_stages > 1
     dp_world = world // cfg.parallel.pipeline_stages
-    run_dir = resolve_run_dir(args, cfg, rank)
+    run_dir = resolve_run_dir(args, cfg)
     ckpt_dir = run_dir / "checkpoints"
-    resuming = cfg.checkpoint.resume and (ckpt_dir / "latest").is_file()
-    if resuming:
-        check_checkpoint_shape(ckpt_dir, cfg)
-    init_file = None
-    if not resuming and cfg.checkpoint.init_from:
-        init = Path(cfg.checkpoint.init_from)
-        if init.is_file():  # a consolidated checkpoint (python -m llmtrain.train.consolidate)
-            init_file = torch.load(init, map_location="cpu", weights_only=False)
-            check_same_model(init_file.get("model_config", {}), cfg, init, "")
-        elif init.is_dir():
-            check_checkpoint_shape(init.parent, cfg)
-        else:
-            raise ConfigError(f"{init}: checkpoint.init_from is neither a checkpoint folder (.../checkpoints/global_stepN) "
-                              f"nor a consolidated .pt file")
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
     total_steps = cfg.train.max_steps
     if cfg.train.max_tokens:
         total_steps = min(total_steps, math.ceil(cfg.train.max_tokens / tokens_per_step))
 
-    engine = build_engine(cfg, ds_config, total_steps, init_file["state_dict"] if init_file else None,
-                          int(init_file.get("step") or 0) if init_file else 0)
+    resuming = cfg.checkpoint.resume and (ckpt_dir / "latest").is_file()
+    if resuming:
+        check_checkpoint_shape(ckpt_dir, cfg)
+        check_resume_compatible(run_dir, cfg)
+        done = finished_step(run_dir)
+        if done is not None and done >= total_steps:
+            say(f"{run_dir}: this run already finished at step {done} (summary.json); nothing to do. Raise "
+                f"train.max_steps to train on, or use a new --run-dir")
+            return 0
+    init_state, init_meta = None, {}
+    if not resuming and cfg.checkpoint.init_from:
+        init_state, init_meta = open_init_from(cfg)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    engine = build_engine(cfg, ds_config, total_steps, init_state, int(init_meta.get("step") or 0))
     dp_rank = data_parallel_rank(engine, rank)
-    micro, gas = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
-    per_rank = micro * gas
+    plan = BatchPlan(cfg.train.global_batch_size, engine.train_micro_batch_size_per_gpu(),
+                     engine.gradient_accumulation_steps(), dp_rank)
     stage = zero_stage(ds_config)
     counts = count_params(cfg.model)
-    fpt = flops_per_token(cfg.model)
     peak, peak_src = peak_flops(device, cfg.train.precision, cfg.train.peak_flops)
+    callbacks = default_callbacks(cfg, run_dir, rank, stop)
+    t = Trainer(cfg, run_dir, engine, train_module(engine, pipeline, dp_world), data, callbacks, rank=rank,
+                world=world, device=device, total_steps=total_steps, plan=plan, param_counts=counts,
+                flops_per_token=flops_per_token(cfg.model), peak_flops=peak)
 
-    prog = Progress()
     # Training randomness (dropout) starts from a known state whatever set-up consumed: a
     # per-rank seed, so data-parallel replicas draw different masks. Resume restores it.
-    random.seed(cfg.train.seed + rank)
-    np.random.seed(cfg.train.seed + rank)
-    torch.manual_seed(cfg.train.seed * 1009 + rank)
-    source = None
-    if resuming:
-        source = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
-    elif init_file is not None:
-        prog.step, prog.tokens = int(init_file.get("step") or 0), int(init_file.get("tokens") or 0)
-        say(f"started from {cfg.checkpoint.init_from} (weights; step {prog.step}; fresh optimizer state)")
-    elif cfg.checkpoint.init_from:
-        source = Path(cfg.checkpoint.init_from)
+    seed_everything(cfg.train.seed, rank)
+    if init_state is not None:
+        t.step, t.tokens = int(init_meta.get("step") or 0), int(init_meta.get("tokens") or 0)
+        say(f"started from {cfg.checkpoint.init_from} (weights; step {t.step}; fresh optimizer state)")
+    source = (ckpt_dir / (ckpt_dir / "latest").read_text().strip()) if resuming else (
+        Path(cfg.checkpoint.init_from) if cfg.checkpoint.init_from and init_state is None else None)
     if source is not None:
         load_path, client = engine.load_checkpoint(str(source.parent), tag=source.name)
         if load_path is None:
             raise RunError(f"{source}: checkpoint could not be loaded; remove {ckpt_dir / 'latest'} to start fresh")
-        prog.step, prog.tokens, prog.wall_time = client["step"], client["tokens"], client["wall_time"]
-        prog.bad_steps = client.get("bad_steps", 0)
-        rngs = client["rng"]
-        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
-        if not resuming:
-            # A branch from another run's checkpoint follows this run's schedule and peak LR
-            # from its first step (the loaded optimizer carries the source run's LR), and its
-            # wall time counts only its own work.
-            sched = engine.lr_scheduler
-            sched.base_lrs = [cfg.train.lr for _ in sched.base_lrs]
-            sched.last_epoch = prog.step
-            for group, base in zip(engine.optimizer.param_groups, sched.base_lrs):
-                group["lr"] = base * sched.lr_lambdas[0](prog.step)
-            prog.wall_time = 0.0
-        say(f"{'resumed' if resuming else 'started'} from {source} at step {prog.step}")
+        t.load_state_dict(client, exact=resuming)
+        if resuming:
+            t.resumed, t.last_checkpoint = True, str(source)
+        else:
+            restart_schedule_at(engine, cfg.train.lr, t.step)
+        say(f"{'resumed' if resuming else 'started'} from {source} at step {t.step}")
+    t.data.train.prepare(total_steps * cfg.train.global_batch_size, cache_dir=run_dir / "data_order")
 
-    logger = None
     if is_main:
         write_run_files(run_dir, cfg, ds_config, data, {
             "world_size": world, "zero_stage": stage, "pipeline_stages": cfg.parallel.pipeline_stages,
-            "micro_batch": micro, "grad_accum": gas, "threads_per_rank": threads, "device": str(device),
+            "micro_batch": plan.micro, "grad_accum": plan.gas, "threads_per_rank": threads, "device": str(device),
             "peak_flops": peak, "peak_flops_source": peak_src,
         })
-        if resuming:
-            truncate_metrics(run_dir / "metrics.jsonl", prog.step)
-        logger = MetricsLogger(run_dir, cfg.log.tensorboard, purge_step=prog.step + 1 if resuming else None)
         say(f"run folder: {run_dir}")
         say(
-            f"model: {counts['n_params'] / 1e6:.2f}M params ({counts['n_params_non_embedding'] / 1e6:.2f}M non-embedding), "
-            f"{cfg.model.n_layer}L d{cfg.model.d_model} h{cfg.model.n_head} T{cfg.model.seq_len} V{cfg.model.vocab_size}; "
-            f"{world} rank(s), ZeRO-{stage}, {cfg.parallel.pipeline_stages} stage(s), micro {micro} x accum {gas} x dp "
-            f"{dp_world} = {cfg.train.global_batch_size} seqs/step; {total_steps} steps "
-            f"({total_steps * tokens_per_step / 1e6:.2f}M tokens); device {device}"
+            f"model: {counts['n_params'] / 1e6:.2f}M params ({counts['n_params_non_embedding'] / 1e6:.2f}M "
+            f"non-embedding), {cfg.model.n_layer}L d{cfg.model.d_model} h{cfg.model.n_head} T{cfg.model.seq_len} "
+            f"V{cfg.model.vocab_size}; {world} rank(s), ZeRO-{stage}, {cfg.parallel.pipeline_stages} stage(s), "
+            f"micro {plan.micro} x accum {plan.gas} x dp {dp_world} = {cfg.train.global_batch_size} seqs/step; "
+            f"{total_steps} steps ({total_steps * tokens_per_step / 1e6:.2f}M tokens); device {device}"
             + (f", {threads} threads/rank" if threads else "")
         )
-    need_own_norm = stage == 0 and cfg.train.precision == "fp32" and not pipeline
-
-    def state() -> dict:
-        return checkpoint_state(prog, wall_before + time.time() - t_loop, world)
 
     engine.train()
-    t_interval, interval_tokens = time.time(), 0
-    wall_before, t_loop = prog.wall_time, time.time()
-    status = "finished"
-    while prog.step < total_steps:
-        start = prog.step * cfg.train.global_batch_size + dp_rank * per_rank
-        lr = engine.get_lr()[0]  # the LR this step uses
-        loss_mean, grad_norm, skipped = train_step(engine, data.train, start, micro, gas, device, pipeline, world,
-                                                   need_own_norm)
-        prog.step += 1
-        prog.tokens += tokens_per_step
-        interval_tokens += tokens_per_step
-        finite = math.isfinite(loss_mean)
-        bad = skipped or not finite
-        prog.bad_steps = prog.bad_steps + 1 if bad else 0
-        if finite:
-            prog.last_train_losses = (prog.last_train_losses + [loss_mean])[-cfg.train.log_interval:]
-
-        if is_main and bad:
-            what = "non-finite loss" if not finite else "non-finite gradients"
-            logger.log({"step": prog.step, "tokens": prog.tokens, "event": what.replace(" ", "_"),
-                        "loss": loss_mean if finite else None, "skipped": True, "bad_steps_in_a_row": prog.bad_steps})
-            print(f"step {prog.step:>6}: {what}, step skipped ({prog.bad_steps} in a row)", flush=True)
-        elif is_main and (prog.step % cfg.train.log_interval == 0 or prog.step == total_steps):
-            dt = time.time() - t_interval
-            tps = interval_tokens / dt
-            achieved = tps * fpt / world
-            rec = {
-                "step": prog.step, "tokens": prog.tokens, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
-                "tokens_per_s": tps, "tflops_per_device": achieved / 1e12,
-                "mfu": achieved / peak if peak else None, "elapsed_s": wall_before + time.time() - t_loop,
-                **memory_stats(device),
-            }
-            logger.log(rec)
-            eta = (total_steps - prog.step) * tokens_per_step / tps
-            print(
-                f"step {prog.step:>6}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} gnorm "
-                f"{grad_norm if grad_norm is not None else float('nan'):.3f} {tps:,.0f} tok/s "
-                f"mfu {rec['mfu'] or 0:.1%} eta {eta:,.0f}s",
-                flush=True,
-            )
-            t_interval, interval_tokens = time.time(), 0
-        if prog.bad_steps >= cfg.train.max_bad_steps:
-            latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None
-            raise RunError(
-                f"{prog.bad_steps} skipped steps (non-finite loss or gradients) in a row at step {prog.step}; last good checkpoint: "
-                f"{ckpt_dir / latest if latest else 'none'}; lower train.lr or check the data"
-            )
-        if any_rank(stop.received is not None, world):
-            say(f"received {stop.received or 'a stop signal'}: saving a checkpoint at step {prog.step} and exiting")
-            status = "stopped"
-            break
-        if cfg.train.eval_interval and prog.step % cfg.train.eval_interval == 0 and prog.step < total_steps:
-            vl = evaluate(engine, data, cfg, dp_rank, world, device, pipeline)
-            if vl is not None:
-                prog.last_valid_loss = vl
-                if is_main:
-                    logger.log({"step": prog.step, "tokens": prog.tokens, "split": "valid", "loss": vl})
-                    print(f"step {prog.step:>6} valid loss {vl:.4f}", flush=True)
-        periodic = cfg.checkpoint.interval and prog.step % cfg.checkpoint.interval == 0
-        if (periodic or prog.step in cfg.checkpoint.save_steps) and prog.step < total_steps:
-            save_checkpoint(engine, run_dir, prog.step, state(), rank)
-
-    if status == "stopped":
-        ckpt = save_checkpoint(engine, run_dir, prog.step, state(), rank)
-        if is_main:
-            logger.close()
-            print(f"checkpoint: {ckpt}; relaunch the same command to resume", flush=True)
-        dist.barrier()
-        return 0
-
-    # the end: final evaluation, checkpoint, summary
-    vl = evaluate(engine, data, cfg, dp_rank, world, device, pipeline)
-    wall = wall_before + time.time() - t_loop
-    if vl is not None:
-        prog.last_valid_loss = vl
-        if is_main:
-            logger.log({"step": prog.step, "tokens": prog.tokens, "split": "valid", "loss": vl})
-    ckpt = save_checkpoint(engine, run_dir, prog.step, state(), rank) if cfg.checkpoint.save_final else None
+    status = t.fit()
     if is_main:
-        summary = {
-            "status": "finished",
-            "name": cfg.log.name,
-            "n_params": counts["n_params"],
-            "n_params_non_embedding": counts["n_params_non_embedding"],
-            "steps": prog.step,
-            "tokens": prog.tokens,
-            "flops": 6.0 * counts["n_params"] * prog.tokens,
-            "flops_with_attention": fpt * prog.tokens,
-            "flops_per_token": fpt,
-            "final_train_loss": float(np.mean(prog.last_train_losses)) if prog.last_train_losses else None,
-            "final_valid_loss": prog.last_valid_loss,
-            "wall_time_s": wall,
-            "world_size": world,
-            "seq_len": cfg.model.seq_len,
-            "global_batch_size": cfg.train.global_batch_size,
-            "lr": cfg.train.lr,
-            "checkpoint": ckpt,
-        }
-        atomic_write_json(run_dir / "summary.json", summary)
-        hp = {f"model.{k}": v for k, v in cfg.to_dict()["model"].items()}
-        hp.update({f"train.{k}": v for k, v in cfg.to_dict()["train"].items()})
-        hp.update({"n_params": counts["n_params"], "tokens": prog.tokens})
-        logger.log_hparams(hp, {"final_train_loss": summary["final_train_loss"], "final_valid_loss": vl})
-        logger.close()
-        print(
-            f"done: {prog.step} steps, {prog.tokens / 1e6:.2f}M tokens in {wall:.0f}s; final train loss "
-            f"{summary['final_train_loss']:.4f}" + (f", valid loss {vl:.4f}" if vl is not None else "")
-        )
-        print(f"checkpoint: {ckpt}")
-        print(f"metrics: {run_dir / 'metrics.jsonl'}")
-        print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}", flush=True)
+        if status == "stopped":
+            print(f"checkpoint: {t.last_checkpoint}; relaunch the same command to resume", flush=True)
+        else:
+            s = t.summary or {}
+            vl = s.get("final_valid_loss")
+            ftl = s.get("final_train_loss")
+            print(f"done: {t.step} steps, {t.tokens / 1e6:.2f}M tokens in {t.elapsed():.0f}s; final train loss "
+                  + (f"{ftl:.4f}" if ftl is not None else "n/a") + (f", valid loss {vl:.4f}" if vl is not None else ""))
+            print(f"checkpoint: {t.last_checkpoint}")
+            print(f"metrics: {run_dir / 'metrics.jsonl'}")
+            print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}", flush=True)
     dist.barrier()
     return 0
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    from deepspeed.accelerator import get_accelerator
+
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed * 1009 + rank)
+    get_accelerator().manual_seed(seed * 1009 + rank)
+
+
+def open_init_from(cfg: Config) -> tuple[dict | None, dict]:
+    """checkpoint.init_from as (consolidated state dict, its metadata) for a consolidated file or
+    folder; (None, {}) for a DeepSpeed step folder (loaded by the engine). Refuses other shapes."""
+    from llmtrain.train.consolidate import is_consolidated, load_consolidated
+
+    init = Path(cfg.checkpoint.init_from)
+    if init.is_dir() and any(init.glob("*model_states.pt")):
+        check_checkpoint_shape(init.parent, cfg)
+        return None, {}
+    if init.exists() and is_consolidated(init):
+        state, meta = load_consolidated(init)
+        check_same_model(meta.get("model_config", {}), cfg, init, "")
+        return state, meta
+    raise ConfigError(f"{init}: checkpoint.init_from is neither a checkpoint folder (.../checkpoints/global_stepN) "
+                      f"nor a consolidated file (python -m llmtrain.train.consolidate) nor an imported model folder")
+
+
+def restart_schedule_at(engine, lr: float, step: int) -> None:
+    """A branch from another run's checkpoint follows this run's schedule and peak LR from its
+    first step (the loaded optimizer carries the source run's LR)."""
+    sched = engine.lr_scheduler
+    sched.base_lrs = [lr for _ in sched.base_lrs]
+    sched.last_epoch = step
+    for group, base in zip(engine.optimizer.param_groups, sched.base_lrs):
+        group["lr"] = base * sched.lr_lambdas[0](step)

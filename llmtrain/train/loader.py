@@ -1,0 +1,97 @@
+"""Batches prepared ahead of the step that uses them.
+
+A background thread gathers each step's micro-batches (NumPy windows → int64 tensors, in
+pinned memory on a GPU) while the accelerator works on the previous step; the trainer copies
+them with ``non_blocking=True``. What a step reads is a pure function of the step number (the
+sampler's global sample index), so prefetching never changes the data and a resume at step s
+reads exactly what an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from llmtrain.data.sampler import batch
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which global samples a rank reads: step s, micro-batch m → samples
+    [s*global_batch + dp_rank*micro*gas + m*micro, ... + micro)."""
+
+    global_batch: int
+    micro: int
+    gas: int
+    dp_rank: int
+
+    def start(self, step: int, m: int) -> int:
+        return step * self.global_batch + self.dp_rank * self.micro * self.gas + m * self.micro
+
+
+def _pin(t: torch.Tensor) -> torch.Tensor:
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    return acc.pin_memory(t) if acc.device_name() != "cpu" else t
+
+
+def host_micro_batches(samples, plan: BatchPlan, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for m in range(plan.gas):
+        x, y = batch(samples, plan.start(step, m), plan.micro)
+        out.append((_pin(x.contiguous()), _pin(y.contiguous())))
+    return out
+
+
+def to_device(micro_batches, device: torch.device):
+    return [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in micro_batches]
+
+
+class PrefetchLoader:
+    """Iterates the micro-batches of steps first_step, first_step+1, ... (each a list of gas
+    (inputs, targets) pairs already on ``device``), built ``depth`` steps ahead in a thread."""
+
+    def __init__(self, samples, plan: BatchPlan, first_step: int, device: torch.device, depth: int = 2):
+        self.samples, self.plan, self.device = samples, plan, device
+        self.next_step = first_step
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(first_step,), daemon=True, name="batch-prefetch")
+        self._thread.start()
+
+    def _work(self, step: int) -> None:
+        try:
+            while not self._stop.is_set():
+                item = (step, host_micro_batches(self.samples, self.plan, step))
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                step += 1
+        except BaseException as e:  # surfaced to the trainer on its next batch
+            self._q.put((None, e))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        step, item = self._q.get()
+        if step is None:
+            raise item
+        assert step == self.next_step, (step, self.next_step)
+        self.next_step += 1
+        return to_device(item, self.device)
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            while True:
+                self._q.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join(timeout=5)
