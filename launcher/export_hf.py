@@ -2,21 +2,20 @@
 
     python launcher/export_hf.py RUN_DIR_OR_CHECKPOINT --output DIR [--tokenizer tokenizer.json] [--force]
 
-The architecture (GPT-2, Llama, GPT-NeoX or StableLM) is chosen from the model's options; see
+The checkpoint may also be a consolidated file or a folder written by launcher/import_hf.py.
+The architecture (GPT-2, Llama, Qwen3, GPT-NeoX or StableLM) is chosen from the model's options; see
 llmtrain/export/hf.py for the table and what is refused.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from llmtrain.export.runinfo import run_cli  # noqa: E402
+from llmtrain.export.runinfo import run_cli
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", help="a run folder (latest checkpoint), its checkpoints/ folder or checkpoints/global_stepN")
+    ap.add_argument("checkpoint", help="a run folder (latest checkpoint), its checkpoints/ folder, checkpoints/"
+                                       "global_stepN, a consolidated file or an imported folder")
     ap.add_argument("--output", required=True, help="the folder to write (must not exist unless --force)")
     ap.add_argument("--tokenizer", help="tokenizer.json (default: the one the run was trained with)")
     ap.add_argument("--force", action="store_true", help="replace an existing --output folder")
