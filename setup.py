@@ -14,6 +14,7 @@ setup(
         "numpy",
         "pyyaml",
         "tokenizers>=0.15",
+        "safetensors>=0.4",  # consolidated checkpoints and imports: tensors only, no pickle
         "zstandard",
         "tensorboard",
         "scipy",
