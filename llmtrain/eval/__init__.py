@@ -1,0 +1,1 @@
+"""Evaluation beyond the loss: multiple-choice task metrics (tasks.py)."""

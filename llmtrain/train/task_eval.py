@@ -1,0 +1,94 @@
+"""Task metrics in the loop: ``TaskEval`` scores the multiple-choice tasks of train.eval_tasks
+(llmtrain/eval/tasks.py) every train.eval_interval steps and at the end, like ``Evaluate``.
+
+Each evaluation logs one record per task, ``{"step", "tokens", "split": "task:NAME", "acc",
+"acc_norm"}``, to metrics.jsonl and TensorBoard (``task:NAME/acc``); the last results go to
+summary.json (``"tasks": {NAME: {"acc", "acc_norm"}}``) and TensorBoard's HParams.
+
+Every rank runs it: a data-parallel rank scores its share of the examples through
+``module.logits`` (every rank of a replica makes the same calls; pipeline stages without the
+logits count nothing), and one all-reduce of the counts gives the totals.
+"""
+from __future__ import annotations
+
+import torch
+
+from llmtrain.eval.tasks import TaskScorer, load_tasks
+from llmtrain.train.callbacks import Callback
+from llmtrain.train.dist import all_reduce
+
+
+class TaskEval(Callback):
+    name = "tasks"
+
+    def __init__(self, paths: list[str]):
+        self.tasks = load_tasks(paths)  # checked again here: a bad file fails before training starts
+        self.results: dict[str, dict] = {}  # NAME → {"acc", "acc_norm", "n", "step"} of the last evaluation
+        self.scorer: TaskScorer | None = None
+
+    def pre_train(self, t) -> None:
+        from llmtrain.tokenizer import EOD_TOKEN, load_tokenizer
+
+        manifest = t.data.manifests[0] if t.data.manifests else {}
+        tok, eod = load_tokenizer(t.data.tokenizer_path, manifest.get("eod_token") or EOD_TOKEN)
+        pipeline = t.cfg.parallel.pipeline_stages > 1
+        seq_len = t.cfg.model.seq_len
+        self.scorer = TaskScorer(self.tasks, tok, eod, seq_len, t.plan.micro, width=seq_len if pipeline else None,
+                                 dp_rank=t.plan.dp_rank, dp_world=t.world // t.cfg.parallel.pipeline_stages)
+        calls = torch.tensor([float(self.scorer.n_calls)], device=t.device)
+        self.scorer.n_calls = int(all_reduce(calls, "max").item())  # every rank makes as many forward calls
+        if t.rank == 0:
+            n = sum(len(task.examples) for task in self.tasks)
+            cut = self.scorer.truncated
+            cut = f"; {cut} rows on rank 0 cut from the left to seq_len" if cut else ""
+            print(f"tasks: {', '.join(task.name for task in self.tasks)} ({n} examples; {self.scorer.n_calls} "
+                  f"forward calls per rank per evaluation{cut})", flush=True)
+
+    def _run(self, t) -> None:
+        t.module.eval()
+        try:
+            counts = self.scorer.run(t.module.logits, t.device)
+        finally:
+            t.module.train()
+        all_reduce(counts)
+        counts = counts.cpu().tolist()
+        for task, (correct, correct_norm, n) in zip(self.tasks, counts):
+            acc, acc_norm = correct / n, correct_norm / n
+            self.results[task.name] = {"acc": acc, "acc_norm": acc_norm, "n": int(n), "step": t.step}
+            t.log({"step": t.step, "tokens": t.tokens, "split": f"task:{task.name}", "acc": acc, "acc_norm": acc_norm})
+            if t.rank == 0:
+                print(f"step {t.step:>6} task:{task.name} acc {acc:.4f} acc_norm {acc_norm:.4f} ({int(n)} examples)",
+                      flush=True)
+
+    def post_step(self, t, out) -> None:
+        every = t.cfg.train.eval_interval
+        if every and t.step % every == 0 and t.step < t.total_steps and not t.stop_reason:
+            self._run(t)
+
+    def post_train(self, t) -> None:
+        if t.status == "finished":
+            self._run(t)
+
+    def summary(self) -> dict:
+        """NAME → {"acc", "acc_norm"} of the last evaluation (for summary.json)."""
+        return {name: {"acc": r["acc"], "acc_norm": r["acc_norm"]} for name, r in self.results.items()}
+
+    def log_summary(self, t, summary: dict, hparams: dict) -> None:
+        # TensorBoard keeps the first HParams summary of a run and ignores later ones: this
+        # callback runs before the metrics sink's own log_summary (default_callbacks puts it
+        # first) and writes the run's HParams with every final metric, the tasks' included.
+        sink = getattr(t.callback("metrics"), "sink", None)
+        if sink is None:
+            return
+        final = {"final_train_loss": summary.get("final_train_loss"),
+                 "final_valid_loss": summary.get("final_valid_loss")}
+        for name, r in self.results.items():
+            final[f"task:{name}/acc"] = r["acc"]
+            final[f"task:{name}/acc_norm"] = r["acc_norm"]
+        sink.log_hparams(hparams, final)
+
+    def state_dict(self) -> dict:
+        return {"results": self.results}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.results = dict(state.get("results", {}))
