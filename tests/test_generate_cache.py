@@ -1,18 +1,11 @@
-"""Generation with a KV cache (the default) gives the same greedy tokens as without it, in the
-library (several model options, past seq_len) and through launcher/generate.py on an imported
-Llama folder (the run's end-of-document token from its manifest)."""
+"""Generation with a KV cache (the default) gives the same greedy tokens as without it, for
+several model options and past seq_len (the CLI on an imported Llama: tests/test_import_hf.py)."""
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from llmtrain.model.gpt import GPT
-from test_import_hf import hf_models  # noqa: F401  (the fixture)
 from test_model_options import OPTION_SETS, small
-from trainutil import REPO, run_python
-
-GENERATE = REPO / "launcher" / "generate.py"
 
 
 @pytest.mark.parametrize("name", ["gqa", "sinusoidal", "pythia"])
@@ -27,18 +20,3 @@ def test_greedy_generation_is_the_same_with_and_without_the_cache(name):
     assert a == b and len(a[0]) == 30
     assert sample(model, context, 8, temperature=1.0, seed=3) == sample(model, context, 8, temperature=1.0, seed=3,
                                                                         kv_cache=False)
-
-
-def test_imported_folder_generates_greedily_with_and_without_cache(hf_models, tmp_path):  # noqa: F811
-    from llmtrain.export.hf_import import import_hf
-
-    import_hf(hf_models["llama"], tmp_path / "ours", log=lambda *_: None)
-    outs = []
-    for extra in ([], ["--no-kv-cache"]):
-        r = run_python([GENERATE, tmp_path / "ours", "--prompt", "The model", "--max-new-tokens", "20",
-                        "--temperature", "0", "--json", *extra])
-        assert r.returncode == 0, r.stderr[-2000:]
-        outs.append(json.loads(r.stdout)["tokens"])
-    assert outs[0] == outs[1] and len(outs[0][0]) > 0
-
-

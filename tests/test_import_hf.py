@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 IMPORT = REPO / "launcher" / "import_hf.py"
 EXPORT = REPO / "launcher" / "export_hf.py"
 GENERATE = REPO / "launcher" / "generate.py"
+EVALUATE = REPO / "launcher" / "evaluate.py"
 VOCAB = 320
 
 
@@ -113,6 +115,43 @@ def test_import_then_export_gives_the_same_logits(name, hf_models, tmp_path):
     model_cfg, state, tok = load_hf_folder(src)
     assert model_cfg == {k: v for k, v in rec["model_config"].items()} and tok == src / "tokenizer.json"
     assert all(torch.equal(state[k], v) for k, v in ours.state_dict().items() if k in state)
+
+
+def test_imported_folder_generates_and_evaluates(hf_models, tmp_path):
+    """generate.py (greedy, with and without the KV cache) and evaluate.py take an imported folder;
+    the context starts with the folder's own end-of-document token (Llama's </s>)."""
+    from llmtrain.data.indexed import IndexedDataset, IndexedDatasetWriter
+    from llmtrain.export.generate import generate
+    from llmtrain.export.hf_import import import_hf, is_hf_folder
+
+    assert is_hf_folder(hf_models["llama"])
+    import_hf(hf_models["llama"], tmp_path / "ours", log=lambda *_: None)
+    assert not is_hf_folder(tmp_path / "ours")
+    manifest = json.loads((tmp_path / "ours" / "data_manifest.json").read_text())["manifests"][0]
+    assert manifest["eod_token"] == "</s>"
+    outs = []
+    for extra in ([], ["--no-kv-cache"]):
+        r = run_python([GENERATE, tmp_path / "ours", "--prompt", "The model", "--max-new-tokens", "20",
+                        "--temperature", "0", "--json", *extra])
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(json.loads(r.stdout)["tokens"])
+    assert outs[0] == outs[1] and len(outs[0][0]) > 0
+    assert generate(tmp_path / "ours", "The model", 20, temperature=0)["tokens"] == outs[0]
+    # evaluate.py on tokens of this tokenizer: the loss of the transformers model on the same windows
+    gen = torch.Generator().manual_seed(0)
+    with IndexedDatasetWriter(tmp_path / "tok_valid", np.uint16) as w:
+        for _ in range(4):
+            w.add_document(torch.randint(0, 300, (70,), generator=gen).tolist())
+    r = run_python([EVALUATE, tmp_path / "ours", "--data", tmp_path / "tok_valid", "--out", tmp_path / "ev.json"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    tokens = np.concatenate([np.asarray(w) for w in [IndexedDataset(tmp_path / "tok_valid")[i] for i in range(4)]])
+    T = ev["seq_len"]
+    windows = torch.from_numpy(np.stack([tokens[j * T: j * T + T + 1] for j in range(ev["windows"])]).astype(np.int64))
+    with torch.no_grad():
+        logits = _hf_logits(hf_models["llama"], windows[:, :-1])
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+    assert abs(ev["loss"] - float(want)) < 1e-4
 
 
 def test_cli_and_refusals(hf_models, tmp_path):

@@ -38,6 +38,13 @@ TABLE_ARCH = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "gpt_neox": 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
+def is_hf_folder(path: str | os.PathLike) -> bool:
+    """A transformers model folder (config.json), not one written by launcher/import_hf.py or a
+    run folder (config.yaml)."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and not (p / "config.yaml").is_file()
+
+
 def read_hf_config(path: str | os.PathLike) -> dict:
     f = Path(path) / "config.json"
     if not f.is_file():
