@@ -24,8 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llmtrain.utils import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def run(cmd, env=None):
@@ -37,15 +38,16 @@ def run(cmd, env=None):
 
 def throughput(steps: int) -> None:
     out = Path(tempfile.mkdtemp(prefix="bench_par_"))
-    common = [f"train.max_steps={steps}", "train.log_interval=5", "train.eval_interval=0", "checkpoint.save_final=false"]
+    common = [f"train.max_steps={steps}", "train.log_interval=5", "train.eval_interval=0",
+              "checkpoint.save_final=false"]
     script = str(REPO / "launcher" / "pretrain.py")
     layouts = {
         "1 process (ZeRO-0)": [sys.executable, script, "--run-dir", out / "single"],
-        "ZeRO-3 x2": ["deepspeed", "--num_gpus", "2", "--master_port", "29661", script, "--deepspeed_config",
+        "ZeRO-3 x2": ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), script, "--deepspeed_config",
                       REPO / "ds_configs/zero3.json", "--run-dir", out / "zero3"],
-        "pipeline x2 (+ZeRO-1)": ["deepspeed", "--num_gpus", "2", "--master_port", "29662", script, "--deepspeed_config",
-                                  REPO / "ds_configs/zero1.json", "--run-dir", out / "pipe", "parallel.pipeline_stages=2",
-                                  "train.micro_batch_size=2"],
+        "pipeline x2 (+ZeRO-1)": ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), script,
+                                  "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", out / "pipe",
+                                  "parallel.pipeline_stages=2", "train.micro_batch_size=2"],
     }
     rates = {}
     for name, cmd in layouts.items():
@@ -63,7 +65,6 @@ def throughput(steps: int) -> None:
 
 MEMORY_WORKER = r'''
 import json, os, sys, torch, deepspeed
-sys.path.insert(0, sys.argv[-2])
 from llmtrain.config import ModelConfig
 from llmtrain.model.gpt import GPT
 stage = int(sys.argv[-1])
@@ -105,7 +106,7 @@ def memory(ranks: list[int]) -> None:
     rows = []
     for world in ranks:
         for stage in (0, 1, 2, 3):
-            r = run(["deepspeed", "--num_gpus", str(world), "--master_port", str(29670 + world * 4 + stage),
+            r = run(["deepspeed", "--num_gpus", str(world), "--master_port", str(free_port()),
                      str(worker), str(REPO), str(stage)])
             recs = [json.loads(ln.split("MEM ", 1)[1]) for ln in r.stdout.splitlines() if "MEM {" in ln]
             rec = max(recs, key=lambda d: d["param_bytes"] + d["optimizer_state_bytes"] + d["master_bytes"])
@@ -118,7 +119,8 @@ def memory(ranks: list[int]) -> None:
         ratio = rec["optimizer_state_bytes"] / base["optimizer_state_bytes"]
         expected = "1" if rec["stage"] == 0 else f"1/{rec['world']} = {1 / rec['world']:.2f}"
         print(f"| {rec['world']} | {rec['stage']} | {rec['param_bytes'] / 2**20:.1f} | "
-              f"{rec['optimizer_state_bytes'] / 2**20:.1f} | {rec['master_bytes'] / 2**20:.1f} | {ratio:.2f} | {expected} |")
+              f"{rec['optimizer_state_bytes'] / 2**20:.1f} | {rec['master_bytes'] / 2**20:.1f} | {ratio:.2f} | "
+              f"{expected} |")
 
 
 def main() -> None:
