@@ -13,7 +13,9 @@ Scoring follows lm-evaluation-harness's ``loglikelihood`` for causal models:
   each choice, as lm-eval's ``target_delimiter=" "`` does); whitespace at the end of the context
   is moved to the start of the choice;
 - the continuation's tokens are those of ``encode(context + choice)`` after the first
-  ``len(encode(context))`` tokens (an empty context is the end-of-document token);
+  ``len(encode(context))`` tokens (an empty context is the end-of-document token; when the
+  tokenizer merges across the boundary, so that no such split exists, the choice is encoded on
+  its own);
 - a row is context + continuation tokens, cut from the left to ``seq_len + 1`` tokens (inputs
   are the first ``seq_len``, targets shifted by one), so long contexts lose their beginning;
 - ``acc``: the choice with the highest summed log-likelihood of its tokens is the label;
