@@ -20,7 +20,7 @@ def test_regular_install_runs_the_default_job_and_leaves_site_packages_alone(tmp
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
-    r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet", str(REPO)],
+    r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(REPO)],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     where = subprocess.run([str(py), "-c", "import llmtrain, data_prep; print(llmtrain.__file__)"],
