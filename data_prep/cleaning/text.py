@@ -16,14 +16,44 @@ import unicodedata
 # exceptions (contractions, abbreviations), else peel off prefix and suffix punctuation
 # until none is left, then split what remains at infixes (hyphens between letters, "/",
 # ":" or "=" between letters, commas between letters, "..." anywhere).
-_PREFIX_RE = re.compile(r"""^(?:\.\.+|…+|\+(?![0-9])|[§%=—–()\[\]{}<>"“”‘’`´«»„‚,:;!?¿¡_#*&~·$£€¥'])""")
-_SUFFIX_RE = re.compile(r"""(?:\.\.+|…+|(?<=.)['’][sS]|[,:;!?()\[\]{}<>_#*&~"”“`‘´’'»«%—–°]|(?<=[0-9])\+)$""")
+def _icons() -> str:
+    """A regex class of the "other symbol" characters (emoji, pictographs; not °), which spaCy
+    splits off as tokens of their own wherever they stand."""
+    import regex
+
+    chars = regex.findall(r"\p{So}", "".join(chr(c) for c in range(0x20000) if not 0xD800 <= c < 0xE000))
+    ranges: list[list[int]] = []
+    for c in (ord(x) for x in chars if x != "°"):
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return "[" + "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+                         for a, b in ranges) + "]"
+
+
+_ICON = _icons()
+# spaCy's punctuation class (a "." after one of these is split off) and its CJK/Arabic marks
+_PUNCT_BEFORE_DOT = frozenset("%²-+'\"”“`‘´’)]}…,:;!?¿؟¡([{<>_#*&。？！，、；：～·।،۔؛٪")
+_PREFIX_RE = re.compile(r"""^(?:\.\.+|…+|\+(?![0-9])|[§%=—–()\[\]{}<>"“”‘’`´«»„‚,:;!?¿¡_#*&~·$£€¥'。？！，、；：～؟]|"""
+                        + _ICON + ")")
+_SUFFIX_RE = re.compile(r"""(?:\.\.+|…+|(?<=.)['’][sS]|[,:;!?()\[\]{}<>_#*&~"”“`‘´’'»«%—–°。？！，、；：～·।،۔؛٪]"""
+                        r"""|(?<=[0-9])\+|""" + _ICON + ")$")
 _INFIX_RE = re.compile(
-    r"""\.\.+|…|(?<=[0-9])[+\-*^](?=[0-9-])|(?<=[^\W\d_]),(?=[^\W\d_])"""
+    _ICON + r"""|\.\.+|…|(?<=[0-9])[+\-*^](?=[0-9-])|(?<=[^\W\d_]),(?=[^\W\d_])"""
     r"""|(?<=[^\W_])(?:---|--|-|–|—|~)(?=[^\W\d_])|(?<=[^\W_])[:<>=/](?=[^\W\d_])"""
     r"""|(?<=[a-z'"”“`‘´’])\.(?=[A-Z])"""
 )
 _URL_RE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S+$", re.IGNORECASE)
+
+
+EMOTICONS = r"""
+(¬_¬) (._.) ^_^ :-X (╯°□°）╯︵┻━┻ :( =[ :'-( :-D :-)) O.o :] V_V :(( o_0 o_o (-; ;_; -_- ]= <.< :-3 ^___^ XDD
+o.o :-p :') =/ [: :-) ><(((*> :X XD >:( (-: <33 :((( 0_o O_O :o) (= :-))) ;-D (o: o.O ಠ_ಠ (>_<) (; :-O =) :x 0.o
+:-P ಠ︵ಠ (^_^) :O :)) >.< -__- =( 0_0 [-: xD :* O.O (-_-) :0 :-] o_O ): :1 8-D :-* :-(( :} :p 8-) >:o (ಠ_ಠ) 8)
+:'( :> :-x ._. ;) :| =3 ¯\(ツ)/¯ (*_*) 0.0 V.V </3 :D (-8 O_o @_@ :-> :-( :))) :-/ :/ =] xDD v_v <333 :'-) v.v
+<3 ^__^ )-: :-} :P (: [= o.0 :o :) :3 8D :-o :-((( :() ;-) =| =D >.> :-| :-0 ;D
+"""
 
 
 def _build_exceptions() -> dict[str, list[str]]:
@@ -48,6 +78,12 @@ def _build_exceptions() -> dict[str, list[str]]:
                         ("and/or", ["and/or"])):
         exc[word] = parts
         exc[word[0].upper() + word[1:]] = [parts[0][0].upper() + parts[0][1:]] + parts[1:]
+    # spaCy's base exceptions: single letters with a period, quote marks and contractions
+    # standing alone, emoticons (data from spacy/lang/tokenizer_exceptions.py, MIT): one token each
+    alone = ("d", "ll", "re", "s", "S", "em", "cos", "coz", "cuz", "Cos", "Coz", "Cuz")
+    for tok in [c + "." for c in "abcdefghijklmnopqrstuvwxyzäöü"] + ["''", "’’", "C++"] + \
+            [a + t for a in "'’" for t in alone] + EMOTICONS.split():
+        exc[tok] = [tok]
     for ab in ["e.g.", "i.e.", "Mr.", "Mrs.", "Ms.", "Dr.", "St.", "vs.", "Jr.", "Sr.", "Inc.", "Ltd.", "Co.",
                "Corp.", "a.m.", "p.m.", "No.", "Prof.", "Mt.", "Jan.", "Feb.", "Aug.", "Sept.", "Oct.", "Nov.",
                "Dec.", "U.S.", "U.K."]:
@@ -76,7 +112,7 @@ def _split_piece(piece: str, out: list) -> None:
         if len(piece) > 1:
             if piece[-1] == "." and not piece.endswith(".."):
                 prev = piece[-2]
-                if prev.islower() or prev.isdigit() or prev in "%²-+'\"”“`‘´’)]}" or \
+                if prev.islower() or prev.isdigit() or prev in _PUNCT_BEFORE_DOT or \
                         (prev.isupper() and len(piece) > 2 and piece[-3].isupper()):
                     suffixes.append(".")
                     piece = piece[:-1]
