@@ -39,6 +39,6 @@ setup(
         # the optional Weights & Biases sink (log.wandb=true)
         "wandb": ["wandb"],
         # benchmarks/bench_clean.py compares against datatrove
-        "bench": ["datatrove"],
+        "bench": ["datatrove", "spacy", "fasteners"],  # spaCy: datatrove's English word splitter
     },
 )
