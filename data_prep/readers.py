@@ -96,6 +96,11 @@ def is_dataset_dir(path) -> bool:
     return p.is_dir() and any(all((p / m).is_file() for m in marks) for marks in _DATASET_MARKERS)
 
 
+def is_hf_input(path) -> bool:
+    """True for the inputs read through `datasets` (save_to_disk folders and hf:NAME)."""
+    return is_hf_name(path) or is_dataset_dir(path)
+
+
 def input_bytes(path: str) -> int:
     """On-disk bytes of one input (a save_to_disk folder: all its files; hf:NAME: 0, unknown)."""
     if is_hf_name(path):
@@ -601,11 +606,17 @@ def _hf_dataset(path: str, hf_config: str | None, hf_split: str | None):
 
 def iter_hf(path: str, text_key: str = "text", id_key: str | None = None, hf_config: str | None = None,
             hf_split: str | None = None, strict: bool = True, errors: dict | None = None,
-            batch_rows: int = 1024) -> Iterator[dict]:
+            batch_rows: int = 1024, hf_shard: tuple[int, int] | None = None) -> Iterator[dict]:
     """Documents of a save_to_disk folder (memory-mapped) or of ``hf:NAME`` (streamed), one
     batch of rows at a time; the columns are checked before the first row is read (for a
-    streamed data set whose features are unknown: on every row)."""
+    streamed data set whose features are unknown: on every row). ``hf_shard=(i, n)``: only
+    part i of n (datasets.distributed.split_dataset_by_node: whole source files per part when
+    their count divides by n, else every n-th row), so n tasks read the data set once together."""
     ds, split = _hf_dataset(path, hf_config, hf_split)
+    if hf_shard is not None and hf_shard[1] > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        ds = split_dataset_by_node(ds, rank=hf_shard[0], world_size=hf_shard[1])
     label = path if split is None else f"{path}[{split}]"
     base = os.path.basename(os.path.normpath(path)) if not is_hf_name(path) else path
     feats = ds.features
@@ -675,10 +686,11 @@ def iter_text(path: str, strict: bool = True, errors: dict | None = None,
 def iter_documents(path: str, strict: bool = True, errors: dict | None = None,
                    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES, text_key: str = "text",
                    id_key: str | None = None, hf_config: str | None = None,
-                   hf_split: str | None = None) -> Iterator[dict]:
+                   hf_split: str | None = None, hf_shard: tuple[int, int] | None = None) -> Iterator[dict]:
     """Documents of one input (a file, a save_to_disk folder or hf:NAME; see the module doc).
     ``text_key``/``id_key`` apply to JSONL, Parquet and datasets; ``hf_config`` to hf:NAME;
-    ``hf_split`` to hf:NAME and DatasetDict folders."""
+    ``hf_split`` to hf:NAME and DatasetDict folders; ``hf_shard=(i, n)`` to both datasets kinds
+    (part i of n, see `iter_hf`)."""
     fmt = file_format(path)
     if fmt == "jsonl":
         return iter_jsonl(path, text_key=text_key, id_key=id_key, strict=strict, errors=errors,
@@ -691,13 +703,13 @@ def iter_documents(path: str, strict: bool = True, errors: dict | None = None,
         return iter_text(path, strict=strict, errors=errors, max_doc_bytes=max_doc_bytes)
     if fmt in ("hf_disk", "hf_stream"):
         return iter_hf(path, text_key=text_key, id_key=id_key, hf_config=hf_config, hf_split=hf_split,
-                       strict=strict, errors=errors)
+                       strict=strict, errors=errors, hf_shard=hf_shard)
     raise InputError(f"{path}: unsupported input; expected a file ending in one of {', '.join(ALL_SUFFIXES)}, a "
                      f"datasets save_to_disk folder, or hf:NAME")
 
 
 def check_input(path: str, text_key: str = "text", id_key: str | None = None, hf_config: str | None = None,
-                hf_split: str | None = None) -> None:
+                hf_split: str | None = None, hf_shard: tuple[int, int] | None = None) -> None:
     """Open one input and check that its columns are there and hold text, reading at most its
     first document: InputError (one line naming the input and the fix) otherwise. Scripts call
     it on every input before they write anything."""
@@ -713,7 +725,8 @@ def check_input(path: str, text_key: str = "text", id_key: str | None = None, hf
             raise InputError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
         _columns(path, schema.names, {n: schema.field(n).type for n in schema.names}, text_key, id_key, True, None)
         return
-    docs = iter_documents(path, text_key=text_key, id_key=id_key, hf_config=hf_config, hf_split=hf_split)
+    docs = iter_documents(path, text_key=text_key, id_key=id_key, hf_config=hf_config, hf_split=hf_split,
+                          hf_shard=hf_shard)
     try:
         next(iter(docs), None)
     finally:

@@ -70,6 +70,7 @@ from data_prep.readers import (
     check_input,
     expand_inputs,
     input_bytes,
+    is_hf_input,
     is_hf_name,
     iter_documents,
     reader_options,
@@ -455,6 +456,7 @@ class Job:
     options: Options
     task_index: int = 0
     num_tasks: int = 1
+    reader: dict = field(default_factory=dict)  # options.reader + this task's hf_shard
     per_input: list[dict] = field(default_factory=list)
 
     @property
@@ -485,21 +487,25 @@ def plan(inputs, tokenizer_path: str, output_prefix: str, options: Options, task
     except ValueError as e:
         raise InputError(str(e)) from None
     all_inputs = expand_inputs([str(i) for i in inputs], TOKENIZE_SUFFIXES)
-    mine = partition(all_inputs, task_index, num_tasks)
+    # Files are dealt out whole; a datasets input (hf:NAME, a save_to_disk folder) is read by
+    # every task, each its own part of it (reader option hf_shard), so N tasks share one Hub data set.
+    mine = (partition([p for p in all_inputs if not is_hf_input(p)], task_index, num_tasks)
+            + [p for p in all_inputs if is_hf_input(p)])
     base_prefix = str(output_prefix)
     if Path(base_prefix).is_dir() or base_prefix.endswith(os.sep):
         raise InputError(f"--output-prefix {base_prefix} is a folder; give a prefix such as "
                          f"{os.path.join(base_prefix, 'corpus')}")
     tok, eod = load_tokenizer(tokenizer_path, options.eod_token)
     tok_file = str(tokenizer_file(tokenizer_path))
+    reader = {**options.reader, "hf_shard": (task_index, num_tasks) if num_tasks > 1 else None}
     for path in mine:
-        check_input(path, **options.reader)
+        check_input(path, **reader)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     return Job(all_inputs=all_inputs, inputs=mine, tokenizer=tok, eod=eod, tokenizer_path=os.path.abspath(tok_file),
                tokenizer_sha256=sha256_file(tok_file), vocab_size=vocab, dtype=np.dtype(dtype_for_vocab(vocab)),
                base_prefix=base_prefix,
                prefix=task_prefix(base_prefix, task_index) if num_tasks > 1 else base_prefix, options=options,
-               task_index=task_index, num_tasks=num_tasks,
+               task_index=task_index, num_tasks=num_tasks, reader=reader,
                per_input=[{"path": p if is_hf_name(p) else os.path.abspath(p), "bytes": input_bytes(p), "documents": 0}
                           for p in mine])
 
@@ -551,7 +557,7 @@ def encoded_batches(job: Job, n_workers: int, progress: _Progress, timing: dict)
     while this thread turns ids into arrays, or n_workers processes."""
     opts = job.options
     batches = _prefetch(_batches(job.inputs, progress, job.per_input, opts.valid_fraction, split_key(opts.seed),
-                                 opts.reader))
+                                 job.reader))
 
     def timed(it):
         while True:

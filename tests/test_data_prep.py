@@ -129,7 +129,8 @@ def test_split_is_deterministic(tokenized, tokenizer, corpus, tmp_path):
         for ext in ("bin", "idx"):
             assert Path(f"{again}_{split}.{ext}").read_bytes() == Path(f"{prefix}_{split}.{ext}").read_bytes()
     # Another seed: another split of the same documents.
-    other = tokenize_corpus([root], tokenizer, str(tmp_path / "other"), valid_fraction=0.1, seed=1, workers=1, quiet=True)
+    other = tokenize_corpus([root], tokenizer, str(tmp_path / "other"), valid_fraction=0.1, seed=1, workers=1,
+                            quiet=True)
     assert other["documents"] == manifest["documents"] and other["tokens"] == manifest["tokens"]
     assert (Path(f"{tmp_path / 'other'}_valid.bin").read_bytes() != Path(f"{prefix}_valid.bin").read_bytes())
 

@@ -143,6 +143,32 @@ def test_hf_streaming_fineweb_layout(data, docs, tokenizer, tmp_path):
     assert m["inputs"] == [{"path": name, "bytes": 0, "documents": 60}] and m["options"]["hf_config"] == "sample-10BT"
 
 
+def test_tasks_share_datasets_inputs(data, docs, tokenizer, tmp_path):
+    """With --num-tasks 3, every task reads its own part of an hf: stream (and of a save_to_disk
+    folder); merged, the tasks hold exactly the documents of one run, in the same splits."""
+    from collections import Counter
+
+    from data_prep.merge_manifests import merge_manifests
+
+    name = f"hf:{data / 'fineweb'}"
+    kw = dict(hf_config="sample-10BT", valid_fraction=0.2, quiet=True)
+    one = tokenize_corpus([name], tokenizer, str(tmp_path / "one"), **kw)
+    for i in range(3):
+        m = tokenize_corpus([name], tokenizer, str(tmp_path / "t"), task_index=i, num_tasks=3, **kw)
+        assert 0 < m["documents"] < 60
+    merged = merge_manifests(str(tmp_path / "t"), quiet=True)
+    for split in ("train", "valid"):
+        assert merged["splits"][split]["documents"] == one["splits"][split]["documents"]
+        got = Counter(tuple(IndexedDataset(tmp_path / sh["prefix"])[i].tolist())
+                      for sh in merged["splits"][split]["shards"]
+                      for i in range(sh["documents"]))
+        ref = IndexedDataset(tmp_path / f"one_{split}")
+        assert got == Counter(tuple(ref[i].tolist()) for i in range(len(ref)))
+    parts = [list(iter_documents(str(data / "corpus" / "saved"), text_key="content", hf_shard=(i, 3)))
+             for i in range(3)]
+    assert sorted(d["text"] for p in parts for d in p) == sorted(d["text"] for d in docs)
+
+
 @pytest.mark.parametrize("case", ["missing_column", "non_text_column", "missing_id_column", "not_a_dataset",
                                   "unknown_config", "parquet_missing_column", "parquet_non_text_column"])
 def test_bad_inputs_are_one_line_before_writing(case, data, tokenizer, tmp_path):

@@ -126,7 +126,8 @@ def test_resharding_replaces_the_old_layout(corpus, tokenizer, tmp_path):
     prefix = str(tmp_path / "r")
     small = tokenize_corpus([corpus[0]], tokenizer, prefix, valid_fraction=0.0, max_shard_tokens=3000, quiet=True)
     n = len(small["splits"]["train"]["shards"])
-    assert n > 2 and sorted(p.name for p in tmp_path.glob("r_train_*.idx")) == [f"r_train_{i:05d}.idx" for i in range(n)]
+    names = sorted(p.name for p in tmp_path.glob("r_train_*.idx"))
+    assert n > 2 and names == [f"r_train_{i:05d}.idx" for i in range(n)]
     big = tokenize_corpus([corpus[0]], tokenizer, prefix, valid_fraction=0.0, quiet=True)
     assert len(big["splits"]["train"]["shards"]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r_manifest.json", "r_train.bin", "r_train.idx"]
@@ -220,7 +221,8 @@ def test_worker_processes_write_the_same_shards(corpus, tokenizer, tmp_path):
         for a, b in zip(one["splits"][split]["shards"], two["splits"][split]["shards"], strict=True):
             assert (a["documents"], a["tokens"]) == (b["documents"], b["tokens"])
             for ext in ("bin", "idx"):
-                assert (tmp_path / f"{a['prefix']}.{ext}").read_bytes() == (tmp_path / f"{b['prefix']}.{ext}").read_bytes()
+                got = (tmp_path / f"{b['prefix']}.{ext}").read_bytes()
+                assert (tmp_path / f"{a['prefix']}.{ext}").read_bytes() == got
 
 
 def test_half_written_task_never_looks_finished(corpus, tokenizer, tmp_path):
