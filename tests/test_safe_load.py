@@ -62,3 +62,15 @@ def test_consolidated_round_trip_holds_only_tensors_and_plain_data(tmp_path, suf
     assert torch.equal(loaded(idx), model.eval()(idx)) and rec["step"] == 7
     if suffix == ".pt":  # readable by plain torch.load(weights_only=True): nothing but tensors and plain types
         torch.load(out, weights_only=True)
+
+
+def test_init_from_a_crafted_pickle_is_refused_by_the_trainer(token_data, tmp_path):
+    """checkpoint.init_from=FILE.pt: the trainer reads it through load_consolidated, so the
+    crafted file is refused in one line before anything runs from it."""
+    from trainutil import SMALL
+
+    path, marker = _crafted(tmp_path)
+    r = run_python([REPO / "launcher" / "pretrain.py", "--run-dir", tmp_path / "run", f"data.prefix={token_data}",
+                    *SMALL, "train.max_steps=1", f"checkpoint.init_from={path}"])
+    assert_one_line_error(r, str(path), "refused")
+    assert not marker.exists()
