@@ -36,9 +36,13 @@ projection is [q heads | k heads | v heads], split into q/k/v for Llama and Stab
 re-ordered per head ([q_h, k_h, v_h] for each head h) for GPT-NeoX; our SwiGLU up projection is
 [gate | value], split into gate_proj and up_proj.
 
-The tokenizer is our tokenizer.json wrapped in PreTrainedTokenizerFast, with ``<|endoftext|>``
-as bos and eos, and ``split_special_tokens`` on, so that a literal "<|endoftext|>" in text is
+The tokenizer is our tokenizer.json wrapped in PreTrainedTokenizerFast, with the run's
+end-of-document token (its manifest's eod_token; ``<|endoftext|>`` when none is recorded) as bos
+and eos, and ``split_special_tokens`` on, so that a literal end-of-document string in text is
 encoded as text exactly as data_prep/tokenize_corpus.py encoded the training data.
+
+The name mapping is one table per architecture (``param_table``), read forwards here and
+backwards by the import (llmtrain/export/hf_import.py).
 
 The folder is written under a temporary name beside DIR and renamed into place when complete.
 """
