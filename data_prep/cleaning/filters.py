@@ -23,6 +23,7 @@ Sources of the thresholds:
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -268,13 +269,14 @@ class GopherQuality(BaseFilter):
         text = doc.text
         words = doc.words
         n_words = len(words)
-        real = [w for w in words if w.isalpha() or not PUNCTUATION.issuperset(w)]  # isalpha: the fast case
-        n_real = len(real)
+        counts = Counter(words)  # each distinct word is judged once
+        real = [(w, k) for w, k in counts.items() if w.isalpha() or not PUNCTUATION.issuperset(w)]
+        n_real = sum(k for _, k in real)
         if c.min_doc_words is not None and n_real < c.min_doc_words:
             return "gopher_short_doc"
         if c.max_doc_words is not None and n_real > c.max_doc_words:
             return "gopher_long_doc"
-        avg = sum(map(len, real)) / n_real if n_real else 0.0
+        avg = sum(len(w) * k for w, k in real) / n_real if n_real else 0.0
         if c.min_avg_word_length is not None and avg < c.min_avg_word_length:
             return "gopher_below_avg_word_length"
         if c.max_avg_word_length is not None and avg > c.max_avg_word_length:
@@ -294,10 +296,10 @@ class GopherQuality(BaseFilter):
             if ell / len(lines) > c.max_ellipsis_lines_ratio:
                 return "gopher_too_many_end_ellipsis"
         if c.min_alpha_words_ratio is not None:
-            alpha = sum(1 for w in words if w.isalpha() or any(ch.isalpha() for ch in w))
+            alpha = sum(k for w, k in counts.items() if w.isalpha() or any(ch.isalpha() for ch in w))
             if alpha / n_words < c.min_alpha_words_ratio:
                 return "gopher_below_alpha_ratio"
-        if c.min_stop_words is not None and len(self.stop_words.intersection(words)) < c.min_stop_words:
+        if c.min_stop_words is not None and len(self.stop_words.intersection(counts)) < c.min_stop_words:
             return "gopher_few_stop_words"
         return True
 

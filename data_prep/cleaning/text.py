@@ -165,7 +165,9 @@ def split_words(text: str) -> list[str]:
 
 
 _ABBREV = {"mr", "mrs", "ms", "dr", "st", "vs", "prof", "inc", "ltd", "jr", "sr", "no", "fig", "etc", "approx"}
-_SENT_END_RE = re.compile(r"(\S*?)([.!?]+|…)[\"'”’)\]]*\s+(?=\S)")
+# (?<!\S): a match can only begin where a word begins (the lazy \S*? reaches any later start
+# in the word from there), so the engine does not retry at every character of every word
+_SENT_END_RE = re.compile(r"(?<!\S)(\S*?)([.!?]+|…)[\"'”’)\]]*\s+(?=\S)")
 
 
 def count_sentences(line: str) -> int:
