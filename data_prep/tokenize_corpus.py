@@ -18,6 +18,13 @@ tokenizer's vocabulary) appended. A document goes to the valid split when a keye
 id and text falls below --valid-fraction: the split does not depend on the order, the number
 of workers or tasks, or chance, and --seed picks a different (equally deterministic) split.
 
+Prompt/response data (``--format prompt-response``): every record has a ``prompt`` and a
+``response`` field (--prompt-key/--response-key; JSONL, Parquet or datasets inputs) and becomes
+one sequence, prompt tokens + response tokens + end of document. Beside each token shard P.bin/.idx
+a loss mask P_mask.bin/.idx (same layout, one uint8 per token) holds 1 on the response tokens and
+the end of document, 0 on the prompt; the manifest records ``"loss_mask"``, and the trainer then
+counts only the response tokens in the loss. The split hashes the id and the prompt.
+
 Shards: a split of more than --max-shard-tokens tokens is written as PREFIX_train_00000.bin/.idx,
 PREFIX_train_00001..., each of at most that many tokens (a single longer document gets a shard
 of its own); a split that fits is one PREFIX_train.bin/.idx. Either way the manifest lists every
@@ -87,6 +94,8 @@ DEFAULT_MAX_SHARD_TOKENS = 1_000_000_000  # 2 GB per .bin at uint16
 BATCH_DOCS = 1024  # documents per encode batch
 BATCH_CHARS = 8_000_000  # ... or fewer when they are long
 SPLITS = ("train", "valid")
+PROMPT_RESPONSE = "prompt-response"
+FORMATS = ("text", PROMPT_RESPONSE)
 READER_DEFAULTS = {"text_key": "text", "id_key": None, "hf_config": None, "hf_split": None}
 # Rough uncompressed-characters per on-disk byte, for the ETA until a file has been read.
 _RATIO_GUESS = {".gz": 3.0, ".zst": 3.5}
@@ -139,8 +148,10 @@ def _flatten(encs, eod: int, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _encoder(tok):
-    # encode_batch_fast: the same ids without computing character offsets (tokenizers >= 0.20).
-    return getattr(tok, "encode_batch_fast", tok.encode_batch)
+    # encode_batch, not encode_batch_fast: the same ids, and with tokenizers 0.23.3 on this 2-core
+    # machine encode_batch took 0.85x the CPU time of encode_batch_fast (median of 6 alternating
+    # rounds on 5 MB, load ~12; benchmarks/BENCHMARKS.md, tokenisation).
+    return tok.encode_batch
 
 
 def _encode(tok, texts: list[str], eod: int, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
@@ -419,6 +430,9 @@ class Options:
     eod_token: str = EOD_TOKEN
     reader: dict = field(default_factory=dict)  # data_prep.readers.reader_options: text_key, id_key, hf_*
     workers: int | None = None
+    format: str = "text"  # text | prompt-response (a loss mask beside the tokens)
+    prompt_key: str = "prompt"
+    response_key: str = "response"
 
     def __post_init__(self) -> None:
         self.reader = {**READER_DEFAULTS, **{k: v for k, v in self.reader.items() if v is not None}}
@@ -432,12 +446,16 @@ class Options:
             raise InputError(f"--max-shard-tokens {self.max_shard_tokens} must be a whole number >= 1")
         if not self.eod_token:
             raise InputError("--eod-token is empty; name the tokenizer's end-of-document token, e.g. '<|endoftext|>'")
+        if self.format not in FORMATS:
+            raise InputError(f"--format {self.format!r} is not one of {', '.join(FORMATS)}")
 
     def record(self, workers: int) -> dict:
         return {"valid_fraction": self.valid_fraction, "seed": self.seed, "workers": workers,
                 "max_shard_tokens": int(self.max_shard_tokens),
                 "split": "blake2b(id + NUL + text, key=seed) < valid_fraction",
-                **{k: v for k, v in self.reader.items() if v is not None}}
+                **{k: v for k, v in self.reader.items() if v is not None},
+                **({"format": self.format, "prompt_key": self.prompt_key, "response_key": self.response_key}
+                   if self.format == PROMPT_RESPONSE else {})}
 
 
 @dataclass
@@ -498,8 +516,17 @@ def plan(inputs, tokenizer_path: str, output_prefix: str, options: Options, task
     tok, eod = load_tokenizer(tokenizer_path, options.eod_token)
     tok_file = str(tokenizer_file(tokenizer_path))
     reader = {**options.reader, "hf_shard": (task_index, num_tasks) if num_tasks > 1 else None}
+    if options.format == PROMPT_RESPONSE and num_tasks > 1:
+        raise InputError("--format prompt-response runs as one task; leave out --num-tasks")
     for path in mine:
-        check_input(path, **reader)
+        if options.format == PROMPT_RESPONSE:
+            for key, flag in ((options.prompt_key, "--prompt-key"), (options.response_key, "--response-key")):
+                try:
+                    check_input(path, **{**reader, "text_key": key})
+                except InputError as e:
+                    raise InputError(_pr_message(e, flag)) from None
+        else:
+            check_input(path, **reader)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     return Job(all_inputs=all_inputs, inputs=mine, tokenizer=tok, eod=eod, tokenizer_path=os.path.abspath(tok_file),
                tokenizer_sha256=sha256_file(tok_file), vocab_size=vocab, dtype=np.dtype(dtype_for_vocab(vocab)),
@@ -597,20 +624,105 @@ def encoded_batches(job: Job, n_workers: int, progress: _Progress, timing: dict)
         batches.close()
 
 
+# ---- prompt/response records ---------------------------------------------------------------
+
+def _pr_message(e: InputError, flag: str) -> str:
+    """A reader's message about its text field, with the flag that names the field here."""
+    return str(e).replace("--text-key names the text field", f"{flag} names it").replace("--text-key", flag)
+
+
+def _records(path: str, job: Job):
+    """(id, prompt, response) of each record of one input: the reader run once per field, in
+    step (a record without one of the fields raises InputError naming the file and line)."""
+    opts = job.options
+    readers = []
+    for key, flag in ((opts.prompt_key, "--prompt-key"), (opts.response_key, "--response-key")):
+        readers.append((iter_documents(path, **{**job.reader, "text_key": key}), flag))
+
+    def step(it, flag):
+        try:
+            return next(it, None)
+        except InputError as e:
+            raise InputError(_pr_message(e, flag)) from None
+
+    while True:
+        p, r = step(*readers[0]), step(*readers[1])
+        if p is None or r is None:
+            if p is not None or r is not None:
+                raise InputError(f"{path}: records end unevenly between '{opts.prompt_key}' and "
+                                 f"'{opts.response_key}'; every record needs both fields")
+            return
+        if p["id"] != r["id"]:
+            raise InputError(f"{path}: record {p['id']} has no string field '{opts.response_key}'; every record "
+                             f"needs both fields (--response-key names it)")
+        yield p["id"], p["text"], r["text"]
+
+
+def _pr_batches(job: Job, progress: _Progress, timing: dict):
+    """(is_valid, flat tokens, lengths, flat loss mask) per batch of prompt/response records:
+    each record is prompt + response + end of document, the mask 1 on the response and the end
+    of document. Encoded in this process (fine-tuning sets are small)."""
+    key, encode = split_key(job.options.seed), _encoder(job.tokenizer)
+    for path, info in zip(job.inputs, job.per_input):
+        progress.cur_suffix = os.path.splitext(path)[1].lower()
+        recs = list(_records(path, job))
+        for i in range(0, len(recs), BATCH_DOCS):
+            chunk = recs[i:i + BATCH_DOCS]
+            valid = np.array([is_valid_doc(rid, p, job.options.valid_fraction, key) for rid, p, _ in chunk], bool)
+            t = time.perf_counter()
+            prompts = encode([p for _, p, _ in chunk], add_special_tokens=False)
+            responses = encode([r for _, _, r in chunk], add_special_tokens=False)
+            timing["encode_s"] += time.perf_counter() - t
+            seqs = [np.concatenate([np.asarray(p.ids, np.int64), np.asarray(r.ids, np.int64), [job.eod]])
+                    for p, r in zip(prompts, responses)]
+            masks = [np.concatenate([np.zeros(len(p.ids), np.uint8), np.ones(len(r.ids) + 1, np.uint8)])
+                     for p, r in zip(prompts, responses)]
+            info["documents"] += len(chunk)
+            yield (valid, np.concatenate(seqs).astype(job.dtype), np.array([len(q) for q in seqs], np.int64),
+                   np.concatenate(masks))
+        progress.done_bytes += info["bytes"]
+
+
+class _MaskedSplitWriter(_SplitWriter):
+    """A split's token shards and, beside each shard P, its loss mask P_mask (uint8, the same
+    documents and lengths, so the two are cut into shards at the same places)."""
+
+    def __init__(self, base: str, dtype, max_tokens: int):
+        super().__init__(base, dtype, max_tokens)
+        self.mask = _SplitWriter(f"{base}_mask", np.uint8, max_tokens)
+        self.mask.final_prefixes = lambda: [f"{p}_mask" for p in self.final_prefixes()]
+
+    def add(self, flat: np.ndarray, lengths: np.ndarray, mask: np.ndarray) -> None:
+        super().add(flat, lengths)
+        self.mask.add(mask, lengths)
+
+    def finish(self) -> None:
+        super().finish()
+        self.mask.finish()
+
+    def abort(self) -> None:
+        super().abort()
+        self.mask.abort()
+
+    def publish(self) -> list[dict]:
+        self.mask.publish()  # first: its names come from the token shards still staged
+        return super().publish()
+
+
 def write_splits(job: Job, stream, progress: _Progress, timing: dict) -> dict[str, _SplitWriter]:
     """Append every batch of ``stream`` to its split's shards (staged under temporary names);
     returns the finished (not yet published) writers. On an error every staged file is removed."""
-    writers = {s: _SplitWriter(f"{job.prefix}_{s}", job.dtype, int(job.options.max_shard_tokens))
-               for s in job.split_names}
+    kind = _MaskedSplitWriter if job.options.format == PROMPT_RESPONSE else _SplitWriter
+    writers = {s: kind(f"{job.prefix}_{s}", job.dtype, int(job.options.max_shard_tokens)) for s in job.split_names}
     try:
-        for valid, flat, lengths in stream:
+        for valid, flat, lengths, *mask in stream:  # mask: [the loss mask] for prompt/response records
             t = time.perf_counter()
             if valid.any():
                 token_valid = np.repeat(valid, lengths)  # each token's split, from its document's
-                writers["train"].add(flat[~token_valid], lengths[~valid])
-                writers["valid"].add(flat[token_valid], lengths[valid])
+                writers["train"].add(flat[~token_valid], lengths[~valid], *(m[~token_valid] for m in mask))
+                writers["valid"].add(flat[token_valid], lengths[valid], *(m[token_valid] for m in mask))
             else:
-                writers["train"].add(flat, lengths)
+                writers["train"].add(flat, lengths, *mask)
             progress.docs += len(lengths)
             progress.tokens += int(lengths.sum())
             timing["write_s"] += time.perf_counter() - t
@@ -651,6 +763,9 @@ def build_manifest(job: Job, published: dict[str, list[dict]], n_workers: int, e
     extra = {"command": command, "elapsed_s": round(elapsed, 3), "timing": {k: round(v, 3) for k, v in timing.items()}}
     if job.tasked:
         extra["task"] = job.task_record()
+    if job.options.format == PROMPT_RESPONSE:
+        extra["loss_mask"] = {"suffix": "_mask", "dtype": "uint8",
+                              "counts": "1: a response token or the end of document (in the loss); 0: a prompt token"}
     return Manifest(prefix=job.prefix, splits=splits, dtype=job.dtype.name, vocab_size=job.vocab_size,
                     eod_token=job.options.eod_token, eod_token_id=job.eod, tokenizer_path=job.tokenizer_path,
                     tokenizer_sha256=job.tokenizer_sha256, inputs=job.per_input, options=job.options.record(n_workers),
@@ -702,7 +817,8 @@ def tokenize_corpus(inputs, tokenizer_path: str, output_prefix: str, *, progress
     # thread (wait_s: waiting for the next batch from the stage before).
     timing = {"encode_s": 0.0, "wait_s": 0.0, "ids_to_array_s": 0.0, "write_s": 0.0}
     t0 = time.time()
-    stream = encoded_batches(job, n_workers, progress, timing)
+    stream = (_pr_batches(job, progress, timing) if options.format == PROMPT_RESPONSE
+              else encoded_batches(job, n_workers, progress, timing))
     try:
         writers = write_splits(job, stream, progress, timing)
     finally:
@@ -757,6 +873,11 @@ def main(argv=None) -> int:
                     help="after all --num-tasks tasks: write PREFIX_manifest.json listing every task's shards")
     ap.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--format", choices=FORMATS, default="text",
+                    help="text: one document per record (--text-key); prompt-response: records with a prompt and "
+                         "a response, written with a loss mask (only the response counts in the loss)")
+    ap.add_argument("--prompt-key", default="prompt", help="the prompt field with --format prompt-response")
+    ap.add_argument("--response-key", default="response", help="the response field with --format prompt-response")
     add_input_args(ap)
     args = ap.parse_args(argv)
     try:
@@ -768,7 +889,8 @@ def main(argv=None) -> int:
         if not args.input or not args.tokenizer:
             ap.error("--input and --tokenizer are required (except with --merge)")
         opts = Options(valid_fraction=args.valid_fraction, seed=args.seed, max_shard_tokens=args.max_shard_tokens,
-                       eod_token=args.eod_token, reader=reader_options(args), workers=args.workers)
+                       eod_token=args.eod_token, reader=reader_options(args), workers=args.workers,
+                       format=args.format, prompt_key=args.prompt_key, response_key=args.response_key)
         opts.check()
         opts.max_shard_tokens = int(opts.max_shard_tokens)
         tokenize_corpus(args.input, args.tokenizer, args.output_prefix, options=opts,
