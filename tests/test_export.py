@@ -286,3 +286,29 @@ def test_evaluate_matches_the_trainers_valid_loss(runs, tmp_path):
             w.add_document(ds[i])
     small = evaluate(runs["single"], data=str(tmp_path / "small"), progress=False)
     assert small["windows"] == small["windows_available"] == (sum(len(ds[i]) for i in range(3)) - 1) // 64 >= 2
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_consolidated_file_holds_only_tensors_and_is_taken_by_every_command(runs, tmp_path, suffix):
+    """python -m llmtrain.train.consolidate (pipeline checkpoint) → a file that torch.load(weights_only=True)
+    or safetensors reads, and that generate/export take with the checkpoint's own logits."""
+    from llmtrain.export.generate import generate
+    from llmtrain.train.consolidate import load_gpt
+
+    out = tmp_path / f"model{suffix}"
+    r = run_python(["-m", "llmtrain.train.consolidate", runs["pipe"], "--out", out])
+    assert r.returncode == 0, r.stderr[-2000:]
+    if suffix == ".pt":
+        rec = torch.load(out, weights_only=True)
+        assert set(rec) == {"model_config", "state_dict", "step", "tokens", "source"}
+    a, rec_a = load_gpt(runs["pipe"])
+    b, rec_b = load_gpt(out)
+    ids = valid_windows(runs["pipe"])[:, :-1]
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids)) and rec_a["step"] == rec_b["step"] == 2
+    # the run's tokenizer is named with --tokenizer (a lone file carries no data manifest)
+    from llmtrain.export.runinfo import run_info, tokenizer_path
+
+    tok_path = str(tokenizer_path(run_info(runs["pipe"])))
+    assert generate(out, "The", 5, temperature=0, tokenizer=tok_path)["tokens"] == \
+        generate(runs["pipe"], "The", 5, temperature=0)["tokens"]
