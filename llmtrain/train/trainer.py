@@ -62,6 +62,7 @@ def main(argv=None) -> int:
         user_ds, ds_path = load_ds_json(args.deepspeed_config)
         # validate the layout and the user's data before any process group or model exists
         config_path = args.config or "configs/tiny.yaml"
+        model_from_hf_folder(cfg, args.overrides, config_path)
         ds_config = check_layout(cfg, user_ds, ds_path, config_path, env_int("WORLD_SIZE", 1))
         data = load_data(cfg, cfg.data.prefix, config_path) if cfg.data.prefix is not None else None
     except (ConfigError, ValueError, OSError) as e:
@@ -311,7 +312,13 @@ def run(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
             return 0
     init_state, init_meta = None, {}
     if not resuming and cfg.checkpoint.init_from:
-        init_state, init_meta = open_init_from(cfg)
+        init_state, init_meta = open_init_from(cfg, data)
+        if cfg.checkpoint.init_step is not None:
+            if init_state is None:
+                raise ConfigError(f"{cfg.checkpoint.init_from}: checkpoint.init_step needs a consolidated file or an "
+                                  f"imported model; consolidate the step folder (python -m llmtrain.train.consolidate)")
+            step0 = cfg.checkpoint.init_step
+            init_meta = {**init_meta, "step": step0, "tokens": step0 * tokens_per_step}
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -390,28 +397,59 @@ def seed_everything(seed: int, rank: int) -> None:
     get_accelerator().manual_seed(seed * 1009 + rank)
 
 
-def open_init_from(cfg: Config) -> tuple[dict | None, dict]:
-    """checkpoint.init_from as (consolidated state dict, its metadata) for a consolidated file or
-    folder; (None, {}) for a DeepSpeed step folder (loaded by the engine). Refuses other shapes."""
+def model_from_hf_folder(cfg: Config, overrides: list[str], where: str) -> None:
+    """checkpoint.init_from=HF_DIR (a transformers folder): the model section comes from the
+    folder; a model.* override on the command line that contradicts it is an error naming both."""
+    from llmtrain.export.hf_import import is_hf_folder, model_config_from_hf, read_hf_config
+
+    init = cfg.checkpoint.init_from
+    if not init or not is_hf_folder(init):
+        return
+    source = str(Path(init) / "config.json")
+    folder = model_config_from_hf(read_hf_config(init), source)
+    given = {o.split("=", 1)[0].strip()[len("model."):] for o in overrides if o.strip().startswith("model.")}
+    for key, value in folder.items():
+        if key in given and key != "dropout" and getattr(cfg.model, key) != value:
+            raise ConfigError(f"model.{key}={getattr(cfg.model, key)} (command line) conflicts with {source} "
+                              f"({key}={value}), the model checkpoint.init_from starts from; remove the override")
+        if key != "dropout" or key not in given:
+            setattr(cfg.model, key, value)
+    cfg.model.validate(where)
+
+
+def open_init_from(cfg: Config, data: DataBundle) -> tuple[dict | None, dict]:
+    """checkpoint.init_from as (consolidated state dict, its metadata) for a consolidated file, an
+    imported model folder or a transformers folder; (None, {}) for a DeepSpeed step folder (loaded
+    by the engine). Refuses anything else."""
+    from llmtrain.export.hf_import import is_hf_folder, load_hf_folder
     from llmtrain.train.consolidate import is_consolidated, load_consolidated
+    from llmtrain.utils import sha256_file
 
     init = Path(cfg.checkpoint.init_from)
     if init.is_dir() and any(init.glob("*model_states.pt")):
         check_checkpoint_shape(init.parent, cfg)
         return None, {}
+    if is_hf_folder(init):
+        model_cfg, state, tok_path = load_hf_folder(init)
+        check_same_model(model_cfg, cfg, init, "")
+        if sha256_file(tok_path) != sha256_file(data.tokenizer_path):
+            raise ConfigError(f"{data.tokenizer_path}: the data was tokenised with another tokenizer than {tok_path}, "
+                              f"the one of checkpoint.init_from; tokenise it with --tokenizer {init}")
+        return state, {"model_config": model_cfg, "step": 0, "tokens": 0, "source": str(init)}
     if init.exists() and is_consolidated(init):
         state, meta = load_consolidated(init)
         check_same_model(meta.get("model_config", {}), cfg, init, "")
         return state, meta
     raise ConfigError(f"{init}: checkpoint.init_from is neither a checkpoint folder (.../checkpoints/global_stepN) "
-                      f"nor a consolidated file (python -m llmtrain.train.consolidate) nor an imported model folder")
+                      f"nor a consolidated file (python -m llmtrain.train.consolidate) nor a model folder "
+                      f"(launcher/import_hf.py output or a transformers folder with config.json)")
 
 
 def restart_schedule_at(engine, lr: float, step: int) -> None:
     """A branch from another run's checkpoint follows this run's schedule and peak LR from its
     first step (the loaded optimizer carries the source run's LR)."""
     sched = engine.lr_scheduler
-    sched.base_lrs = [lr for _ in sched.base_lrs]
+    sched.base_lrs = [lr * g.get("lr_scale", 1.0) for g in sched.optimizer.param_groups]  # muP's per-group factors
     sched.last_epoch = step
     for group, base in zip(engine.optimizer.param_groups, sched.base_lrs):
         group["lr"] = base * sched.lr_lambdas[0](step)
