@@ -63,6 +63,11 @@ class ModelConfig:
     qk_norm: bool = False  # normalise each head's queries and keys (model.norm's kind) before attention
     z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) added to the training loss (PaLM: 1e-4)
     gelu: str = "tanh"  # tanh | exact: the GELU form of the gelu MLP (GPT-NeoX/Pythia use exact)
+    # standard | mup (Tensor Programs V; llmtrain/model/mup.py): init, per-layer Adam LR and the
+    # output multiplier scale with d_model relative to mup_base_width, where they equal standard
+    parametrization: str = "standard"
+    mup_base_width: Optional[int] = None  # muP: the d_model the hyperparameters were tuned at
+    mup_base_head_dim: Optional[int] = None  # muP: head size at the base width; None: mup_base_width / n_head
 
     @property
     def kv_heads(self) -> int:
@@ -100,6 +105,16 @@ class ModelConfig:
                               f"{self.d_model // self.n_head} dimensions; it must be an even number > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{where}: model.dropout must be in [0, 1) (got {self.dropout})")
+        _choice(where, "model.parametrization", self.parametrization, ("standard", "mup"))
+        if self.parametrization == "mup" and self.mup_base_width is None:
+            raise ConfigError(f"{where}: model.parametrization=mup needs model.mup_base_width, the d_model the "
+                              f"hyperparameters were tuned at (e.g. model.mup_base_width=128)")
+        if self.parametrization != "mup" and (self.mup_base_width is not None or self.mup_base_head_dim is not None):
+            raise ConfigError(f"{where}: model.mup_base_width and model.mup_base_head_dim apply only with "
+                              f"model.parametrization=mup (got {self.parametrization}); remove them or set it")
+        for k in ("mup_base_width", "mup_base_head_dim"):
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
+                raise ConfigError(f"{where}: model.{k} must be > 0 (got {getattr(self, k)})")
 
     @property
     def rotary_dim(self) -> int:

@@ -317,9 +317,14 @@ def hf_state_dict(sd: dict, cfg, arch: str) -> dict:
 
 def build_hf_model(sd: dict, cfg, arch: str, bos: int, eos: int):
     """A transformers model (eval, fp32) holding our weights; every one of its parameters must be
-    set from ours and every one of ours used."""
+    set from ours and every one of ours used. A muP model's multipliers are folded into weights
+    first (llmtrain.model.mup.standard_state_dict): the attention's into the query projection (or
+    the query norm), the readout's into the final norm, so tied embeddings stay tied."""
     from transformers import AutoModelForCausalLM
 
+    from llmtrain.model.mup import standard_state_dict
+
+    sd = standard_state_dict(sd, cfg)
     config = hf_config(cfg, arch, bos, eos)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     target = model.state_dict()

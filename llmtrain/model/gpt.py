@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmtrain.config import ModelConfig
+from llmtrain.model import mup
 
 
 class RMSNorm(nn.Module):
@@ -152,6 +153,7 @@ class Attention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.rotary = cfg.pos_encoding == "rotary"
         self.cfg = cfg
+        self.q_mult = mup.query_multiplier(cfg)  # muP: scores scaled by 1/head_dim (1.0 at the base width)
 
     def rotary_angles(self, start: int, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (T, rotary_dim/2) of positions start..start+T-1, made in fp32 on the device at
@@ -169,6 +171,8 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.q_mult != 1.0:
+            q = q * self.q_mult
         if self.rotary:
             cos, sin = self.rotary_angles(0 if cache is None else cache.length, T, x.device)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -243,15 +247,20 @@ class Embedding(nn.Module):
 
 
 class Head(nn.Module):
-    """Final norm and, when embeddings are untied, the output projection."""
+    """Final norm and, when embeddings are untied, the output projection. Under muP the normalised
+    input of the output projection (tied or not) is multiplied by the readout multiplier
+    base_width / d_model, which scales the logits by it."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm = make_norm(cfg)
         self.out = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.out_mult = mup.output_multiplier(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
+        if self.out_mult != 1.0:
+            x = x * self.out_mult
         return x if self.out is None else self.out(x)
 
 
@@ -264,6 +273,7 @@ def init_weights(module: nn.Module, cfg: ModelConfig, seed: int | None = None) -
     for name, m in module.named_modules():
         if isinstance(m, nn.Linear):
             std = resid_std if name.endswith(("attn.proj", "mlp.down")) else cfg.init_std
+            std *= mup.init_std_factor(cfg, name + ".weight")  # muP: hidden weights var ~ 1/fan_in
             nn.init.normal_(m.weight, 0.0, std, generator=gen)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -71,13 +71,9 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
             enable_activation_checkpointing(model.blocks)
     if init_state is not None:
         load_weights(model, init_state, cfg, pipeline)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "wpe" not in name else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    from llmtrain.model.mup import mup_param_groups
+
+    groups = mup_param_groups(model, cfg)  # decay / no-decay, and muP's per-role LR factors
     t = cfg.train
     # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop.
     # Where DeepSpeed checks no gradient overflow itself (fp32 without ZeRO), the optimizer skips
