@@ -264,7 +264,8 @@ def overheads(cfg, data, ds_config, total_steps: int, device, peak: float, reps:
     grads = [p.grad for p in params]
     opt = engine.basic_optimizer
     clip = cfg.train.grad_clip
-    plain_opt = torch.optim.AdamW([{"params": params}], lr=1e-9, fused=True)
+    plain_opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]}
+                                   for g in opt.param_groups], lr=1e-9, fused=True)
 
     def ds_reduce():  # DeepSpeed ZeRO-0: flatten into buckets, all-reduce, copy back
         engine.buffered_allreduce_fallback(elements_per_buffer=500000000)
@@ -307,8 +308,12 @@ def overheads(cfg, data, ds_config, total_steps: int, device, peak: float, reps:
               "one step's batch (host_micro_batches)": batch_build}
     cpu_t: dict[str, list[float]] = {k: [] for k in pieces}
     wall_t: dict[str, list[float]] = {k: [] for k in pieces}
+    import random
+
+    order = list(pieces.items())
     for _ in range(reps):
-        for k, fn in pieces.items():
+        random.shuffle(order)  # no piece always runs after the same other one (cache state)
+        for k, fn in order:
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             cpu_t[k].append(time.process_time() - c0)

@@ -100,11 +100,12 @@ def make_dataset(folder: Path, train_tokens: int, valid_tokens: int, seed: int =
                 w.add_document(doc)
                 docs, written = docs + 1, written + len(doc)
         splits[split] = Split([Shard(f"synth_{split}", docs, written)])
-    prefix = folder / "synth"
-    Manifest(prefix=str(prefix), splits=splits, dtype="uint16", vocab_size=vocab, eod_token="<|endoftext|>",
-             eod_token_id=eod, tokenizer_path=str(tok_path), tokenizer_sha256=sha256_file(tok_path),
-             options={"synthetic": "benchmarks/gpu_check.py", "seed": seed}).write()
-    return str(prefix)
+    # PREFIX: train + valid; PREFIX_trainonly: the same train shard alone (runs without a final evaluation)
+    for name, sp in (("synth", splits), ("synth_trainonly", {"train": splits["train"]})):
+        Manifest(prefix=str(folder / name), splits=sp, dtype="uint16", vocab_size=vocab, eod_token="<|endoftext|>",
+                 eod_token_id=eod, tokenizer_path=str(tok_path), tokenizer_sha256=sha256_file(tok_path),
+                 options={"synthetic": "benchmarks/gpu_check.py", "seed": seed}).write()
+    return str(folder / "synth")
 
 
 # ----------------------------------------------------------------------------- launching
@@ -119,10 +120,16 @@ class Clock:
 
 
 def launch_cmd(nproc: int, smoke: bool, run_dir: Path, ds_json: str, overrides: list[str]) -> list[str]:
-    args = [str(PRETRAIN), "--run-dir", str(run_dir), "--deepspeed_config", str(DS / ds_json), *overrides]
+    args = [str(PRETRAIN), "--run-dir", str(run_dir), "--deepspeed_config", str(DS / ds_json), *overrides,
+            *smoke_args(smoke)]
     if nproc == 1 and not smoke:
         return [sys.executable, "-u", *args]
     return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), *args]
+
+
+def smoke_args(smoke: bool) -> list[str]:
+    """On CPU, a fixed peak for MFU: measuring a bf16 matmul there (no bf16 units) takes minutes."""
+    return ["train.peak_flops=1e11"] if smoke else []
 
 
 def run_env(smoke: bool) -> dict:
@@ -181,12 +188,18 @@ class Launch:
             pass
 
     def rank_pids(self) -> list[int]:
-        """The training processes (the launcher's children running pretrain.py, or the process itself)."""
+        """The training processes: the ranks the deepspeed launcher started (``--local_rank=N`` in their
+        command line), or the process itself for a plain ``python launcher/pretrain.py``."""
         import psutil
 
-        me = psutil.Process(self.proc.pid)
-        kids = [p for p in me.children(recursive=True) if "pretrain.py" in " ".join(p.cmdline())]
-        return [p.pid for p in kids] or [self.proc.pid]
+        kids = []
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if any(a.startswith("--local_rank") for a in p.cmdline()):
+                    kids.append(p.pid)
+            except psutil.Error:  # gone meanwhile
+                pass
+        return kids or [self.proc.pid]
 
     def tail(self, n: int = 25) -> str:
         return "\n".join(self.lines[-n:])
@@ -260,7 +273,7 @@ def check_zero(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out
 def check_resume(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out: dict) -> bool:
     model = MODEL_SMOKE if smoke else MODEL_CHECK
     micro = 4 if smoke else 8
-    steps, every = (12, 4) if smoke else (30, 8)
+    steps, every = (12, 4) if smoke else (30, 10)
     overrides = [f"data.prefix={data}", *model, *COMMON, "model.dropout=0.1", "train.precision=bf16",
                  f"train.max_steps={steps}", "train.log_interval=1", f"checkpoint.interval={every}",
                  f"train.global_batch_size={micro * nproc}", f"train.micro_batch_size={micro}"]
@@ -289,8 +302,11 @@ def check_resume(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, o
         if step <= int(ckpt.replace("global_step", "")):
             return
         pids = launch.rank_pids()
+        try:
+            os.kill(pids[-1], signal.SIGKILL)
+        except ProcessLookupError:  # it finished first: reported as "no kill"
+            return
         killed.update(pid=pids[-1], at_step=step, checkpoint=ckpt, n_ranks=len(pids))
-        os.kill(pids[-1], signal.SIGKILL)
 
     if clock.left() < 40:
         res["error"] = "not run: time budget spent"
@@ -333,7 +349,9 @@ def throughput(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out
     model = MODEL_SMOKE if smoke else MODEL_355M
     micro = 4 if smoke else 8
     steps, log_every = (12, 2) if smoke else (50, 5)
-    base = [f"data.prefix={data}", *model, *COMMON, "train.precision=bf16", f"train.max_steps={steps}",
+    # train only: the timed runs end at their last step (no final evaluation, which a compiled model
+    # would first compile again for no_grad)
+    base = [f"data.prefix={data}_trainonly", *model, *COMMON, "train.precision=bf16", f"train.max_steps={steps}",
             f"train.log_interval={log_every}", f"train.global_batch_size={2 * micro * nproc}",
             f"train.micro_batch_size={micro}", "checkpoint.save_final=false"]
     res = out.setdefault("throughput", {})
