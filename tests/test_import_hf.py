@@ -124,9 +124,11 @@ def test_imported_folder_generates_and_evaluates(hf_models, tmp_path):
     from llmtrain.export.generate import generate
     from llmtrain.export.hf_import import import_hf, is_hf_folder
 
-    assert is_hf_folder(hf_models["llama"])
+    from llmtrain.train.consolidate import is_consolidated
+
+    assert is_hf_folder(hf_models["llama"]) and not is_consolidated(hf_models["llama"])
     import_hf(hf_models["llama"], tmp_path / "ours", log=lambda *_: None)
-    assert not is_hf_folder(tmp_path / "ours")
+    assert not is_hf_folder(tmp_path / "ours") and is_consolidated(tmp_path / "ours")
     manifest = json.loads((tmp_path / "ours" / "data_manifest.json").read_text())["manifests"][0]
     assert manifest["eod_token"] == "</s>"
     r = run_python([GENERATE, tmp_path / "ours", "--prompt", "The model", "--max-new-tokens", "20",

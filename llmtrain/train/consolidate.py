@@ -111,9 +111,11 @@ def consolidated_state(path: str | os.PathLike) -> dict:
 
 
 def is_consolidated(path: str | os.PathLike) -> bool:
-    """A consolidated file, or a folder written by launcher/import_hf.py (not a DeepSpeed folder)."""
+    """A consolidated file, or a folder written by launcher/import_hf.py (model.safetensors beside a
+    config.yaml; not a DeepSpeed folder, not a Hugging Face folder, whose config is config.json)."""
     p = Path(path)
-    return p.is_file() or (p.is_dir() and (p / "model.safetensors").is_file() and not (p / "checkpoints").is_dir())
+    return p.is_file() or (p.is_dir() and (p / "model.safetensors").is_file() and (p / "config.yaml").is_file()
+                           and not (p / "checkpoints").is_dir())
 
 
 def load_gpt(path: str | os.PathLike):
