@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     r = evaluate(args.checkpoint, args.data, args.batches, args.batch_size, args.micro_batch_size, args.tokenizer)
     print(f"{r['data']}: {r['windows']} windows x {r['seq_len']} = {r['tokens']:,} tokens, {r['bytes']:,} bytes "
           f"(step {r['step']})")
-    print(f"loss {r['loss']:.6f} nats/token   perplexity {r['perplexity']:.4f}   bits/byte {r['bits_per_byte']:.6f}")
+    print(f"loss {r['loss']:.6f} nats/token   perplexity {r['perplexity']:.4f}   bits/byte {r['bits_per_byte']:.6f}"
+          + (f"   (response tokens only: {r['loss_tokens']:,} counted)" if r.get("loss_mask") else ""))
     print(json.dumps(r))
     if args.out:
         write_json_atomic(args.out, r)

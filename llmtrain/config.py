@@ -206,6 +206,9 @@ class CheckpointConfig:
     # Start from another run's checkpoint folder (.../checkpoints/global_stepN): weights,
     # optimizer, schedule position, RNG and data position; used for WSD cooldown branches.
     init_from: Optional[str] = None
+    # With init_from a consolidated file or an imported model: the step to start at (its
+    # schedule position; 0 for fine-tuning); None: the step the file records.
+    init_step: Optional[int] = None
     # A resume refuses a changed data.prefix, train.global_batch_size or train.seed (the data
     # position would no longer be exact); true accepts the change and goes on from the step.
     allow_data_change: bool = False

@@ -143,6 +143,26 @@ def split_shards(prefix: str, manifest: dict, split: str) -> list[str]:
     return Manifest.from_dict(manifest, Path(f"{prefix}_manifest.json")).shard_prefixes(split)
 
 
+def open_loss_masks(manifest: dict, shards: list) -> list | None:
+    """The loss masks of a prompt/response dataset's shards (PREFIX_train_mask.bin/.idx beside
+    PREFIX_train.bin/.idx: one uint8 per token), checked against their tokens; None when the
+    manifest records no loss mask. DataFormatError (one line naming the file and the fix)."""
+    from llmtrain.data.indexed import DataFormatError, IndexedDataset
+
+    if not manifest.get("loss_mask"):
+        return None
+    fix = "re-create the dataset with python data_prep/tokenize_corpus.py --format prompt-response"
+    masks = []
+    for sh in shards:
+        m = IndexedDataset(f"{sh.prefix}_mask")
+        if m.dtype != "uint8" or len(m.sizes) != len(sh.sizes) or (m.sizes != sh.sizes).any():
+            raise DataFormatError(f"{m.prefix}.bin: the loss mask ({m.num_tokens} {m.dtype} values in {len(m)} "
+                                  f"documents) does not match {sh.prefix}.bin ({sh.num_tokens} tokens in {len(sh)} "
+                                  f"documents); {fix}")
+        masks.append(m)
+    return masks
+
+
 def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
     """Open and validate every dataset of ``spec`` and its tokenizer. Raises ConfigError or
     DataFormatError (both one line naming the file) before any training starts."""
@@ -185,10 +205,10 @@ def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
                 f"{shards[0].prefix}.bin: token id {int(head.max())} is outside the vocabulary of {tok_path} ({vocab}); "
                 f"the data was made with another tokenizer"
             )
-        train.append(TokenWindows(shards, T, seed + 7919 * i, shuffle=True))
+        train.append(TokenWindows(shards, T, seed + 7919 * i, shuffle=True, masks=open_loss_masks(m, shards)))
         vshards = [IndexedDataset(s) for s in split_shards(p, m, "valid")]
         if vshards and sum(v.num_tokens for v in vshards) > T + 1:
-            valid.append((weights[i], TokenWindows(vshards, T, seed, shuffle=False)))
+            valid.append((weights[i], TokenWindows(vshards, T, seed, shuffle=False, masks=open_loss_masks(m, vshards))))
     valid_blend = BlendedSamples([v for _, v in valid], [w for w, _ in valid]) if valid else None
     if valid_blend is not None:
         valid_blend.num_samples = sum(v.num_samples for _, v in valid)

@@ -8,21 +8,35 @@ Because the sample for global index g is a pure function of (g, seed), the data 
 run is just the number of samples it has consumed: resuming at step s reads exactly the
 samples an uninterrupted run would have read, and every rank computes its own share without
 communication.
+
+Prompt/response data (tokenize_corpus.py --format prompt-response) also has a loss mask: one
+uint8 per token (1: the token counts in the loss). The windows of the mask are the same as the
+windows of the tokens, and `batch` sets a target to IGNORE_INDEX (-100, which the model's loss
+skips) where the mask of that target token is 0.
 """
 from __future__ import annotations
 
 import numpy as np
+
+IGNORE_INDEX = -100  # a target the loss skips (torch.nn.functional.cross_entropy's ignore_index)
 
 
 class TokenWindows:
     """Fixed-length windows over one dataset's token stream (one or several shards), shuffled
     per epoch. Windows never cross a shard boundary."""
 
-    def __init__(self, dataset, seq_len: int, seed: int, shuffle: bool = True):
+    def __init__(self, dataset, seq_len: int, seed: int, shuffle: bool = True, masks=None):
         """dataset: an llmtrain.data.indexed.IndexedDataset (anything with tokens, num_tokens,
-        prefix), or a list of them (the shards of one split)."""
+        prefix), or a list of them (the shards of one split). masks: None, or one loss mask per
+        shard (an IndexedDataset of uint8, or an array) with exactly its shard's token count."""
         shards = dataset if isinstance(dataset, (list, tuple)) else [dataset]
         self.shards = [d.tokens for d in shards]
+        self.masks = None
+        if masks is not None:
+            masks = masks if isinstance(masks, (list, tuple)) else [masks]
+            self.masks = [getattr(m, "tokens", m) for m in masks]
+            if len(self.masks) != len(self.shards) or any(len(m) != len(t) for m, t in zip(self.masks, self.shards)):
+                raise ValueError(f"{shards[0].prefix}: the loss masks do not match the token shards one to one")
         self.seq_len = seq_len
         self.seed = seed
         self.shuffle = shuffle
@@ -49,11 +63,21 @@ class TokenWindows:
         epoch, pos = divmod(i, self.num_samples)
         return int(self._order(epoch)[pos])
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def _locate(self, i: int) -> tuple[int, int]:
         w = self.window_index(i)
         shard = int(np.searchsorted(self.starts, w, side="right")) - 1
-        start = (w - int(self.starts[shard])) * self.seq_len
+        return shard, (w - int(self.starts[shard])) * self.seq_len
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        shard, start = self._locate(i)
         return self.shards[shard][start : start + self.seq_len + 1]
+
+    def loss_mask(self, i: int) -> np.ndarray | None:
+        """The loss mask of window i (aligned with ``self[i]``); None when the data has none."""
+        if self.masks is None:
+            return None
+        shard, start = self._locate(i)
+        return self.masks[shard][start : start + self.seq_len + 1]
 
 
 class BlendedSamples:
@@ -121,11 +145,26 @@ class BlendedSamples:
             self._choice, self._local = self.order(max(2 * g + 2, 1024))
         return self.sources[int(self._choice[g])][int(self._local[g])]
 
+    def loss_mask(self, g: int) -> np.ndarray | None:
+        if len(self.sources) == 1:
+            return self.sources[0].loss_mask(g)
+        if g >= len(self._choice):
+            self._choice, self._local = self.order(max(2 * g + 2, 1024))
+        return self.sources[int(self._choice[g])].loss_mask(int(self._local[g]))
+
 
 def batch(samples, start: int, count: int):
-    """Samples [start, start+count) as (inputs, targets) int64 tensors of shape (count, T)."""
+    """Samples [start, start+count) as (inputs, targets) int64 tensors of shape (count, T).
+    Where the samples have a loss mask, a target whose mask is 0 is IGNORE_INDEX."""
     import torch
 
     rows = np.stack([samples[g] for g in range(start, start + count)]).astype(np.int64)
+    get_mask = getattr(samples, "loss_mask", None)
+    if get_mask is not None:
+        masks = [get_mask(g) for g in range(start, start + count)]
+        if any(m is not None for m in masks):  # a blend may mix masked and unmasked datasets
+            keep = np.stack([np.ones(rows.shape[1], bool) if m is None else np.asarray(m) != 0 for m in masks])
+            targets = np.where(keep[:, 1:], rows[:, 1:], IGNORE_INDEX)
+            return torch.from_numpy(rows[:, :-1]), torch.from_numpy(targets)
     t = torch.from_numpy(rows)
     return t[:, :-1], t[:, 1:]

@@ -14,6 +14,8 @@ train.global_batch_size, so --batches train.eval_batches evaluates exactly the t
 validation windows); without it, every whole window.
 
 loss: mean next-token cross-entropy in nats over every target token; perplexity = exp(loss).
+Prompt/response data (a manifest with "loss_mask"): over the response tokens only, as the
+trainer counts them (loss_tokens); bits per byte then counts the bytes of those tokens.
 
 bits per byte = (sum of the targets' losses in nats) / (ln 2 x bytes), where bytes is the UTF-8
 length of the evaluated target tokens decoded back to text with the run's tokenizer. The targets
@@ -25,6 +27,7 @@ decode as U+FFFD: at most a few bytes off in total.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
@@ -62,6 +65,20 @@ def resolve_data(info, data: str | None) -> tuple[str, list]:
         raise ExportError(f"{m.path}: has no valid split (tokenised with --valid-fraction 0); pass --data with a "
                           f"PREFIX.bin/.idx file or a dataset that has one")
     return f"{data}_valid", [IndexedDataset(s) for s in shards]
+
+
+def _loss_masks(label: str, shards: list) -> list | None:
+    """The shards' loss masks when their dataset's manifest records one (prompt/response data,
+    llmtrain.data.dataset.open_loss_masks); None otherwise."""
+    import json
+    from pathlib import Path
+
+    from llmtrain.data.dataset import open_loss_masks
+
+    base = label[: -len("_valid")] if label.endswith("_valid") else label
+    path = Path(f"{base}_manifest.json")
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    return open_loss_masks(manifest, shards)
 
 
 def window_counts(shards: list, seq_len: int) -> np.ndarray:
@@ -116,14 +133,21 @@ def evaluate(checkpoint, data: str | None = None, batches: int | None = None, ba
         if k and int(d.tokens[: k * T + 1].max()) >= model.cfg.vocab_size:
             raise ExportError(f"{d.prefix}.bin: token ids beyond the model's vocabulary ({model.cfg.vocab_size}); "
                               f"the data was made with another tokenizer")
-    loss_sum, t0, last = 0.0, time.time(), time.time()
+    # prompt/response data: only the response tokens count (a lone .bin/.idx file has no manifest: every token)
+    masks = None if data is not None and os.path.exists(f"{data}.idx") else _loss_masks(label, shards)
+    loss_sum, n_counted, t0, last = 0.0, 0, time.time(), time.time()
     for s in range(0, n, micro_batch_size):
-        rows = np.stack([shards[k].tokens[j * T: j * T + T + 1]
-                         for k, j in (_locate(counts, g) for g in range(s, min(n, s + micro_batch_size)))])
+        where = [_locate(counts, g) for g in range(s, min(n, s + micro_batch_size))]
+        rows = np.stack([shards[k].tokens[j * T: j * T + T + 1] for k, j in where])
         t = torch.from_numpy(rows.astype(np.int64))
+        y = t[:, 1:]
+        if masks is not None:
+            keep = np.stack([masks[k].tokens[j * T + 1: j * T + T + 1] for k, j in where]) != 0
+            y = torch.where(torch.from_numpy(keep), y, -100)
+        n_counted += int((y != -100).sum())
         logits = model(t[:, :-1])
-        loss_sum += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), t[:, 1:].reshape(-1),
-                                          reduction="sum", ).double())
+        loss_sum += float(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                          reduction="sum", ignore_index=-100).double())
         done = min(n, s + micro_batch_size)
         if progress and time.time() - last > 10:
             rate = done / (time.time() - t0)
@@ -132,11 +156,13 @@ def evaluate(checkpoint, data: str | None = None, batches: int | None = None, ba
             last = time.time()
     n_tokens = n * T
     n_bytes = n_eod = 0
-    for d, k in zip(shards, per_shard):  # each shard's targets are one contiguous span
+    for i, (d, k) in enumerate(zip(shards, per_shard)):  # each shard's targets are one contiguous span
         targets = np.asarray(d.tokens[1: k * T + 1])
+        if masks is not None:
+            targets = targets[np.asarray(masks[i].tokens[1: k * T + 1]) != 0]
         n_bytes += count_bytes(tok, targets, eod)
         n_eod += int((targets == eod).sum())
-    loss = loss_sum / n_tokens
+    loss = loss_sum / max(n_counted, 1)
     return {
         "checkpoint": rec["source"],
         "step": rec["step"],
@@ -147,6 +173,8 @@ def evaluate(checkpoint, data: str | None = None, batches: int | None = None, ba
         "windows_available": n_windows,
         "batch_size": B,
         "tokens": n_tokens,
+        "loss_tokens": n_counted,
+        "loss_mask": masks is not None,
         "eod_tokens": n_eod,
         "bytes": n_bytes,
         "loss": loss,

@@ -12,7 +12,9 @@ keys and values kept from earlier calls.
 
 Initialisation: every weight N(0, init_std); the two projections that write into the residual
 stream (attention out, MLP down) get init_std / sqrt(2 * n_layer), as in GPT-2, so the
-residual stream's variance does not grow with depth.
+residual stream's variance does not grow with depth. Under model.parametrization=mup the hidden
+matrices' std, the attention scale and a readout multiplier follow llmtrain/model/mup.py (each
+factor 1 at the base width).
 
 The model is built from three pieces, Embedding -> Block x n_layer -> Head, so that the
 pipeline form (llmtrain/model/pipeline.py) can lay the same modules out as stages.
@@ -287,11 +289,14 @@ def piece_seed(seed: int, index: int) -> int:
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
-    """Mean next-token cross-entropy over every position, computed in fp32. With ``z_loss`` > 0
+    """Mean next-token cross-entropy over the counted positions, computed in fp32: a target of
+    -100 (a prompt token of prompt/response data, see llmtrain.data.sampler) does not count, and
+    a batch with no counted target has loss 0 (not NaN). With ``z_loss`` > 0
     and gradients on (training), plus z_loss * mean(logsumexp(logits)^2) (PaLM's z-loss, which
     keeps the softmax normaliser near 1); evaluation (no gradients) reports the cross-entropy."""
     logits = logits.float().reshape(-1, logits.shape[-1])
-    loss = F.cross_entropy(logits, targets.reshape(-1))
+    flat = targets.reshape(-1)
+    loss = F.cross_entropy(logits, flat, ignore_index=-100, reduction="sum") / (flat != -100).sum().clamp(min=1)
     if z_loss and torch.is_grad_enabled():
         loss = loss + z_loss * torch.logsumexp(logits, dim=-1).pow(2).mean()
     return loss

@@ -77,7 +77,9 @@ class Throughput(Callback):
         self.pending.append(out.loss)
         if t.step % t.cfg.train.log_interval and t.step != t.total_steps:
             return
-        losses = torch.stack(self.pending).tolist()  # the one host read of these steps' losses
+        counted = out.loss_tokens if out.loss_tokens is not None else torch.full_like(out.loss, float("nan"))
+        losses = torch.stack(self.pending + [counted.reshape(()).to(out.loss)]).tolist()  # the one host read
+        loss_tokens = int(losses.pop()) if math.isfinite(losses[-1]) else None
         self.pending = []
         finite = [v for v in losses if math.isfinite(v)]
         self.last_train_losses = (self.last_train_losses + finite)[-t.cfg.train.log_interval:]
@@ -86,7 +88,7 @@ class Throughput(Callback):
         achieved = tps * t.flops_per_token / t.world
         gn = out.grad_norm
         t.log({
-            "step": t.step, "tokens": t.tokens, "loss": losses[-1], "lr": t.last_lr,
+            "step": t.step, "tokens": t.tokens, "loss": losses[-1], "loss_tokens": loss_tokens, "lr": t.last_lr,
             "grad_norm": float(gn) if gn is not None else None,
             "tokens_per_s": tps, "tflops_per_device": achieved / 1e12,
             "mfu": achieved / t.peak_flops if t.peak_flops else None, "elapsed_s": t.elapsed(),

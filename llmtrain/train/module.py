@@ -68,6 +68,7 @@ class StepOutput:
     skipped: bool  # the optimizer did not move the weights (non-finite loss or gradients)
     grad_norm: torch.Tensor | float | None  # before clipping when DeepSpeed computed it
     stop: torch.Tensor | None = None  # > 0 when any rank received a stop signal (on the accelerator)
+    loss_tokens: torch.Tensor | None = None  # targets counted in the loss over the global batch (not -100)
 
 
 def skip_counter(engine) -> int:
@@ -95,19 +96,20 @@ class DenseTrainModule:
         stop signal) is summed over ranks in the same all-reduce as the loss."""
         engine = self.engine
         before, ds_before = skip_counter(engine), engine.skipped_steps
-        total = torch.zeros(2, device=self.device, dtype=torch.float32)  # [loss sum, ranks asked to stop]
+        total = torch.zeros(3, device=self.device, dtype=torch.float32)  # [loss sum, ranks asked to stop, counted]
         for x, y in micro_batches:
             loss = engine(x, y)
             engine.backward(poison_nonfinite(loss))
             engine.step()
             total[0] += loss.detach().float()
+            total[2] += (y != -100).sum()
         step_schedule_after_skip(engine, ds_before)
         if stop_flag:
             total[1] = 1.0
         all_reduce(total)
         skipped = skip_counter(engine) > before
         loss = total[0] / (len(micro_batches) * self.dp_world)
-        return StepOutput(loss, skipped, self.grad_norm(skipped), total[1])
+        return StepOutput(loss, skipped, self.grad_norm(skipped), total[1], total[2])
 
     def grad_norm(self, skipped: bool):
         if skipped:
@@ -154,9 +156,16 @@ class PipelineTrainModule(DenseTrainModule):
         before, ds_before = skip_counter(engine), engine.skipped_steps
         loss = engine.train_batch(data_iter=iter(micro_batches))
         step_schedule_after_skip(engine, ds_before)
-        stop = all_reduce(torch.tensor(float(stop_flag), device=self.device))
+        # [ranks asked to stop, counted targets]: every stage of a replica reads the same batches,
+        # so the count is divided by the number of stages.
+        flags = torch.zeros(2, device=self.device, dtype=torch.float32)
+        flags[0] = float(stop_flag)
+        for _, y in micro_batches:
+            flags[1] += (y.to(self.device) != -100).sum()
+        all_reduce(flags)
         skipped = skip_counter(engine) > before
-        return StepOutput(loss.detach().float().to(self.device).reshape(()), skipped, self.grad_norm(skipped), stop)
+        return StepOutput(loss.detach().float().to(self.device).reshape(()), skipped, self.grad_norm(skipped),
+                          flags[0], flags[1] / engine.num_stages)
 
     @torch.no_grad()
     def eval_batch(self, micro_batches) -> torch.Tensor:
