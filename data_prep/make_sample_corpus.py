@@ -70,9 +70,9 @@ class ProseExtractor(HTMLParser):
         a = dict(attrs)
         cls = (a.get("class") or "").split()
         opens_body = tag == "div" and "body" in cls and a.get("role") == "main"
+        chrome = {"sphinxsidebar", "related", "footer", "toctree-wrapper", "versionmodified"}
         skip = (tag in {"pre", "script", "style", "table", "nav", "footer", "form"}
-                or (tag == "div" and any(c.startswith("highlight") or c in {"sphinxsidebar", "related", "footer",
-                                                                             "toctree-wrapper", "versionmodified"} for c in cls))
+                or (tag == "div" and any(c.startswith("highlight") or c in chrome for c in cls))
                 or (tag == "a" and "headerlink" in cls)
                 or (tag == "dt" and ("sig" in cls or "sig-object" in cls))
                 or (tag == "span" and "linenos" in cls))

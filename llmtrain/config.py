@@ -183,7 +183,8 @@ class TrainConfig:
             raise ConfigError(f"{where}: train.warmup_steps must be >= 0")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"{where}: train.decay_fraction must be in [0, 1]")
-        if self.profile_steps and (len(self.profile_steps) != 2 or not 0 <= self.profile_steps[0] < self.profile_steps[1]):
+        first_last = self.profile_steps
+        if first_last and (len(first_last) != 2 or not 0 <= first_last[0] < first_last[1]):
             raise ConfigError(f"{where}: train.profile_steps={self.profile_steps} must be [first, last] with "
                               f"0 <= first < last, e.g. [10, 13]")
         if self.eval_tasks:  # every task file read and checked now, before any run folder is written
@@ -231,7 +232,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
-    def validate(self, where: str = "config") -> "Config":
+    def validate(self, where: str = "config") -> Config:
         self.model.validate(where)
         self.train.validate(where)
         if self.parallel.pipeline_stages < 1:

@@ -67,7 +67,8 @@ def task_from_env(task_index: int | None, num_tasks: int | None) -> tuple[int, i
     SLURM_ARRAY_TASK_COUNT, else (0, 1). ValueError (one line) when out of range."""
     try:
         if task_index is None:
-            task_index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))  # arrays need not start at 0
+            task_index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")) - first
         if num_tasks is None:
             num_tasks = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
     except ValueError as e:

@@ -19,7 +19,8 @@ def test_default_config_loads():
 
 def test_yaml_and_overrides(tmp_path):
     p = write(tmp_path, "model:\n  n_layer: 2\ntrain:\n  lr: 1e-3\n")
-    cfg = load_config(p, ["train.max_steps=50", "model.pos_encoding=rotary", "model.tie_embeddings=false", "train.max_tokens=1e6"])
+    cfg = load_config(p, ["train.max_steps=50", "model.pos_encoding=rotary", "model.tie_embeddings=false",
+                          "train.max_tokens=1e6"])
     assert cfg.model.n_layer == 2 and cfg.train.lr == 1e-3 and cfg.train.max_steps == 50
     assert cfg.model.pos_encoding == "rotary" and cfg.model.tie_embeddings is False
     assert cfg.train.max_tokens == 1_000_000 and isinstance(cfg.train.max_tokens, int)

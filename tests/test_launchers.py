@@ -104,7 +104,8 @@ def test_slurm_script_requeues_a_preempted_run_and_not_a_finished_one(token_data
 def test_pretrain_script_runs_from_another_folder(token_data, tmp_path):
     """The launcher finds configs/ and ds_configs/ beside itself, wherever it is started from."""
     r = subprocess.run([sys.executable, str(PRETRAIN), "--run-dir", str(tmp_path / "run"), f"data.prefix={token_data}",
-                        *SMALL, "train.max_steps=1"], cwd=tmp_path, env={k: v for k, v in env().items() if k != "LLMTRAIN_HOME"},
+                        *SMALL, "train.max_steps=1"], cwd=tmp_path,
+                       env={k: v for k, v in env().items() if k != "LLMTRAIN_HOME"},
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert os.path.isfile(tmp_path / "run" / "summary.json")

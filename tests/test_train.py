@@ -76,8 +76,10 @@ def test_layouts_agree_on_the_same_model(token_data, tmp_path):
     common = [f"data.prefix={token_data}", *SMALL, "train.max_steps=3"]
     runs = {
         "single": run_python([PRETRAIN, "--run-dir", tmp_path / "single", *common]),
-        "zero2": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "zero2", *common),
-        "zero3": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", tmp_path / "zero3", *common),
+        "zero2": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "zero2",
+                               *common),
+        "zero3": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", tmp_path / "zero3",
+                               *common),
         "pipe": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", tmp_path / "pipe",
                               *common, "parallel.pipeline_stages=2"),
     }
@@ -121,7 +123,8 @@ def test_resume_after_a_rank_is_killed_matches_uninterrupted(token_data, tmp_pat
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         assert wait_for(lambda: steps_logged(run) >= 7), "run did not reach step 7"
-        victims = [c for c in psutil.Process(p.pid).children(recursive=True) if "--local_rank=1" in " ".join(c.cmdline())]
+        children = psutil.Process(p.pid).children(recursive=True)
+        victims = [c for c in children if "--local_rank=1" in " ".join(c.cmdline())]
         assert victims
         victims[0].send_signal(signal.SIGKILL)
         p.wait(timeout=120)
@@ -142,7 +145,8 @@ def test_resume_after_a_rank_is_killed_matches_uninterrupted(token_data, tmp_pat
 
 def test_sigterm_to_the_launcher_group_checkpoints_and_exits(token_data, tmp_path):
     run = tmp_path / "run"
-    p = subprocess.Popen(deepspeed_cmd(2, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=100000"),
+    cmd = deepspeed_cmd(2, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=100000")
+    p = subprocess.Popen(cmd,
                          cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     try:
@@ -169,7 +173,8 @@ def test_two_nodes_on_one_machine(token_data, tmp_path):
     run = tmp_path / "run"
     cmds = [
         ["deepspeed", "--no_ssh", "--hostfile", hostfile, "--node_rank", str(r), "--master_addr", "127.0.0.1",
-         "--master_port", str(port), PRETRAIN, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=3"]
+         "--master_port", str(port), PRETRAIN, "--run-dir", run, f"data.prefix={token_data}", *SMALL,
+         "train.max_steps=3"]
         for r in (0, 1)
     ]
     procs = [subprocess.Popen(list(map(str, c)), cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -205,7 +210,8 @@ def test_tokenizer_vocab_mismatch(token_data, tmp_path):
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train_from_iterator(["some other text entirely"] * 10, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
+    tok.train_from_iterator(["some other text entirely"] * 10,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
     other = tmp_path / "other.json"
     tok.save(str(other))
     r = run_python([PRETRAIN, f"data.prefix={token_data}", f"data.tokenizer={other}"])

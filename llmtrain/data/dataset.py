@@ -202,7 +202,8 @@ def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
         head = shards[0].tokens[: min(shards[0].num_tokens, 1 << 20)]
         if len(head) and int(head.max()) >= model_vocab:
             raise ConfigError(
-                f"{shards[0].prefix}.bin: token id {int(head.max())} is outside the vocabulary of {tok_path} ({vocab}); "
+                f"{shards[0].prefix}.bin: token id {int(head.max())} is outside the vocabulary of {tok_path} "
+                f"({vocab}); "
                 f"the data was made with another tokenizer"
             )
         train.append(TokenWindows(shards, T, seed + 7919 * i, shuffle=True, masks=open_loss_masks(m, shards)))

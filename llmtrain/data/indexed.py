@@ -97,7 +97,7 @@ class IndexedDatasetWriter:
     def __len__(self) -> int:
         return len(self._sizes)
 
-    def __enter__(self) -> "IndexedDatasetWriter":
+    def __enter__(self) -> IndexedDatasetWriter:
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self._tmp_bin, "wb")
         return self
@@ -190,8 +190,10 @@ class IndexedDataset:
         self.dtype = np.dtype(DTYPE_CODES[code])
         off = HEADER.size
         self.sizes = np.fromfile(idx_path, dtype="<i4", count=n_seq, offset=off).astype(np.int32, copy=False)
-        self.pointers = np.fromfile(idx_path, dtype="<i8", count=n_seq, offset=off + 4 * n_seq).astype(np.int64, copy=False)
-        self.doc_idx = np.fromfile(idx_path, dtype="<i8", count=n_doc, offset=off + 12 * n_seq).astype(np.int64, copy=False)
+        self.pointers = np.fromfile(idx_path, dtype="<i8", count=n_seq, offset=off + 4 * n_seq).astype(
+            np.int64, copy=False)
+        self.doc_idx = np.fromfile(idx_path, dtype="<i8", count=n_doc, offset=off + 12 * n_seq).astype(
+            np.int64, copy=False)
         if n_seq and int(self.sizes.min()) < 0:
             raise DataFormatError(f"{idx_path}: negative sequence size; the index is corrupt, {FIX}")
         self.num_tokens = int(self.sizes.sum(dtype=np.int64))

@@ -11,6 +11,28 @@ from llmtrain.config import ModelConfig
 from llmtrain.model.gpt import Block, Embedding, Head, init_weights, lm_loss, piece_seed
 
 
+def gpt_prefix(layer: int, n_layer: int) -> str | None:
+    """The GPT's name prefix for the PipelineModule's layer ``layer`` (0 embed, 1..n_layer
+    blocks, n_layer+1 head); None for the tied output embedding (the same weight as layer 0)."""
+    if layer == 0:
+        return "embed."
+    if layer <= n_layer:
+        return f"blocks.{layer - 1}."
+    if layer == n_layer + 1:
+        return "head."
+    return None
+
+
+def pipeline_key_to_gpt(key: str, n_layer: int) -> str | None:
+    """A PipelineModule parameter name ('0.wte.weight', 'tied_modules.embed.wte.weight',
+    '3.attn.qkv.weight', ...) → the GPT's name for it."""
+    if key.startswith("tied_modules.embed."):
+        return "embed." + key[len("tied_modules.embed."):]
+    idx, _, rest = key.partition(".")
+    prefix = gpt_prefix(int(idx), n_layer) if idx.isdigit() else None
+    return prefix + rest if prefix else None
+
+
 def _tied_logits(embedding: Embedding, x):
     return embedding.logits(x)
 

@@ -64,17 +64,13 @@ def model_config_of(run_dir: Path) -> dict:
 
 def _pipeline_state(step_dir: Path, n_layer: int) -> dict:
     """Map DeepSpeed's layer_XX files (embed, blocks, head[, tied embed]) to GPT names."""
+    from llmtrain.model.pipeline import gpt_prefix
+
     out = {}
     files = sorted(step_dir.glob("layer_*-model_states.pt"))
     for f in files:
-        idx = int(re.match(r"layer_(\d+)", f.name).group(1))
-        if idx == 0:
-            prefix = "embed."
-        elif idx <= n_layer:
-            prefix = f"blocks.{idx - 1}."
-        elif idx == n_layer + 1:
-            prefix = "head."
-        else:  # the tied output embedding: same weight as layer 0
+        prefix = gpt_prefix(int(re.match(r"layer_(\d+)", f.name).group(1)), n_layer)
+        if prefix is None:  # the tied output embedding: same weight as layer 0
             continue
         for k, v in torch.load(f, map_location="cpu", weights_only=True).items():  # plain module state
             out[prefix + k] = v.float()

@@ -17,26 +17,10 @@ def enable_activation_checkpointing(blocks) -> None:
         checkpoint(blk)
 
 
-def pipeline_key_to_gpt(key: str, n_layer: int) -> str | None:
-    """PipelineModule parameter name ('0.wte.weight', 'tied_modules.embed.wte.weight',
-    '3.attn.qkv.weight', ...) → the GPT's name for it."""
-    if key.startswith("tied_modules.embed."):
-        return "embed." + key[len("tied_modules.embed."):]
-    idx, _, rest = key.partition(".")
-    if not idx.isdigit():
-        return None
-    i = int(idx)
-    if i == 0:
-        return "embed." + rest
-    if i <= n_layer:
-        return f"blocks.{i - 1}.{rest}"
-    if i == n_layer + 1:
-        return "head." + rest
-    return None
-
-
 def load_weights(model, state: dict, cfg: Config, pipeline: bool) -> None:
     """Copy a consolidated GPT state dict into the model (or this rank's pipeline stages)."""
+    from llmtrain.model.pipeline import pipeline_key_to_gpt
+
     with torch.no_grad():
         for name, t in model.state_dict().items():
             src = pipeline_key_to_gpt(name, cfg.model.n_layer) if pipeline else name
