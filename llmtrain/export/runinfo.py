@@ -83,6 +83,8 @@ def tokenizer_path(info: RunInfo, override: str | None = None) -> Path:
         what = "names no tokenizer" if man_file.is_file() else "is missing"
         raise ExportError(f"{man_file}: {what}, so the run's tokenizer is unknown; pass --tokenizer tokenizer.json")
     p = Path(path)
+    if p.is_dir() and (p / "tokenizer.json").is_file():  # a transformers folder: its tokenizer.json
+        p = p / "tokenizer.json"
     if not p.is_absolute() and not p.is_file() and (info.run_dir / p).is_file():
         p = info.run_dir / p  # a path relative to the run folder (an imported model's own tokenizer.json)
     if not p.is_file():
