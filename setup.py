@@ -40,5 +40,7 @@ setup(
         "wandb": ["wandb"],
         # benchmarks/bench_clean.py compares against datatrove
         "bench": ["datatrove", "spacy", "fasteners"],  # spaCy: datatrove's English word splitter
+        # benchmarks/finetune_summarise/run.py scores ROUGE-L
+        "finetune": ["rouge-score"],
     },
 )
