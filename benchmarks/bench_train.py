@@ -322,6 +322,39 @@ def overheads(cfg, data, ds_config, total_steps: int, device, peak: float, reps:
             for k in pieces}
 
 
+def phases(cfg, data, ds_config, total_steps: int, steps: int) -> dict:
+    """Forward, backward and optimizer step of the DeepSpeed engine and of the plain loop,
+    alternating every step on the same batch (so both see the same machine load): wall ms,
+    medians over the steps after the first two."""
+    engine = build_engine(cfg, ds_config, total_steps)
+    plan = BatchPlan(cfg.train.global_batch_size, engine.train_micro_batch_size_per_gpu(), 1, 0)
+    plain = PlainLoop(cfg, data.train, plan, total_steps)
+    t = {k: [] for k in ("engine forward", "engine.backward (with its gradient all-reduce)",
+                         "engine.step (clip, skip check, AdamW, schedule)", "plain forward", "plain backward",
+                         "plain clip + AdamW + zero_grad")}
+    keys = list(t)
+    for s in range(steps):
+        (x, y), = host_micro_batches(data.train, plan, s)[:1]
+        t0 = time.perf_counter()
+        loss = engine(x, y)
+        t1 = time.perf_counter()
+        engine.backward(loss)
+        t2 = time.perf_counter()
+        engine.step()
+        t3 = time.perf_counter()
+        loss = plain.model(x, y)
+        t4 = time.perf_counter()
+        loss.backward()
+        t5 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(plain.model.parameters(), cfg.train.grad_clip)
+        plain.optimizer.step()
+        plain.optimizer.zero_grad(set_to_none=True)
+        t6 = time.perf_counter()
+        for k, a, b in zip(keys, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6)):
+            t[k].append(b - a)
+    return {k: statistics.median(v[2:]) * 1e3 for k, v in t.items()}
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -359,6 +392,8 @@ def main() -> None:
                     help="after the rounds, cProfile STEPS steps of each path")
     ap.add_argument("--overheads", type=int, default=0, metavar="REPS",
                     help="only time the per-step pieces the project's path adds (REPS interleaved repetitions)")
+    ap.add_argument("--phases", type=int, default=0, metavar="STEPS",
+                    help="only time forward/backward/step of the engine and the plain loop, alternating every step")
     ap.add_argument("--startup", action="store_true", help="only measure start-up of launcher/pretrain.py")
     ap.add_argument("--startup-runs", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the results to this file")
@@ -388,6 +423,20 @@ def main() -> None:
     ds_config = build_ds_config(cfg, user, ds_path, "bench_train", 1)
     peak = max(measure_matmul_flops(seconds=0.3) for _ in range(3))
 
+    if args.phases:
+        load_start = load_average()
+        res = phases(cfg, data, ds_config, total_steps + args.phases, args.phases)
+        print(f"\nmachine: {cpu_description()}, {threads} torch threads; load average {load_start} at start, "
+              f"{load_average()} at end; medians of {args.phases - 2} steps\n")
+        print("| phase | wall ms |\n|---|---|")
+        for k, v in res.items():
+            print(f"| {k} | {v:.1f} |")
+        eng = sum(v for k, v in res.items() if k.startswith("engine"))
+        pl = sum(v for k, v in res.items() if k.startswith("plain"))
+        print(f"| **engine total / plain total** | **{eng:.0f} / {pl:.0f} = {pl / eng:.3f}x** |")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"load_average_start": load_start, "phases_ms": res}, indent=1))
+        return
     if args.overheads:
         load_start = load_average()
         res = overheads(cfg, data, ds_config, total_steps, device, peak, args.overheads)
