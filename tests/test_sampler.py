@@ -59,3 +59,20 @@ def test_blend_follows_weights_in_every_prefix(tmp_path):
 def test_bad_blend_weights():
     with pytest.raises(ValueError):
         BlendedSamples([object()], [0.0])
+
+
+def test_blend_order_bound_and_prefix_stability():
+    """Every prefix of n samples holds each of K datasets within (-1, K*w_d] samples of n*w_d, and
+    the order for n samples is a prefix of the order for more."""
+    rng = np.random.default_rng(0)
+    w = rng.random(10) + 0.05
+    blend = BlendedSamples([object()] * 10, list(w))
+    choice, local = blend.order(5000)
+    counts = np.cumsum(np.eye(10, dtype=np.int64)[choice], axis=0)  # (n, K): count of each in the prefix
+    expected = np.arange(1, 5001)[:, None] * blend.weights[None, :]
+    dev = counts - expected
+    assert (dev > -1).all() and (dev <= 10 * blend.weights[None, :] + 1e-9).all()
+    c2, l2 = blend.order(1234)
+    assert np.array_equal(c2, choice[:1234]) and np.array_equal(l2, local[:1234])
+    for d in range(10):  # each dataset is read in its own order, without skipping
+        assert np.array_equal(local[choice == d], np.arange((choice == d).sum()))

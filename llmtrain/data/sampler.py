@@ -83,7 +83,8 @@ class TokenWindows:
 class BlendedSamples:
     """Several datasets mixed by weight. Sample k of dataset d is due at time (k+1)/w_d; the
     blend reads the samples of all datasets in order of that time (ties: the dataset listed
-    first), so every prefix of the stream holds each dataset within one sample of its share.
+    first). Every prefix of n samples then holds count_d with -1 < count_d - n*w_d <= K*w_d for
+    K datasets: within one sample of the share for two equal weights, a few samples at most.
 
     The order is built with NumPy (one stable sort, no Python loop per sample) for the samples a
     run needs, once: ``prepare(n, cache_dir)`` stores it as .npy files beside the run and maps

@@ -65,13 +65,7 @@ class PrefetchLoader:
     def _work(self, step: int) -> None:
         try:
             while not self._stop.is_set():
-                item = (step, host_micro_batches(self.samples, self.plan, step))
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self._q.put((step, host_micro_batches(self.samples, self.plan, step)))  # blocks while full
                 step += 1
         except BaseException as e:  # surfaced to the trainer on its next batch
             self._q.put((None, e))
@@ -89,9 +83,8 @@ class PrefetchLoader:
 
     def close(self) -> None:
         self._stop.set()
-        try:
-            while True:
-                self._q.get_nowait()
-        except queue.Empty:
-            pass
-        self._thread.join(timeout=5)
+        while self._thread.is_alive():  # free the queue so a blocked put returns and the thread sees the stop
+            try:
+                self._q.get(timeout=0.05)
+            except queue.Empty:
+                pass
