@@ -127,8 +127,10 @@ class JsonlAndTensorBoard(Callback):
             self.sink.log(record)
 
     def log_summary(self, t, summary: dict, hparams: dict) -> None:
-        self.sink.log_hparams(hparams, {"final_train_loss": summary["final_train_loss"],
-                                        "final_valid_loss": summary["final_valid_loss"]})
+        final = {"final_train_loss": summary["final_train_loss"], "final_valid_loss": summary["final_valid_loss"]}
+        for name, r in (summary.get("tasks") or {}).items():
+            final.update({f"task:{name}/acc": r["acc"], f"task:{name}/acc_norm": r["acc_norm"]})
+        self.sink.log_hparams(hparams, final)
 
     def close(self, t) -> None:
         if self.sink is not None:
@@ -230,6 +232,13 @@ class StopOnSignal(Callback):
 # ----------------------------------------------------------------------------- eval and checkpoints
 
 
+def eval_due(t) -> bool:
+    """An evaluation is due after this step: every train.eval_interval steps, except the last
+    (evaluated in post_train) and a step that ends in a stop."""
+    every = t.cfg.train.eval_interval
+    return bool(every) and t.step % every == 0 and t.step < t.total_steps and not t.stop_reason
+
+
 class Evaluate(Callback):
     """Valid loss every train.eval_interval steps and at the end."""
 
@@ -245,8 +254,7 @@ class Evaluate(Callback):
             t.log({"step": t.step, "tokens": t.tokens, "split": "valid", "loss": vl})
 
     def post_step(self, t, out) -> None:
-        every = t.cfg.train.eval_interval
-        if every and t.step % every == 0 and t.step < t.total_steps and not t.stop_reason:
+        if eval_due(t):
             self._run(t)
 
     def post_train(self, t) -> None:
@@ -403,14 +411,15 @@ def default_callbacks(cfg, run_dir: Path, rank: int, stop: StopOnSignal) -> list
     if cfg.train.profile_steps:
         cbs.append(Profiler(run_dir, cfg.train.profile_steps))
     cbs.append(Throughput())
-    if cfg.train.eval_tasks:  # before the metrics sink: its log_summary writes the HParams with the tasks
-        from llmtrain.train.task_eval import TaskEval
-
-        cbs.append(TaskEval(cfg.train.eval_tasks))
     if rank == 0:
         cbs.append(JsonlAndTensorBoard(run_dir, cfg.log.tensorboard))
         cbs.append(Console())
         if cfg.log.wandb or os.environ.get("LLMTRAIN_WANDB") == "1":
             cbs.append(WandbSink(run_dir, cfg.log.wandb_project))
-    cbs += [NonFiniteGuard(cfg.train.max_bad_steps), stop, Evaluate(), Checkpointing(), Summary()]
+    cbs += [NonFiniteGuard(cfg.train.max_bad_steps), stop, Evaluate()]
+    if cfg.train.eval_tasks:
+        from llmtrain.train.task_eval import TaskEval
+
+        cbs.append(TaskEval(cfg.train.eval_tasks))
+    cbs += [Checkpointing(), Summary()]
     return cbs

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from llmtrain.eval.tasks import TaskScorer, load_tasks
-from llmtrain.train.callbacks import Callback
+from llmtrain.train.callbacks import Callback, eval_due
 from llmtrain.train.dist import all_reduce
 
 
@@ -61,8 +61,7 @@ class TaskEval(Callback):
                       flush=True)
 
     def post_step(self, t, out) -> None:
-        every = t.cfg.train.eval_interval
-        if every and t.step % every == 0 and t.step < t.total_steps and not t.stop_reason:
+        if eval_due(t):
             self._run(t)
 
     def post_train(self, t) -> None:
@@ -72,20 +71,6 @@ class TaskEval(Callback):
     def summary(self) -> dict:
         """NAME → {"acc", "acc_norm"} of the last evaluation (for summary.json)."""
         return {name: {"acc": r["acc"], "acc_norm": r["acc_norm"]} for name, r in self.results.items()}
-
-    def log_summary(self, t, summary: dict, hparams: dict) -> None:
-        # TensorBoard keeps the first HParams summary of a run and ignores later ones: this
-        # callback runs before the metrics sink's own log_summary (default_callbacks puts it
-        # first) and writes the run's HParams with every final metric, the tasks' included.
-        sink = getattr(t.callback("metrics"), "sink", None)
-        if sink is None:
-            return
-        final = {"final_train_loss": summary.get("final_train_loss"),
-                 "final_valid_loss": summary.get("final_valid_loss")}
-        for name, r in self.results.items():
-            final[f"task:{name}/acc"] = r["acc"]
-            final[f"task:{name}/acc_norm"] = r["acc_norm"]
-        sink.log_hparams(hparams, final)
 
     def state_dict(self) -> dict:
         return {"results": self.results}
