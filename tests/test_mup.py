@@ -153,3 +153,18 @@ def test_coord_check_mup_flat_standard_grows(tmp_path):
     for name in ("block0.mlp", "block1.out"):  # hidden activations: grow x4+ under standard, flat-ish under muP
         assert growth("standard", name) > 2.0, name
         assert 0.5 < growth("mup", name) < 1.5, name
+
+
+def test_branch_restart_keeps_the_per_group_factors():
+    """restart_schedule_at (a WSD branch from another run's checkpoint) rebuilds every group's base
+    LR as the new train.lr x the group's lr_scale, so muP's factors survive a branch."""
+    from types import SimpleNamespace
+
+    from llmtrain.train.trainer import restart_schedule_at
+
+    cfg = full(mup_cfg(BASE, 128))
+    model = GPT(cfg.model)
+    opt = torch.optim.AdamW(mup.mup_param_groups(model, cfg), lr=cfg.train.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    restart_schedule_at(SimpleNamespace(lr_scheduler=sched, optimizer=opt), 1e-2, 7)
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx(sorted([0.5e-2 / 4, 0.5e-2, 0.5e-2]))
