@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 
 
@@ -123,6 +124,8 @@ def plot(res: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from llmtrain.scaling.plot import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, kind in zip(axes, ("standard", "mup")):
         for w in res["widths"]:
@@ -143,10 +146,7 @@ def plot(res: dict, path: str) -> None:
     finite = [v for k in res["valid_loss"].values() for ls in k.values() for v in ls if math.isfinite(v)]
     axes[0].set_ylim(min(finite) - 0.1, min(max(finite), min(finite) + 2.5) + 0.1)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, Path(path))
 
 
 def main(argv=None) -> int:

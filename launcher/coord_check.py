@@ -26,6 +26,7 @@ import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def token_source(cfg, synthetic: bool, seed: int):
@@ -126,6 +127,8 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from llmtrain.scaling.plot import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, kind in zip(axes, ("standard", "mup")):
         for name, values in result[kind].items():
@@ -140,10 +143,7 @@ def plot(result: dict, path: str) -> None:
     axes[0].set_ylabel("mean |x|")
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, Path(path))
 
 
 def main(argv=None) -> int:

@@ -59,6 +59,7 @@ import torch
 
 from llmtrain.export.runinfo import (ExportError, eod_token, eod_token_id, load_model, load_tokenizer, run_info,
                                      tokenizer_path)
+from llmtrain.utils import replace_folder
 
 REFUSALS = {
     ("learned", "rmsnorm"): "learned position embeddings with RMSNorm: no transformers architecture has both "
@@ -433,13 +434,7 @@ def export(checkpoint, output, tokenizer: str | None = None, force: bool = False
         save_model(hf_model, cfg, arch, tmp)
         save_tokenizer(tok_file, tmp, eos, cfg.seq_len)
         (tmp / "llmtrain_export.json").write_text(json.dumps(record, indent=2) + "\n")
-        if output.exists():  # --force: swap the new folder in, then drop the old one
-            old = output.parent / f".{output.name}.old-{os.getpid()}"
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, output)
+        replace_folder(tmp, output)  # with --force, an existing folder is swapped out
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,6 +32,7 @@ import torch
 
 from llmtrain.export.hf import param_table
 from llmtrain.export.runinfo import ExportError
+from llmtrain.utils import replace_folder
 
 SUPPORTED = ("gpt2", "llama", "mistral", "gpt_neox")
 TABLE_ARCH = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "gpt_neox": "gpt_neox"}
@@ -287,13 +288,7 @@ def import_hf(hf_dir, output, force: bool = False, log=print) -> dict:
         (tmp / "llmtrain_import.json").write_text(json.dumps(record, indent=2) + "\n")
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        if output.exists():  # --force: swap the new folder in, then drop the old one
-            old = output.parent / f".{output.name}.old-{os.getpid()}"
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, output)
+        replace_folder(tmp, output)  # with --force, an existing folder is swapped out
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -2,8 +2,6 @@
 temporary name and renamed, so a reader never sees a half-written plot."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,18 +13,20 @@ import numpy as np  # noqa: E402
 from llmtrain.scaling.fit import Points, chinchilla_optimal, chinchilla_params, lse_predict  # noqa: E402
 
 
-def _save(fig, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def save_figure(fig, path: Path) -> str:
+    """Write ``fig`` as a PNG through a temporary name (team-readable), close it, return the name."""
+    from llmtrain.utils import atomic_path
+
+    path = Path(path)
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path.name
+
+
+_save = save_figure
 
 
 def _span(x, target=None, lo=1 / 3, hi=30):

@@ -239,7 +239,23 @@ def eval_due(t) -> bool:
     return bool(every) and t.step % every == 0 and t.step < t.total_steps and not t.stop_reason
 
 
-class Evaluate(Callback):
+class PeriodicEval(Callback):
+    """Base of the evaluations: ``_run(t)`` every train.eval_interval steps and at the end of a
+    finished run."""
+
+    def _run(self, t) -> None:
+        raise NotImplementedError
+
+    def post_step(self, t, out) -> None:
+        if eval_due(t):
+            self._run(t)
+
+    def post_train(self, t) -> None:
+        if t.status == "finished":
+            self._run(t)
+
+
+class Evaluate(PeriodicEval):
     """Valid loss every train.eval_interval steps and at the end."""
 
     name = "eval"
@@ -252,14 +268,6 @@ class Evaluate(Callback):
         if vl is not None:
             self.last_valid_loss = vl
             t.log({"step": t.step, "tokens": t.tokens, "split": "valid", "loss": vl})
-
-    def post_step(self, t, out) -> None:
-        if eval_due(t):
-            self._run(t)
-
-    def post_train(self, t) -> None:
-        if t.status == "finished":
-            self._run(t)
 
     def state_dict(self) -> dict:
         return {"last_valid_loss": self.last_valid_loss}

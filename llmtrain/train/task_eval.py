@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 
 from llmtrain.eval.tasks import TaskScorer, load_tasks
-from llmtrain.train.callbacks import Callback, eval_due
+from llmtrain.train.callbacks import PeriodicEval
 from llmtrain.train.dist import all_reduce
 
 
-class TaskEval(Callback):
+class TaskEval(PeriodicEval):
     name = "tasks"
 
     def __init__(self, paths: list[str]):
@@ -59,14 +59,6 @@ class TaskEval(Callback):
             if t.rank == 0:
                 print(f"step {t.step:>6} task:{task.name} acc {acc:.4f} acc_norm {acc_norm:.4f} ({int(n)} examples)",
                       flush=True)
-
-    def post_step(self, t, out) -> None:
-        if eval_due(t):
-            self._run(t)
-
-    def post_train(self, t) -> None:
-        if t.status == "finished":
-            self._run(t)
 
     def summary(self) -> dict:
         """NAME → {"acc", "acc_norm"} of the last evaluation (for summary.json)."""
