@@ -194,9 +194,9 @@ def main(argv=None) -> int:
                        "warmup_steps": cfg.train.warmup_steps, "machine": cpu_description(),
                        "workers": args.workers, "seed": args.seed, "wall_seconds": round(time.time() - started)}
     os.makedirs(args.out, exist_ok=True)
-    from llmtrain.data.indexed import write_json_atomic
+    from llmtrain.utils import atomic_write_json
 
-    write_json_atomic(os.path.join(args.out, "results.json"), res)
+    atomic_write_json(os.path.join(args.out, "results.json"), res)
     plot(res, os.path.join(args.out, "loss_vs_lr.png"))
     for p in ("standard", "mup"):
         print(p, {w: (b["grid_lr"], None if b["fit_lr"] is None else float(f"{b['fit_lr']:.2g}"))

@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     import torch
 
     from llmtrain.config import ConfigError, load_config
-    from llmtrain.data.indexed import write_json_atomic
+    from llmtrain.utils import atomic_write_json
 
     if args.steps < 1 or args.seeds < 1 or min(args.widths) <= 0:
         raise ConfigError("--steps, --seeds and every --widths value must be > 0")
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
                           "data": "synthetic bigram chain" if args.synthetic else (cfg.data.prefix or "bundled corpus"),
                           "config": args.config or "configs/tiny.yaml", "overrides": overrides}
     os.makedirs(args.out, exist_ok=True)
-    write_json_atomic(os.path.join(args.out, "coord.json"), result)
+    atomic_write_json(os.path.join(args.out, "coord.json"), result)
     plot(result, os.path.join(args.out, "coord.png"))
     for kind in ("standard", "mup"):
         v = result[kind]["logits"]

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import json
 
-    from llmtrain.data.indexed import write_json_atomic
+    from llmtrain.utils import atomic_write_json
     from llmtrain.export.evaluate import evaluate
 
     r = evaluate(args.checkpoint, args.data, args.batches, args.batch_size, args.micro_batch_size, args.tokenizer)
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
           + (f"   (response tokens only: {r['loss_tokens']:,} counted)" if r.get("loss_mask") else ""))
     print(json.dumps(r))
     if args.out:
-        write_json_atomic(args.out, r)
+        atomic_write_json(args.out, r)
     return 0
 
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from array import array
 from pathlib import Path
 
 import numpy as np
+
+from llmtrain.utils import atomic_write_json
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -267,26 +268,8 @@ def load_manifest(prefix_or_path: str | os.PathLike) -> dict:
     return obj
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a manifest is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
 def write_manifest(prefix: str | os.PathLike, manifest: dict) -> Path:
     """Write PREFIX_manifest.json atomically; returns its path."""
     path = Path(f"{prefix}_manifest.json")
-    write_json_atomic(path, manifest)
+    atomic_write_json(path, manifest)
     return path
