@@ -68,6 +68,9 @@ class ModelConfig:
     parametrization: str = "standard"
     mup_base_width: Optional[int] = None  # muP: the d_model the hyperparameters were tuned at
     mup_base_head_dim: Optional[int] = None  # muP: head size at the base width; None: mup_base_width / n_head
+    # attention stays inside the documents this token ends, positions restart after it; set by the
+    # trainer to the data's end-of-document id when data.document_mask is true (None: no masking)
+    document_mask_token: Optional[int] = None
 
     @property
     def kv_heads(self) -> int:
@@ -90,6 +93,9 @@ class ModelConfig:
                               f"model.pos_encoding=rotary (got {self.pos_encoding})")
         if self.pos_encoding == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"{where}: sinusoidal positions need an even model.d_model (got {self.d_model})")
+        if self.document_mask_token is not None and self.document_mask_token < 0:
+            raise ConfigError(f"{where}: model.document_mask_token must be a token id >= 0 (got "
+                              f"{self.document_mask_token}); set data.document_mask=true to take the data's own")
         if self.z_loss < 0:
             raise ConfigError(f"{where}: model.z_loss must be >= 0 (got {self.z_loss}; PaLM uses 1e-4)")
         for k in ("n_layer", "d_model", "n_head", "seq_len"):
@@ -140,6 +146,9 @@ class DataConfig:
     # Preparing the bundled corpus (used only when prefix is None):
     sample_vocab_size: int = 4096
     valid_fraction: float = 0.02
+    # Packed sequences: attention never crosses an end-of-document token and positions restart
+    # after it (flex attention on GPU). Off by default, so runs stay comparable with earlier fits.
+    document_mask: bool = False
 
 
 @dataclass

@@ -72,7 +72,8 @@ def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):
 
 
 def test_layouts_agree_on_the_same_model(token_data, tmp_path):
-    """1 process, ZeRO-2 x2, ZeRO-3 x2 and pipeline x2 give the same losses for the same model."""
+    """1 process, ZeRO-2 x2, ZeRO-3 x2 and pipeline x2 (with activation checkpointing) give the same
+    losses for the same model."""
     common = [f"data.prefix={token_data}", *SMALL, "train.max_steps=3"]
     runs = {
         "single": run_python([PRETRAIN, "--run-dir", tmp_path / "single", *common]),
@@ -81,7 +82,7 @@ def test_layouts_agree_on_the_same_model(token_data, tmp_path):
         "zero3": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", tmp_path / "zero3",
                                *common),
         "pipe": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", tmp_path / "pipe",
-                              *common, "parallel.pipeline_stages=2"),
+                              *common, "parallel.pipeline_stages=2", "train.activation_checkpointing=true"),
     }
     for name, r in runs.items():
         assert r.returncode == 0, (name, r.stdout[-3000:], r.stderr[-3000:])

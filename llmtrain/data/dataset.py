@@ -23,6 +23,24 @@ class DataBundle:
     train: object  # BlendedSamples over TokenWindows
     valid: object | None
 
+    def end_of_document_id(self) -> int:
+        """The token id that ends every document of the data (data.document_mask masks at it):
+        the manifest's eod_token_id, else the id of its eod_token (default <|endoftext|>) in
+        the run's tokenizer."""
+        from llmtrain.tokenizer import EOD_TOKEN, load_tokenizer
+
+        m, prefix = self.manifests[0], self.prefixes[0]
+        if m.get("eod_token_id") is not None:
+            return int(m["eod_token_id"])
+        tok, _ = load_tokenizer(self.tokenizer_path, eod_token=None)
+        name = m.get("eod_token") or EOD_TOKEN
+        eod = tok.token_to_id(name)
+        if eod is None:
+            raise ConfigError(f"{prefix}_manifest.json: data.document_mask needs the end-of-document token, but the "
+                              f"manifest has no eod_token_id and {self.tokenizer_path} has no {name!r}; re-create the "
+                              f"data with data_prep/tokenize_corpus.py --eod-token, or set data.document_mask=false")
+        return eod
+
 
 def parse_blend(spec: str) -> tuple[list[float], list[str]]:
     """'PREFIX' → ([1.0], [PREFIX]); 'w1 P1 w2 P2 ...' → weights and prefixes."""

@@ -15,6 +15,8 @@ seq_len tokens, as ``--no-kv-cache`` does from the start: both give the same gre
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from llmtrain.model.gpt import KVCache
@@ -91,6 +93,8 @@ def generate(checkpoint, prompt: str = "", max_new_tokens: int = 100, temperatur
     tok = load_tokenizer(tokenizer_path(info, tokenizer))
     eod = eod_token_id(info, tok)
     model, rec = load_model(checkpoint)
+    # one document: with or without the KV cache, no document mask (the cache path has none)
+    model.cfg = dataclasses.replace(model.cfg, document_mask_token=None)
     context = [eod] + tok.encode(prompt, add_special_tokens=False).ids
     if len(context) > model.cfg.seq_len:
         context = context[-model.cfg.seq_len:]

@@ -48,6 +48,8 @@ The folder is written under a temporary name beside DIR and renamed into place w
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -402,6 +404,7 @@ def export(checkpoint, output, tokenizer: str | None = None, force: bool = False
         raise ExportError(f"{tok_file}: vocabulary of {tok.get_vocab_size()} is larger than the model's "
                           f"{cfg.vocab_size}; pass --tokenizer PATH to the tokenizer the run was trained with")
     ours, rec = load_model(checkpoint)
+    ours.cfg = dataclasses.replace(ours.cfg, document_mask_token=None)  # transformers' models attend causally
     hf_model = build_hf_model(rec["state_dict"], cfg, arch, eod, eod)
 
     # Check the mapping on real tokens before writing anything.

@@ -10,6 +10,14 @@ repeated key/value heads, ``enable_gqa``).
 Generation can pass a ``KVCache``: each call then runs only the new tokens, attending to the
 keys and values kept from earlier calls.
 
+Document masking (``model.document_mask_token``, set by the trainer from ``data.document_mask``):
+a packed sequence holds several documents separated by that token; attention then never crosses
+from one document into an earlier one, and positions restart at 0 at each separator (see
+``Documents``).
+On a GPU this runs flex attention with a block-sparse mask (blocks wholly outside every document
+are skipped, flash-style); elsewhere, and with attention dropout, scaled_dot_product_attention with
+a dense boolean mask. Decoding with a KV cache does not mask (one document at a time).
+
 Initialisation: every weight N(0, init_std); the two projections that write into the residual
 stream (attention out, MLP down) get init_std / sqrt(2 * n_layer), as in GPT-2, so the
 residual stream's variance does not grow with depth. Under model.parametrization=mup the hidden
@@ -74,9 +82,12 @@ def rotary_tables(seq_len: int, head_dim: int, theta: float,
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int = 0) -> torch.Tensor:
     """Rotate pairs (r[..., :n/2], r[..., n/2:]) of the first n = 2 * cos.shape[-1] dimensions r of
-    x (B, H, T, hd) by the angle of positions start..start+T-1; the rest of each head passes."""
+    x (B, H, T, hd) by the angle of positions start..start+T-1 of a table cos, sin (>= T, n/2), or
+    by per-token angles cos, sin (B, 1, T, n/2); the rest of each head passes."""
     T, n = x.shape[-2], 2 * cos.shape[-1]
-    cos, sin = cos[start:start + T].to(x.dtype), sin[start:start + T].to(x.dtype)
+    if cos.dim() == 2:
+        cos, sin = cos[start:start + T], sin[start:start + T]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     rot, rest = x[..., :n], x[..., n:]
     x1, x2 = rot.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest), dim=-1)
@@ -118,11 +129,80 @@ class KVCache:
         return self.layers[0].length
 
 
-def _sdpa(q, k, v, causal: bool, dropout_p: float) -> torch.Tensor:
-    """Attention of q (B, H, T, hd) over k, v (B, KV, S, hd). With S > T (a cache) the causal mask is
-    aligned to the end: query i sees keys up to S - T + i."""
+class Documents:
+    """The documents packed into a batch of token ids (B, T), separated by the token ``sep``:
+    ``ids`` (B, T) numbers each token's document and ``positions`` (B, T) is each token's position
+    inside it. A separator opens the document after it, at position 0, as a beginning-of-document
+    token: every document then reads [sep, tokens...], which is what generation feeds the model
+    ([end-of-document] + prompt); the last token of a document still learns to predict the
+    separator. The attention masks are made on first use and kept, so every layer of one
+    forward shares them."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+        T = ids.shape[1]
+        ar = torch.arange(T, device=ids.device)
+        first = torch.ones_like(ids, dtype=torch.bool)
+        first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+        self.positions = ar - torch.where(first, ar, 0).cummax(dim=1).values
+        self._dense = self._block = None
+
+    @classmethod
+    def from_tokens(cls, idx: torch.Tensor, sep: int) -> Documents:
+        return cls((idx == sep).long().cumsum(dim=1))
+
+    def dense_mask(self) -> torch.Tensor:
+        """(B, 1, T, T) bool: query i may see key j when j <= i in the same document."""
+        if self._dense is None:
+            T = self.ids.shape[1]
+            causal = torch.ones(T, T, dtype=torch.bool, device=self.ids.device).tril()
+            self._dense = ((self.ids[:, :, None] == self.ids[:, None, :]) & causal)[:, None]
+        return self._dense
+
+    def block_mask(self):
+        """The same mask as a flex-attention BlockMask (block-sparse: fully masked blocks are skipped)."""
+        if self._block is None:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            ids = self.ids
+
+            def same_document_causal(b, h, q, kv):
+                return (q >= kv) & (ids[b, q] == ids[b, kv])
+
+            B, T = ids.shape
+            self._block = create_block_mask(same_document_causal, B, None, T, T, device=ids.device)
+        return self._block
+
+
+_compiled_flex = None
+
+
+def flex_document_attention(q, k, v, docs: Documents, compiled: bool = True) -> torch.Tensor:
+    """Document-masked causal attention through flex attention (compiled: the fused kernel; eager:
+    torch's unfused reference, forward only on CPU)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = flex_attention
+    if compiled:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        fn = _compiled_flex
+    return fn(q, k, v, block_mask=docs.block_mask(), enable_gqa=k.shape[1] != q.shape[1])
+
+
+def document_attention(q, k, v, docs: Documents, dropout_p: float) -> torch.Tensor:
+    """Causal attention that stays inside each document: flex attention on a GPU (it has no
+    dropout, and no backward on CPU); scaled_dot_product_attention with the dense mask otherwise."""
+    if q.device.type == "cuda" and dropout_p == 0.0:
+        return flex_document_attention(q, k, v, docs)
+    return _sdpa(q, k, v, causal=False, dropout_p=dropout_p, mask=docs.dense_mask())
+
+
+def _sdpa(q, k, v, causal: bool, dropout_p: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of q (B, H, T, hd) over k, v (B, KV, S, hd), under ``mask`` if given. With S > T (a
+    cache) the causal mask is aligned to the end: query i sees keys up to S - T + i."""
     T, S = q.shape[-2], k.shape[-2]
-    mask = None
     if causal and T != S:
         causal = False
         if T > 1:
@@ -157,14 +237,19 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.q_mult = mup.query_multiplier(cfg)  # muP: scores scaled by 1/head_dim (1.0 at the base width)
 
-    def rotary_angles(self, start: int, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (T, rotary_dim/2) of positions start..start+T-1, made in fp32 on the device at
-        each call (cheap; no table of the whole context, no buffer a bf16 cast could round)."""
-        pos = torch.arange(start, start + T, dtype=torch.float32, device=device)
-        angles = torch.outer(pos, rope_inv_freq(self.cfg, device))
+    def rotary_angles(self, start: int, T: int, device=None,
+                      positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (T, rotary_dim/2) of positions start..start+T-1, or (B, 1, T, rotary_dim/2) of
+        per-token ``positions`` (B, T); made in fp32 on the device at each call (cheap; no table of
+        the whole context, no buffer a bf16 cast could round)."""
+        inv_freq = rope_inv_freq(self.cfg, device)
+        if positions is not None:
+            angles = (positions.float()[..., None] * inv_freq)[:, None]
+        else:
+            angles = torch.outer(torch.arange(start, start + T, dtype=torch.float32, device=device), inv_freq)
         return angles.cos(), angles.sin()
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, docs: Documents | None = None) -> torch.Tensor:
         B, T, C = x.shape
         hd, kv = self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split([C, kv, kv], dim=-1)
@@ -176,11 +261,16 @@ class Attention(nn.Module):
         if self.q_mult != 1.0:
             q = q * self.q_mult
         if self.rotary:
-            cos, sin = self.rotary_angles(0 if cache is None else cache.length, T, x.device)
+            cos, sin = self.rotary_angles(0 if cache is None else cache.length, T, x.device,
+                                          None if docs is None else docs.positions)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
-        y = _sdpa(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if docs is not None:
+            y = document_attention(q, k, v, docs, dropout_p)
+        else:
+            y = _sdpa(q, k, v, causal=True, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -214,10 +304,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.parallel = cfg.parallel_residual
 
-    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, docs: Documents | None = None) -> torch.Tensor:
         if self.parallel:  # GPT-NeoX: attention and MLP both read the block's input
-            return x + self.attn(self.norm1(x), cache) + self.mlp(self.norm2(x))
-        x = x + self.attn(self.norm1(x), cache)
+            return x + self.attn(self.norm1(x), cache, docs) + self.mlp(self.norm2(x))
+        x = x + self.attn(self.norm1(x), cache, docs)
         return x + self.mlp(self.norm2(x))
 
 
@@ -234,14 +324,14 @@ class Embedding(nn.Module):
             self.sin_pos = None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Embeddings of idx (B, T) at positions start..start+T-1."""
+    def forward(self, idx: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of idx (B, T) at positions start..start+T-1, or at ``positions`` (B, T)."""
         x = self.wte(idx)
         T = idx.shape[1]
         if self.wpe is not None:
-            x = x + self.wpe.weight[start:start + T]
+            x = x + (self.wpe.weight[start:start + T] if positions is None else self.wpe(positions))
         elif self.sin_pos is not None:
-            x = x + self.sin_pos[start:start + T].to(x.dtype)
+            x = x + (self.sin_pos[start:start + T] if positions is None else self.sin_pos[positions]).to(x.dtype)
         return self.drop(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,12 +408,18 @@ class GPT(nn.Module):
                 cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) token ids → logits (B, T, V); with targets, the mean loss instead. With a
         cache, idx are the tokens after the cached ones (positions continue from there)."""
-        x = self.embed(idx, 0 if cache is None else cache.length)
+        docs = self.documents(idx) if cache is None else None
+        x = self.embed(idx, 0 if cache is None else cache.length, None if docs is None else docs.positions)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])
+            x = block(x, None if cache is None else cache.layers[i], docs)
         x = self.head(x)
         logits = self.embed.logits(x) if self.head.out is None else x
         return logits if targets is None else lm_loss(logits, targets, self.cfg.z_loss)
+
+    def documents(self, idx: torch.Tensor) -> Documents | None:
+        """The packed documents of idx under document masking; None without it."""
+        sep = self.cfg.document_mask_token
+        return None if sep is None else Documents.from_tokens(idx, sep)
 
 
 def count_params(cfg: ModelConfig) -> dict:

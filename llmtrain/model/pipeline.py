@@ -8,7 +8,37 @@ from __future__ import annotations
 from functools import partial
 
 from llmtrain.config import ModelConfig
-from llmtrain.model.gpt import Block, Embedding, Head, init_weights, lm_loss, piece_seed
+from llmtrain.model.gpt import Block, Documents, Embedding, Head, init_weights, lm_loss, piece_seed
+
+
+class PipeEmbedding(Embedding):
+    """The embedding stage. Under document masking it also hands on the document ids (B, T), an
+    integer tensor, which travels between stages beside the hidden states (no gradient)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.sep = cfg.document_mask_token
+
+    def forward(self, idx):
+        if self.sep is None:
+            return super().forward(idx)
+        docs = Documents.from_tokens(idx, self.sep)
+        return super().forward(idx, positions=docs.positions), docs.ids
+
+
+class PipeBlock(Block):
+    """A block stage: hidden states in and out, with the document ids passed through when masking."""
+
+    def forward(self, inputs):
+        if isinstance(inputs, tuple):
+            x, ids = inputs
+            return super().forward(x, None, Documents(ids)), ids
+        return super().forward(inputs)
+
+
+class PipeHead(Head):
+    def forward(self, inputs):
+        return super().forward(inputs[0] if isinstance(inputs, tuple) else inputs)
 
 
 def gpt_prefix(layer: int, n_layer: int) -> str | None:
@@ -57,13 +87,14 @@ def gpt_pipeline(cfg: ModelConfig, num_stages: int, seed: int = 0, activation_ch
 
     class TiedSpec(Seeded, TiedLayerSpec):
         def __init__(self, index, forward_fn=None):
-            TiedLayerSpec.__init__(self, "embed", Embedding, cfg, forward_fn=forward_fn, tied_weight_attr="wte.weight")
+            TiedLayerSpec.__init__(self, "embed", PipeEmbedding, cfg, forward_fn=forward_fn,
+                                   tied_weight_attr="wte.weight")
             self.piece_index = index
 
     L = cfg.n_layer
-    layers = [TiedSpec(0) if cfg.tie_embeddings else Spec(Embedding, 0)]
-    layers += [Spec(Block, 1 + i) for i in range(L)]
-    layers.append(Spec(Head, L + 1))
+    layers = [TiedSpec(0) if cfg.tie_embeddings else Spec(PipeEmbedding, 0)]
+    layers += [Spec(PipeBlock, 1 + i) for i in range(L)]
+    layers.append(Spec(PipeHead, L + 1))
     if cfg.tie_embeddings:
         layers.append(TiedSpec(0, forward_fn=_tied_logits))
     return PipelineModule(
@@ -72,4 +103,7 @@ def gpt_pipeline(cfg: ModelConfig, num_stages: int, seed: int = 0, activation_ch
         loss_fn=partial(lm_loss, z_loss=cfg.z_loss),
         partition_method="type:Block",
         activation_checkpoint_interval=activation_checkpoint_interval,
+        # blocks only: DeepSpeed's (re-entrant) checkpoint of the embedding, whose input needs no
+        # gradient, would cut the embedding off from its gradients
+        checkpointable_layers=["PipeBlock"],
     )

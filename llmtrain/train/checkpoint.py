@@ -54,10 +54,11 @@ def set_rng_state(state: dict) -> None:
 
 def check_same_model(old: dict, cfg: Config, source, hint: str) -> None:
     """Refuse, before loading, weights made by a model of another shape: every model field but
-    dropout and z_loss (regularisers a continued run may change) must match the saved ``old``
-    model section."""
+    dropout, z_loss (regularisers a continued run may change) and document_mask_token (where
+    attention stops, not a weight) must match the saved ``old`` model section."""
     now = cfg.to_dict()["model"]
-    diff = [k for k, v in now.items() if k not in ("dropout", "z_loss") and k in old and old[k] != v]
+    free = ("dropout", "z_loss", "document_mask_token")
+    diff = [k for k, v in now.items() if k not in free and k in old and old[k] != v]
     if diff:
         k = diff[0]
         raise ConfigError(f"{source}: the checkpoint is of another model shape (model.{k}={old[k]} there, "

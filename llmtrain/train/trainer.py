@@ -291,6 +291,8 @@ def run(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
         data = load_data(cfg, cfg.data.prefix, config_path)
     if cfg.model.vocab_size is None:
         cfg.model.vocab_size = padded_vocab(data.vocab_size)
+    if cfg.data.document_mask:
+        cfg.model.document_mask_token = data.end_of_document_id()
 
     pipeline = cfg.parallel.pipeline_stages > 1
     dp_world = world // cfg.parallel.pipeline_stages
