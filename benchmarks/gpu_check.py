@@ -18,6 +18,11 @@ tokenizer.json; the model's vocabulary is padded to 50,304). Checks:
    RMSNorm, SwiGLU, bf16, ZeRO-0) with and without train.compile=true: the median of the logged
    ``tokens_per_s`` and ``mfu`` (datasheet peak) of metrics.jsonl after the first records.
 
+4. Document masking (data.document_mask): the compiled flex-attention kernel against SDPA with
+   the dense mask (outputs and gradients, bf16, grouped-query heads, T=2048), their forward +
+   backward times beside plain causal flash SDPA; then the training path with the mask, eager
+   and train.compile=true, whose first-step losses must agree.
+
 Writes one JSON file (--out), prints Markdown rows for benchmarks/BENCHMARKS.md, and exits 1 when
 a check fails. Under 10 minutes on one H200 (--budget caps the whole script; a part that no
 longer fits is reported as not run, and fails the check).
@@ -379,6 +384,98 @@ def throughput(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out
     return ok
 
 
+def timed_ms(fn, reps: int, sync) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def check_document_kernel(smoke: bool, out: dict) -> bool:
+    """Compiled flex attention with the block mask vs SDPA with the dense mask, in-process."""
+    import torch
+    import torch.nn.functional as F
+
+    from llmtrain.model.gpt import Documents, document_attention, flex_document_attention
+
+    dev = "cpu" if smoke else "cuda"
+    B, H, KV, T, hd = (2, 4, 2, 200, 16) if smoke else (4, 16, 4, 2048, 64)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    tokens = torch.randint(1, 1000, (B, T), generator=g)
+    tokens[torch.rand(B, T, generator=g) < 4.0 / 512] = 0  # documents of ~128 tokens on average
+    docs = Documents.from_tokens(tokens.to(dev), 0)
+    dtype = torch.float32 if smoke else torch.bfloat16
+    q = torch.randn(B, H, T, hd, generator=g).to(dev, dtype).requires_grad_(not smoke)
+    k, v = (torch.randn(B, KV, T, hd, generator=g).to(dev, dtype).requires_grad_(not smoke) for _ in range(2))
+    res = out.setdefault("document_kernel", {"shape": [B, H, KV, T, hd], "dtype": str(dtype)})
+    try:
+        ref = document_attention(q.float(), k.float(), v.float(), docs, 0.0)  # fp32 dense-mask reference
+        got = flex_document_attention(q, k, v, docs, compiled=not smoke)
+        res["max_abs_diff_out"] = (got.float() - ref).abs().max().item()
+        tol = 1e-4 if smoke else 3e-2
+        ok = res["max_abs_diff_out"] <= tol
+        if not smoke:
+            grads = torch.autograd.grad(got.float().square().sum(), (q, k, v))
+            qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+            ref_grads = torch.autograd.grad(document_attention(qf, kf, vf, docs, 0.0).square().sum(), (qf, kf, vf))
+            res["max_rel_diff_grads"] = max(((a.float() - b).abs().max() / b.abs().max()).item()
+                                            for a, b in zip(grads, ref_grads))
+            ok &= res["max_rel_diff_grads"] <= 5e-2
+
+            def fwd_bwd(attn):
+                def step():
+                    y = attn()
+                    torch.autograd.grad(y.sum(), (q, k, v))
+                return step
+
+            sync = torch.cuda.synchronize
+            res["ms_flex_block_mask"] = timed_ms(fwd_bwd(lambda: flex_document_attention(q, k, v, docs)), 20, sync)
+            dense = docs.dense_mask()
+            res["ms_sdpa_dense_mask"] = timed_ms(
+                fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=dense, enable_gqa=True)), 20, sync)
+            res["ms_sdpa_causal_flash"] = timed_ms(
+                fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)), 20, sync)
+            res["ms_block_mask_build"] = timed_ms(lambda: Documents(docs.ids).block_mask(), 20, sync)
+        res["ok"] = bool(ok)
+    except Exception as e:  # reported, not raised: the other checks still run
+        res.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
+    print(f"[gpu_check] document kernel: {res}", flush=True)
+    return res["ok"]
+
+
+def check_document_training(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out: dict) -> bool:
+    model = MODEL_SMOKE if smoke else MODEL_CHECK
+    micro = 4 if smoke else 8
+    base = [f"data.prefix={data}", *model, *COMMON, "train.max_steps=3", "train.log_interval=1",
+            f"train.global_batch_size={micro * nproc}", f"train.micro_batch_size={micro}",
+            "checkpoint.save_final=false", "train.precision=bf16", "data.document_mask=true"]
+    res = out.setdefault("document_training", {})
+    for name, extra in (("eager", []), ("compile", ["train.compile=true"])):
+        run_dir = work / f"docmask_{name}"
+        rc, la = run_once(f"document mask {name}", launch_cmd(nproc, smoke, run_dir, "zero1.json", base + extra),
+                          run_env(smoke), clock, 300, res)
+        if la is None:
+            continue
+        losses = train_losses(run_dir)
+        res[name] = {"rc": rc, "wall_s": la.wall, "losses": [losses.get(s) for s in (1, 2, 3)]}
+        if rc != 0:
+            res[name]["tail"] = la.tail()
+    firsts = []
+    for name in ("eager", "compile"):
+        r = res.get(name) or {}
+        ls = r.get("losses") or []
+        r_ok = r.get("rc") == 0 and len(ls) == 3 and all(v is not None and math.isfinite(v) for v in ls)
+        firsts += [ls[0]] if r_ok else []
+        res.setdefault(name, {})["ok"] = r_ok
+    res["first_loss_diff"] = abs(firsts[0] - firsts[1]) if len(firsts) == 2 else None
+    return len(firsts) == 2 and res["first_loss_diff"] <= BF16_FIRST_LOSS_TOL
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -410,6 +507,18 @@ def markdown(out: dict) -> list[str]:
                     f"{r.get('killed', {}).get('at_step')}, resumed from step {r.get('resumed_at')}; "
                     f"{r.get('steps_compared')} steps compared; max diff after resume "
                     f"{r.get('max_diff_after_resume')}, before the kill (noise) {r.get('max_diff_before_kill')} |")
+    k = out.get("document_kernel")
+    if k:
+        times = ", ".join(f"{n[3:]} {k[n]:.2f} ms" for n in ("ms_flex_block_mask", "ms_sdpa_dense_mask",
+                                                             "ms_sdpa_causal_flash", "ms_block_mask_build") if n in k)
+        rows.append(f"| document mask kernel {k.get('shape')} {k.get('dtype')} | {'pass' if k.get('ok') else 'FAIL'} | "
+                    f"out diff {k.get('max_abs_diff_out')}, grad rel diff {k.get('max_rel_diff_grads')}; "
+                    f"fwd+bwd {times or '-'} {k.get('error', '')} |")
+    d = out.get("document_training")
+    if d:
+        rows.append(f"| document mask training, eager / compile | "
+                    f"{'pass' if out['checks'].get('document_training') else 'FAIL'} | "
+                    f"losses {(d.get('eager') or {}).get('losses')} / {(d.get('compile') or {}).get('losses')} |")
     rows += ["", "| model | compile | tokens/s | MFU | peak memory | device |", "|---|---|---|---|---|---|"]
     for name, r in out.get("throughput", {}).items():
         if not isinstance(r, dict):
@@ -427,7 +536,7 @@ def main() -> int:
     ap.add_argument("--out", default="gpu_check.json", help="the JSON result file")
     ap.add_argument("--work", default=None, help="folder for the data and run folders (default: a new temp folder)")
     ap.add_argument("--budget", type=float, default=570.0, help="seconds for the whole script")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["zero", "resume", "throughput", "compile"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["zero", "resume", "throughput", "compile", "docmask"])
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -455,9 +564,13 @@ def check_all(args) -> int:
         out["checks"]["zero_stages_agree"] = check_zero(work, data, nproc, args.smoke, clock, out)
     if "resume" not in args.skip:
         out["checks"]["sigkill_resume_exact"] = check_resume(work, data, nproc, args.smoke, clock, out)
+    if "docmask" not in args.skip:
+        out["checks"]["document_kernel"] = check_document_kernel(args.smoke, out)
     if "throughput" not in args.skip:
         out["checks"]["throughput_runs"] = throughput(work, data, nproc, args.smoke, clock, out,
                                                       "compile" not in args.skip)
+    if "docmask" not in args.skip:
+        out["checks"]["document_training"] = check_document_training(work, data, nproc, args.smoke, clock, out)
     out["wall_s"] = time.perf_counter() - clock.t0
     Path(args.out).write_text(json.dumps(out, indent=1))
     print("\n".join(markdown(out)))

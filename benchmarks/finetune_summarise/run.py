@@ -88,6 +88,8 @@ def main(argv=None) -> int:
                     help="only score the models of an earlier run with the same --work and steps")
     ap.add_argument("--reuse-pretrain", action="store_true",
                     help="keep WORK/pretrain when it has a checkpoint (only the fine-tuning and scoring run again)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for the fine-tuning run (repeatable), e.g. data.document_mask=false")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "finetune_summarise" / "results.json"))
     args = ap.parse_args(argv)
     from llmtrain.data.dataset import sample_prefix
@@ -113,17 +115,23 @@ def main(argv=None) -> int:
     run([sys.executable, REPO / "data_prep" / "tokenize_corpus.py", "--format", "prompt-response",
          "--input", task / "train.jsonl", "--tokenizer", tok, "--output-prefix", task / "titles",
          "--valid-fraction", "0.05"], log, "tokenize")
-    ft = work / f"finetune_{args.finetune_steps}_lr{args.finetune_lr:g}"
+    ft = finetune_dir(args, work)
     run(deepspeed("--config", REPO / "configs" / "finetune_tiny.yaml", "--run-dir", ft,
                   f"data.prefix={task / 'titles'}", f"checkpoint.init_from={model}",
-                  f"train.max_steps={args.finetune_steps}", f"train.lr={args.finetune_lr}", "checkpoint.resume=false"),
+                  f"train.max_steps={args.finetune_steps}", f"train.lr={args.finetune_lr}", "checkpoint.resume=false",
+                  *args.overrides),
         log, "finetune")
     return finish(args, work, pre, log, t0)
 
 
+def finetune_dir(args, work: Path) -> Path:
+    extra = "".join("_" + o.replace("=", "-") for o in args.overrides)
+    return work / f"finetune_{args.finetune_steps}_lr{args.finetune_lr:g}{extra}"
+
+
 def finish(args, work: Path, pre: Path, log: dict, t0: float) -> int:
     task = work / "task"
-    ft = work / f"finetune_{args.finetune_steps}_lr{args.finetune_lr:g}"
+    ft = finetune_dir(args, work)
     if args.score_only:
         log = json.loads(Path(args.out).read_text())["stages"] if Path(args.out).is_file() else {}
     test = [json.loads(ln) for ln in (task / "test.jsonl").read_text().splitlines() if ln.strip()]
@@ -145,6 +153,7 @@ def finish(args, work: Path, pre: Path, log: dict, t0: float) -> int:
         "finetune_train_loss": [(m["step"], round(m["loss"], 4), m.get("loss_tokens")) for m in train],
         "finetune_valid_loss": [(m["step"], round(m["loss"], 4)) for m in valid],
         "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr,
+        "finetune_overrides": args.overrides,
         "pretrain_final_loss": [m["loss"] for m in map(json.loads, (pre / "metrics.jsonl").read_text().splitlines())
                                 if m.get("split") is None and m.get("loss") is not None][-1],
         "examples": [{"id": a["id"], "reference": a["reference"], "pretrained": b["generated"],
