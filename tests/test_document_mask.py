@@ -122,7 +122,8 @@ def short_docs(token_data, tmp_path_factory) -> str:
 
 def test_document_masking_on_every_layout(short_docs, tmp_path):
     """ZeRO-0 x1, ZeRO-2 x2, ZeRO-3 x2 and pipeline x2 (the last two with activation checkpointing)
-    give the same masked losses, which differ from the unmasked run's."""
+    give the same masked losses, which differ from the unmasked run's; evaluate.py reproduces the
+    masked validation loss from the pipeline run's checkpoint."""
     common = [f"data.prefix={short_docs}", *SMALL, "train.max_steps=3", "checkpoint.save_final=false"]
     masked = [*common, "data.document_mask=true"]
     ckpt = "train.activation_checkpointing=true"
@@ -134,7 +135,7 @@ def test_document_masking_on_every_layout(short_docs, tmp_path):
         "zero3": lambda d: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", d,
                                          *masked, ckpt),
         "pipe": lambda d: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", d,
-                                        *masked, ckpt, "parallel.pipeline_stages=2"),
+                                        *masked, ckpt, "parallel.pipeline_stages=2", "checkpoint.save_final=true"),
     }
     losses = {}
     for name, launch in runs.items():
@@ -149,6 +150,11 @@ def test_document_masking_on_every_layout(short_docs, tmp_path):
     assert max(abs(losses["unmasked"][s] - ref[s]) for s in ref) > 1e-3, (losses["unmasked"], ref)
     saved = (tmp_path / "single" / "config.yaml").read_text()
     assert "document_mask: true" in saved
+    # evaluate.py keeps the run's mask: the pipeline run's final validation, recomputed from its checkpoint
+    from llmtrain.export.evaluate import evaluate
+
+    final = json.loads((tmp_path / "pipe" / "summary.json").read_text())["final_valid_loss"]
+    assert evaluate(tmp_path / "pipe", batches=2, progress=False)["loss"] == pytest.approx(final, abs=1e-5)
 
 
 def test_data_without_an_end_of_document_token_is_one_line(token_data, tmp_path):
