@@ -39,7 +39,6 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SAMPLE = os.path.join(ROOT, "data", "sample", "corpus.jsonl.gz")
 

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchutil import cpu_description  # noqa: E402
+from benchutil import cpu_description
 
-from llmtrain.config import ModelConfig  # noqa: E402
-from llmtrain.export.generate import sample  # noqa: E402
-from llmtrain.model.gpt import GPT, count_params  # noqa: E402
+from llmtrain.config import ModelConfig
+from llmtrain.export.generate import sample
+from llmtrain.model.gpt import GPT, count_params
 
 
 def main(argv=None) -> int:

@@ -37,9 +37,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchutil import cpu_description  # benchmarks/ is this script's folder
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from benchutil import cpu_description  # noqa: E402  (benchmarks/ is this script's folder)
 
 
 NOTES = """How tokenize_corpus keeps up with the encoder (--workers 1, the default on <= 4 cores): three

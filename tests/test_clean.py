@@ -12,14 +12,13 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from data_prep import readers
+from data_prep.cleaning import dedup, filters, pipeline
+from data_prep.cleaning.config import load_config
+from data_prep.cleaning.pii import PiiMasker
+from llmtrain.config import ConfigError
 
-from data_prep import readers  # noqa: E402
-from data_prep.cleaning import dedup, filters, pipeline  # noqa: E402
-from data_prep.cleaning.config import load_config  # noqa: E402
-from data_prep.cleaning.pii import PiiMasker  # noqa: E402
-from llmtrain.config import ConfigError  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------- test text
 
