@@ -11,8 +11,6 @@ from llmtrain.data.indexed import (
     IndexedDataset,
     IndexedDatasetWriter,
     dtype_for_vocab,
-    load_manifest,
-    write_manifest,
 )
 
 
@@ -169,16 +167,3 @@ def test_empty_dataset(tmp_path):
     prefix = write(tmp_path / "e", [], np.uint16)
     ds = IndexedDataset(prefix)
     assert len(ds) == 0 and ds.num_tokens == 0 and len(ds.tokens) == 0
-
-
-def test_manifest_helpers(tmp_path):
-    write_manifest(tmp_path / "c", {"vocab_size": 4096, "splits": {}})
-    assert load_manifest(tmp_path / "c")["vocab_size"] == 4096
-    assert load_manifest(tmp_path / "c_train")["vocab_size"] == 4096  # a split prefix finds its dataset's
-    assert load_manifest(tmp_path / "c_manifest.json")["vocab_size"] == 4096
-    with pytest.raises(DataFormatError, match="manifest not found"):
-        load_manifest(tmp_path / "nope")
-    (tmp_path / "bad_manifest.json").write_text("{\n oops")
-    with pytest.raises(DataFormatError, match=r"bad_manifest.json:2: malformed JSON"):
-        load_manifest(tmp_path / "bad")
-    assert sorted(os.listdir(tmp_path)) == ["bad_manifest.json", "c_manifest.json"]  # no temp files left

@@ -19,7 +19,8 @@ from data_prep.merge_manifests import merge_manifests
 from data_prep.readers import InputError, expand_inputs
 from data_prep.tokenize_corpus import task_prefix, tokenize_corpus
 from data_prep.train_tokenizer import train_tokenizer
-from llmtrain.data.indexed import IndexedDataset, load_manifest
+from llmtrain.data.indexed import IndexedDataset
+from llmtrain.data.manifest import manifest_file
 from llmtrain.tokenizer import EOD_TOKEN
 from llmtrain.utils import partition
 
@@ -156,7 +157,7 @@ def test_tasks_then_merge_equal_one_run(single, corpus, tokenizer, tmp_path):
         assert Path(f"{prefix}.task-{i:05d}_manifest.json").is_file()
     assert not Path(f"{prefix}_manifest.json").exists()  # a task never writes the dataset's manifest
     merged = merge_manifests(prefix, quiet=True)
-    assert load_manifest(prefix) == merged
+    assert json.loads(manifest_file(prefix).read_text()) == merged
     check_counts(merged)
     assert merged["merged_from"]["num_tasks"] == n and len(merged["inputs"]) == 7
     assert sorted(i["path"] for i in merged["inputs"]) == [os.path.abspath(f) for f in expand_inputs([corpus[0]])]
@@ -314,7 +315,7 @@ def test_cli_slurm_array_merge_and_blend(single, corpus, tokenizer, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: --num-tasks 5") and len(r.stderr.splitlines()) == 1
     r = run_script("tokenize_corpus.py", "--output-prefix", prefix, "--merge")
     assert r.returncode == 0, r.stderr
-    m = load_manifest(prefix)
+    m = json.loads(manifest_file(prefix).read_text())
     assert m["documents"] == N_DOCS and m["tokens"] == single[1]["tokens"]
     r = run_script("merge_manifests.py", "--blend", prefix, single[0])
     assert r.returncode == 0, r.stderr

@@ -14,12 +14,11 @@ Here one sequence is one document, so doc_idx = 0, 1, ..., n. megatron-core's
 ``IndexedDataset`` reads these files as they are (tests/test_indexed.py checks it).
 
 A tokenised dataset also has ``PREFIX_manifest.json`` (written by data_prep/tokenize_corpus.py
-for the common prefix of its ``_train``/``_valid`` splits); `load_manifest` and
-`write_manifest` read and write it.
+for the common prefix of its ``_train``/``_valid`` splits); ``llmtrain.data.manifest.Manifest``
+reads and writes it.
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 from array import array
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from llmtrain.utils import atomic_write_json
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -235,41 +233,3 @@ class IndexedDataset:
 
     def __repr__(self) -> str:
         return f"IndexedDataset({self.prefix!r}: {len(self)} documents, {self.num_tokens} tokens of {self.dtype})"
-
-
-# ---- the manifest beside a tokenised dataset -------------------------------------------------
-
-def manifest_path(prefix_or_path: str | os.PathLike) -> Path:
-    """PREFIX → PREFIX_manifest.json; a path already ending in .json is returned as is. A split
-    prefix (PREFIX_train / PREFIX_valid) maps to the manifest of its dataset."""
-    s = str(prefix_or_path)
-    if s.endswith(".json"):
-        return Path(s)
-    for split in ("_train", "_valid"):
-        if s.endswith(split) and not os.path.exists(f"{s}_manifest.json"):
-            s = s[: -len(split)]
-            break
-    return Path(f"{s}_manifest.json")
-
-
-def load_manifest(prefix_or_path: str | os.PathLike) -> dict:
-    """Read PREFIX_manifest.json; DataFormatError (one line naming the file) when it is
-    missing or not a JSON object."""
-    path = manifest_path(prefix_or_path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: manifest not found; create the dataset with python "
-                              f"data_prep/tokenize_corpus.py --output-prefix {str(path)[:-len('_manifest.json')]} ...")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataFormatError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); {FIX}") from None
-    if not isinstance(obj, dict):
-        raise DataFormatError(f"{path}: expected a JSON object; {FIX}")
-    return obj
-
-
-def write_manifest(prefix: str | os.PathLike, manifest: dict) -> Path:
-    """Write PREFIX_manifest.json atomically; returns its path."""
-    path = Path(f"{prefix}_manifest.json")
-    atomic_write_json(path, manifest)
-    return path
