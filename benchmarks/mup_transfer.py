@@ -55,42 +55,27 @@ def one_run(job: dict) -> dict:
     import torch
 
     from llmtrain.config import load_config
-    from llmtrain.model.gpt import GPT
-    from llmtrain.model.mup import mup_param_groups
+    from llmtrain.scaling.width import train_plain, width_config
     from llmtrain.train.schedule import lr_multiplier
 
     torch.set_num_threads(1)
     cfg = load_config(job["config"])
     train, vocab = windows(cfg, "train")
     valid, _ = windows(cfg, "valid")
-    model_cfg = dataclasses.replace(cfg.model, d_model=job["width"], vocab_size=vocab,
-                                    parametrization=job["parametrization"],
-                                    mup_base_width=job["base"] if job["parametrization"] == "mup" else None,
-                                    mup_base_head_dim=None)
-    model_cfg.validate("job")
-    cfg = dataclasses.replace(cfg, model=model_cfg, train=dataclasses.replace(cfg.train, lr=job["lr"]))
-    t, T, B = cfg.train, model_cfg.seq_len, cfg.train.global_batch_size
+    cfg = width_config(cfg, job["width"], job["parametrization"], job["base"], vocab_size=vocab, mup_base_head_dim=None)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=job["lr"]))
+    t, T, B = cfg.train, cfg.model.seq_len, cfg.train.global_batch_size
     seed = job["seed"]
-    torch.manual_seed(seed)
-    model = GPT(model_cfg, seed=seed)
-    opt = torch.optim.AdamW(mup_param_groups(model, cfg), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_multiplier(s, job["steps"], t.schedule, t.warmup_steps, t.min_lr_ratio, t.decay_fraction))
     rng = np.random.default_rng(seed)
-    started = time.time()
-    train_losses = []
-    for _ in range(job["steps"]):
+
+    def next_batch():
         starts = rng.integers(0, len(train) - T - 1, B)
-        batch = torch.from_numpy(np.stack([train[s:s + T + 1] for s in starts]))
-        loss = model(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        sched.step()
-        train_losses.append(float(loss.detach()))
-    model.eval()
+        return torch.from_numpy(np.stack([train[s:s + T + 1] for s in starts]))
+
+    started = time.time()
+    model, train_losses = train_plain(
+        cfg, next_batch, job["steps"], seed,
+        lambda s: lr_multiplier(s, job["steps"], t.schedule, t.warmup_steps, t.min_lr_ratio, t.decay_fraction))
     n = job["eval_windows"]
     vb = torch.from_numpy(np.stack([valid[i * T:i * T + T + 1] for i in range(n)]))
     with torch.no_grad():

@@ -91,34 +91,13 @@ def train_and_measure(cfg, draw, steps: int, seed: int) -> dict:
     LR, gradient clipping as train.grad_clip) and measure it on a fixed batch."""
     import torch
 
-    from llmtrain.model.gpt import GPT
-    from llmtrain.model.mup import mup_param_groups
+    from llmtrain.scaling.width import train_plain
 
-    torch.manual_seed(seed)
-    model = GPT(cfg.model, seed=seed)
-    t = cfg.train
-    opt = torch.optim.AdamW(mup_param_groups(model, cfg), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     gen = torch.Generator().manual_seed(seed)
-    B, T = t.global_batch_size, cfg.model.seq_len
+    B, T = cfg.train.global_batch_size, cfg.model.seq_len
     probe = draw(B, T, torch.Generator().manual_seed(10_000 + seed))[:, :-1]
-    for _ in range(steps):
-        batch = draw(B, T, gen)
-        loss = model(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-    model.eval()
+    model, _ = train_plain(cfg, lambda: draw(B, T, gen), steps, seed)
     return measure(model, probe)
-
-
-def width_config(cfg, width: int, parametrization: str, base_width: int):
-    model = dataclasses.replace(cfg.model, d_model=width, parametrization=parametrization,
-                                mup_base_width=base_width if parametrization == "mup" else None,
-                                mup_base_head_dim=cfg.model.mup_base_head_dim if parametrization == "mup" else None)
-    model.validate(f"--widths {width}")
-    return dataclasses.replace(cfg, model=model)
 
 
 def plot(result: dict, path: str) -> None:
@@ -164,6 +143,7 @@ def main(argv=None) -> int:
     import torch
 
     from llmtrain.config import ConfigError, load_config
+    from llmtrain.scaling.width import width_config
     from llmtrain.utils import atomic_write_json
 
     if args.steps < 1 or args.seeds < 1 or min(args.widths) <= 0:
