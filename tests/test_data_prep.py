@@ -17,7 +17,8 @@ from tokenizers import Tokenizer
 from data_prep.readers import InputError
 from data_prep.tokenize_corpus import is_valid_doc, split_key, tokenize_corpus
 from data_prep.train_tokenizer import train_tokenizer
-from llmtrain.data.indexed import IndexedDataset, load_manifest
+from llmtrain.data.indexed import IndexedDataset
+from llmtrain.data.manifest import manifest_file
 from llmtrain.tokenizer import EOD_TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +81,7 @@ def test_tokenizer_training_is_reproducible(tokenizer, corpus, tmp_path):
 def test_manifest_counts_match_the_files(tokenized, tokenizer, corpus):
     prefix, manifest = tokenized
     _, docs = corpus
-    assert load_manifest(prefix) == manifest
+    assert json.loads(manifest_file(prefix).read_text()) == manifest
     tok = Tokenizer.from_file(tokenizer)
     assert manifest["vocab_size"] == 600 and manifest["dtype"] == "uint16" and manifest["eod_token_id"] == 0
     assert manifest["tokenizer"]["path"] == os.path.abspath(tokenizer) and len(manifest["tokenizer"]["sha256"]) == 64
@@ -167,7 +168,7 @@ def test_cli_end_to_end(corpus, tmp_path):
                 "--output-prefix", tmp_path / "d", "--valid-fraction", 0.05, "--progress-every", 0.001)
     assert r.returncode == 0, r.stderr
     assert "docs/s" in r.stdout and "tokens/s" in r.stdout and r.stderr == ""
-    m = load_manifest(tmp_path / "d")
+    m = json.loads(manifest_file(tmp_path / "d").read_text())
     assert m["documents"] == 100 and m["command"][1].endswith("tokenize_corpus.py")
 
 
