@@ -70,6 +70,20 @@ def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):
     assert {m.name.tag for m in exp.metric_infos} == {"hparam/final_train_loss", "hparam/final_valid_loss"}
     assert acc.Scalars("hparam/final_valid_loss")[0].value == pytest.approx(s["final_valid_loss"], rel=1e-6)
 
+    # starting over in the same folder (checkpoint.resume=false): the two runs never read as one
+    r = run_python([PRETRAIN, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=10",
+                    "train.eval_interval=0", "train.log_interval=5", "train.lr=1e-3", "checkpoint.resume=false"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "metrics.jsonl.prev" in r.stdout
+    again = [x for x in read_metrics(run) if "split" not in x]
+    assert [x["step"] for x in again] == [5, 10] and again[0]["lr"] != train[0]["lr"]
+    prev = [json.loads(ln) for ln in (run / "metrics.jsonl.prev").read_text().splitlines()]
+    assert [x["step"] for x in prev if "split" not in x] == [5, 10, 15, 20, 25, 30, 35, 40]
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [
+        (x["step"], pytest.approx(x["loss"], rel=1e-6)) for x in again]
+
 
 def test_layouts_agree_on_the_same_model(token_data, tmp_path):
     """1 process, ZeRO-2 x2, ZeRO-3 x2 and pipeline x2 (with activation checkpointing) give the same

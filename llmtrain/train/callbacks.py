@@ -106,7 +106,10 @@ class Throughput(Callback):
 class JsonlAndTensorBoard(Callback):
     """Rank 0: every record to RUN/metrics.jsonl (one JSON object a line) and its numbers to
     TensorBoard under <split>/<key>; HParams at the end. On resume, what was logged after the
-    checkpoint is dropped from both, so the run reads as one."""
+    checkpoint is dropped from both, so the run reads as one. A run that starts over in a folder
+    that has metrics (checkpoint.resume=false, or no checkpoint to resume from) moves the old
+    metrics.jsonl to metrics.jsonl.prev and hides the old TensorBoard steps, so two runs never
+    read as one."""
 
     name = "metrics"
 
@@ -118,9 +121,14 @@ class JsonlAndTensorBoard(Callback):
         from llmtrain.train.checkpoint import truncate_metrics
         from llmtrain.train.metrics import MetricsLogger
 
+        path = self.run_dir / "metrics.jsonl"
         if t.resumed:
-            truncate_metrics(self.run_dir / "metrics.jsonl", t.step)
-        self.sink = MetricsLogger(self.run_dir, self.tensorboard, purge_step=t.step + 1 if t.resumed else None)
+            truncate_metrics(path, t.step)
+        elif path.is_file() and path.stat().st_size:
+            os.replace(path, path.with_name("metrics.jsonl.prev"))
+            print(f"{self.run_dir}: starting over (not resuming); the earlier run's metrics.jsonl is now "
+                  f"metrics.jsonl.prev", flush=True)
+        self.sink = MetricsLogger(self.run_dir, self.tensorboard, purge_step=t.step + 1)
 
     def log_metrics(self, t, record: dict) -> None:
         if self.sink is not None:
