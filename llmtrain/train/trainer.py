@@ -52,6 +52,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def report_error(e: Exception, rank: int) -> int:
+    """Exit code 2 with one line "error: ..." from rank 0. Every rank meets the same bad input;
+    the others wait a moment before exiting, because a launcher (deepspeed, torchrun) kills every
+    rank as soon as one exits, which could otherwise cut rank 0 off before it prints."""
+    if rank == 0:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(5)
+    return 2
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     rank_env = env_int("RANK", 0)
@@ -66,15 +77,11 @@ def main(argv=None) -> int:
         ds_config = check_layout(cfg, user_ds, ds_path, config_path, env_int("WORLD_SIZE", 1))
         data = load_data(cfg, cfg.data.prefix, config_path) if cfg.data.prefix is not None else None
     except (ConfigError, ValueError, OSError) as e:
-        if rank_env == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(e, rank_env)
     try:
         return run(args, cfg, ds_config, data)
     except (ConfigError, RunError, ValueError) as e:
-        if env_int("RANK", 0) == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return report_error(e, env_int("RANK", 0))
     finally:
         import torch.distributed as dist
 
