@@ -144,7 +144,7 @@ def test_finetune_layouts(pairs, tmp_path, layout):
     prefix, _ = pairs
     ds, extra = (("zero3.json", []) if layout == "zero3" else ("zero1.json", ["parallel.pipeline_stages=2"]))
     r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / ds, "--run-dir", tmp_path / layout,
-                      f"data.prefix={prefix}", *SMALL, "train.max_steps=3", *extra)
+                      f"data.prefix={prefix}", *SMALL, "train.max_steps=3", "data.document_mask=true", *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [x for x in read_metrics(tmp_path / layout) if x.get("split") is None and x.get("loss") is not None]
     assert [x["loss_tokens"] for x in recs] == counted_targets(prefix, 64, 8, 3)
