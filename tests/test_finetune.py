@@ -149,3 +149,41 @@ def test_finetune_layouts(pairs, tmp_path, layout):
     recs = [x for x in read_metrics(tmp_path / layout) if x.get("split") is None and x.get("loss") is not None]
     assert [x["loss_tokens"] for x in recs] == counted_targets(prefix, 64, 8, 3)
     assert all(np.isfinite(x["loss"]) for x in recs)
+
+
+@pytest.mark.parametrize("layout", ["zero0_x1", "zero2_x2", "pipe_x2"])
+def test_every_counted_token_weighs_the_same(pairs, tmp_path, layout):
+    """Micro-batches of 2 windows hold different numbers of response tokens; the step's loss (and
+    gradient) is the mean over the global batch's counted tokens, not the mean of micro-batch
+    means: the first logged loss equals the initial model's token mean on the first batch."""
+    import torch
+
+    from llmtrain.config import load_config
+    from llmtrain.data.sampler import TokenWindows, batch
+    from llmtrain.model.gpt import GPT, lm_loss
+
+    prefix, _ = pairs
+    cfg = load_config(None, [*SMALL, "model.vocab_size=512"])
+    w = TokenWindows([IndexedDataset(f"{prefix}_train")], 64, cfg.train.seed,
+                     masks=[IndexedDataset(f"{prefix}_train_mask")])
+    x, y = batch(w, 0, 8)
+    with torch.no_grad():
+        logits = GPT(cfg.model, seed=cfg.train.seed)(x)
+        want = float(lm_loss(logits, y))
+        means = [float(lm_loss(logits[i:i + 2], y[i:i + 2])) for i in range(0, 8, 2)]
+    assert abs(want - sum(means) / 4) > 1e-3  # the two weightings differ on this batch
+
+    args = ["--run-dir", tmp_path / layout, f"data.prefix={prefix}", *SMALL, "model.vocab_size=512",
+            "train.max_steps=1", "train.micro_batch_size=2", "checkpoint.save_final=false"]
+    if layout == "zero0_x1":
+        r = run_deepspeed(1, *args)
+    elif layout == "zero2_x2":
+        r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / "zero2.json", *args)
+    else:
+        r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / "zero1.json", *args,
+                          "parallel.pipeline_stages=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = [x for x in read_metrics(tmp_path / layout) if x.get("split") is None and x.get("loss") is not None][0]
+    assert rec["step"] == 1 and rec["loss_tokens"] == int((y != -100).sum())
+    assert rec["loss"] == pytest.approx(want, abs=2e-5), (rec["loss"], want, means)
+

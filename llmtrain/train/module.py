@@ -5,6 +5,12 @@ subclasses it for DeepSpeed's pipeline engine. Both keep the device discipline: 
 the accelerator, one all-reduce per optimizer step, and the host reads a loss only when a
 callback asks for it (a logged step).
 
+With a loss mask (prompt/response data), every counted target of the global batch weighs the
+same: micro-batch i's mean loss is scaled by n_i x (micro-batches x data-parallel ranks) / N,
+where n_i counts its targets and N those of the whole global batch (one extra all-reduce per
+step, before the first backward), so the mean over micro-batches and ranks that DeepSpeed takes
+is the mean over tokens. Without a mask every n_i is the same and nothing changes.
+
 One non-finite policy for every layout: a step whose loss or gradients are not finite on any
 rank never moves the weights and leaves the optimizer state as it was; the step counter, the
 LR schedule and the data position move on as for any step.
@@ -83,13 +89,28 @@ def step_schedule_after_skip(engine, ds_skips_before: int) -> None:
         engine.lr_scheduler.step()
 
 
-class DenseTrainModule:
-    """GPT under a DeepSpeed engine (ZeRO 0-3): gas micro-batches, then the optimizer step."""
+def token_weights(micro_batches, device, dp_world: int, replicas: int = 1) -> torch.Tensor:
+    """n_i x (micro-batches x data-parallel ranks) / N per micro-batch (see the module's
+    docstring), on the device. ``replicas``: how many ranks of a data-parallel replica read the
+    same batches (pipeline stages): the all-reduce over every rank counts N that many times."""
+    counts = torch.stack([(y.to(device) != -100).sum() for _, y in micro_batches]).float()
+    total = counts.sum().reshape(1)
+    all_reduce(total)
+    return counts * (len(micro_batches) * dp_world * replicas) / total.clamp(min=1)
 
-    def __init__(self, engine, dp_world: int):
+
+class DenseTrainModule:
+    """GPT under a DeepSpeed engine (ZeRO 0-3): gas micro-batches, then the optimizer step.
+    ``token_weighted``: the data has a loss mask (weigh every counted target the same)."""
+
+    def __init__(self, engine, dp_world: int, token_weighted: bool = False):
         self.engine = engine
         self.dp_world = dp_world
+        self.token_weighted = token_weighted
         self.device = accelerator_device()
+
+    def weights(self, micro_batches) -> torch.Tensor | None:
+        return token_weights(micro_batches, self.device, self.dp_world) if self.token_weighted else None
 
     def train_batch(self, micro_batches, stop_flag: bool = False) -> StepOutput:
         """One optimizer step over this rank's micro-batches. ``stop_flag`` (this rank received a
@@ -97,8 +118,11 @@ class DenseTrainModule:
         engine = self.engine
         before, ds_before = skip_counter(engine), engine.skipped_steps
         total = torch.zeros(3, device=self.device, dtype=torch.float32)  # [loss sum, ranks asked to stop, counted]
-        for x, y in micro_batches:
+        weights = self.weights(micro_batches)
+        for i, (x, y) in enumerate(micro_batches):
             loss = engine(x, y)
+            if weights is not None:
+                loss = loss * weights[i]
             engine.backward(poison_nonfinite(loss))
             engine.step()
             total[0] += loss.detach().float()
@@ -124,8 +148,10 @@ class DenseTrainModule:
     def eval_batch(self, micro_batches) -> torch.Tensor:
         """Mean loss of these micro-batches over every data-parallel rank (a device tensor)."""
         total = torch.zeros((), device=self.device, dtype=torch.float32)
-        for x, y in micro_batches:
-            total += self.engine(x, y).float()
+        weights = self.weights(micro_batches)
+        for i, (x, y) in enumerate(micro_batches):
+            loss = self.engine(x, y).float()
+            total += loss if weights is None else loss * weights[i]
         all_reduce(total)
         return total / (len(micro_batches) * self.dp_world)
 
@@ -146,14 +172,31 @@ class PipelineTrainModule(DenseTrainModule):
     """DeepSpeed's pipeline engine runs the micro-batches through the stages itself (its loss
     is already the mean over data-parallel replicas, on every stage)."""
 
-    def __init__(self, engine, dp_world: int):
-        super().__init__(engine, dp_world)
+    def __init__(self, engine, dp_world: int, token_weighted: bool = False):
+        super().__init__(engine, dp_world, token_weighted)
         loss_fn = engine.module.loss_fn
-        engine.module.loss_fn = lambda logits, targets: poison_nonfinite(loss_fn(logits, targets))
+        self._weights: list[torch.Tensor] = []  # this batch's token weights, consumed in micro-batch order
+
+        def weighted_loss(logits, targets):
+            loss = loss_fn(logits, targets)
+            if self._weights:
+                loss = loss * self._weights.pop(0)
+            return poison_nonfinite(loss)
+
+        engine.module.loss_fn = weighted_loss
+
+    def weights(self, micro_batches) -> torch.Tensor | None:
+        return (token_weights(micro_batches, self.device, self.dp_world, replicas=self.engine.num_stages)
+                if self.token_weighted else None)
+
+    def _set_weights(self, micro_batches) -> None:
+        w = self.weights(micro_batches)
+        self._weights = [] if w is None or not self.engine.is_last_stage() else list(w)
 
     def train_batch(self, micro_batches, stop_flag: bool = False) -> StepOutput:
         engine = self.engine
         before, ds_before = skip_counter(engine), engine.skipped_steps
+        self._set_weights(micro_batches)
         loss = engine.train_batch(data_iter=iter(micro_batches))
         step_schedule_after_skip(engine, ds_before)
         # [ranks asked to stop, counted targets]: every stage of a replica reads the same batches,
@@ -169,6 +212,7 @@ class PipelineTrainModule(DenseTrainModule):
 
     @torch.no_grad()
     def eval_batch(self, micro_batches) -> torch.Tensor:
+        self._set_weights(micro_batches)
         loss = self.engine.eval_batch(iter(micro_batches), num_micro_batches=len(micro_batches))
         return loss.detach().float().to(self.device).reshape(())
 
@@ -181,5 +225,5 @@ class PipelineTrainModule(DenseTrainModule):
         return out if self.engine.is_last_stage() else None
 
 
-def train_module(engine, pipeline: bool, dp_world: int) -> DenseTrainModule:
-    return (PipelineTrainModule if pipeline else DenseTrainModule)(engine, dp_world)
+def train_module(engine, pipeline: bool, dp_world: int, token_weighted: bool = False) -> DenseTrainModule:
+    return (PipelineTrainModule if pipeline else DenseTrainModule)(engine, dp_world, token_weighted)

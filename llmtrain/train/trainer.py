@@ -339,7 +339,8 @@ def run(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
     counts = count_params(cfg.model)
     peak, peak_src = peak_flops(device, cfg.train.precision, cfg.train.peak_flops)
     callbacks = default_callbacks(cfg, run_dir, rank, stop)
-    t = Trainer(cfg, run_dir, engine, train_module(engine, pipeline, dp_world), data, callbacks, rank=rank,
+    masked = any(m.get("loss_mask") for m in data.manifests)  # prompt/response data: weigh tokens alike
+    t = Trainer(cfg, run_dir, engine, train_module(engine, pipeline, dp_world, masked), data, callbacks, rank=rank,
                 world=world, device=device, total_steps=total_steps, plan=plan, param_counts=counts,
                 flops_per_token=flops_per_token(cfg.model), peak_flops=peak)
 
