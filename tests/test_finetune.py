@@ -134,6 +134,10 @@ def test_finetune_counts_only_the_response(pairs, tmp_path):
 
     ev = json.loads(run_python([REPO / "launcher" / "evaluate.py", run]).stdout.splitlines()[-1])
     assert ev["loss_mask"] and ev["loss"] < 0.1 and 0 < ev["loss_tokens"] < ev["tokens"]
+    # the trainer's final validation (token mean over the response tokens of 2 batches), recomputed
+    ev2 = json.loads(run_python([REPO / "launcher" / "evaluate.py", run, "--batches", "2"]).stdout.splitlines()[-1])
+    final = json.loads((run / "summary.json").read_text())["final_valid_loss"]
+    assert ev2["loss"] == pytest.approx(final, abs=1e-5)
     r = run_python([REPO / "launcher" / "evaluate.py", run, "--data", f"{prefix}_valid"])
     unmasked = json.loads(r.stdout.splitlines()[-1])  # the .bin/.idx file alone: every target counts
     assert not unmasked["loss_mask"] and unmasked["loss"] > 1.0

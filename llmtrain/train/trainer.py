@@ -221,18 +221,18 @@ class Trainer:
 
     def evaluate(self) -> float | None:
         """Mean loss over the first eval_batches x global_batch_size windows of the valid split
-        (the same windows every time), over every data-parallel rank."""
+        (the same windows every time), over every data-parallel rank: one pass over all their
+        micro-batches, so that with a loss mask it is the mean over every counted target."""
         valid = self.data.valid
         if valid is None:
             return None
         G = self.cfg.train.global_batch_size
         n_batches = max(1, min(self.cfg.train.eval_batches, valid.num_samples // G))
         self.module.eval()
-        total = torch.zeros((), device=self.device)
-        for b in range(n_batches):
-            total += self.module.eval_batch(to_device(host_micro_batches(valid, self.plan, b), self.device))
+        micro = [mb for b in range(n_batches) for mb in host_micro_batches(valid, self.plan, b)]
+        loss = self.module.eval_batch(to_device(micro, self.device))
         self.module.train()
-        return float(total) / n_batches
+        return float(loss)
 
     def save_checkpoint(self) -> str:
         if self.last_checkpoint and self.last_checkpoint.endswith(f"global_step{self.step}"):
