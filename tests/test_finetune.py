@@ -155,7 +155,7 @@ def test_finetune_layouts(pairs, tmp_path, layout):
     assert all(np.isfinite(x["loss"]) for x in recs)
 
 
-@pytest.mark.parametrize("layout", ["zero0_x1", "zero2_x2", "pipe_x2"])
+@pytest.mark.parametrize("layout", ["zero0_x1", "zero2_x2", "zero3_x2", "pipe_x2"])
 def test_every_counted_token_weighs_the_same(pairs, tmp_path, layout):
     """Micro-batches of 2 windows hold different numbers of response tokens; the step's loss (and
     gradient) is the mean over the global batch's counted tokens, not the mean of micro-batch
@@ -181,8 +181,8 @@ def test_every_counted_token_weighs_the_same(pairs, tmp_path, layout):
             "train.max_steps=1", "train.micro_batch_size=2", "checkpoint.save_final=false"]
     if layout == "zero0_x1":
         r = run_deepspeed(1, *args)
-    elif layout == "zero2_x2":
-        r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / "zero2.json", *args)
+    elif layout in ("zero2_x2", "zero3_x2"):
+        r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / f"{layout[:5]}.json", *args)
     else:
         r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / "zero1.json", *args,
                           "parallel.pipeline_stages=2")
