@@ -46,3 +46,19 @@ def load_tokenizer(path: str | Path, eod_token: str | None = EOD_TOKEN):
                               f"end-of-document token with --eod-token (e.g. '<|end_of_text|>', '</s>')")
     tok.encode_special_tokens = True
     return tok, eod
+
+
+def manifest_eod_token(manifests: list[dict]) -> str:
+    """The end-of-document token the data was made with: the first manifest that records one
+    (eod_token), else the default."""
+    return next((str(m["eod_token"]) for m in manifests if m.get("eod_token")), EOD_TOKEN)
+
+
+def manifest_eod_id(manifests: list[dict], token_to_id) -> int | None:
+    """Its id: the first recorded eod_token_id, else ``token_to_id(manifest_eod_token(...))``
+    (None when the tokenizer has no such token)."""
+    for m in manifests:
+        if m.get("eod_token_id") is not None:
+            return int(m["eod_token_id"])
+    return token_to_id(manifest_eod_token(manifests))
+

@@ -27,17 +27,15 @@ class DataBundle:
         """The token id that ends every document of the data (data.document_mask masks at it):
         the manifest's eod_token_id, else the id of its eod_token (default <|endoftext|>) in
         the run's tokenizer."""
-        from llmtrain.tokenizer import EOD_TOKEN, load_tokenizer
+        from llmtrain.tokenizer import load_tokenizer, manifest_eod_id, manifest_eod_token
 
-        m, prefix = self.manifests[0], self.prefixes[0]
-        if m.get("eod_token_id") is not None:
-            return int(m["eod_token_id"])
-        tok, _ = load_tokenizer(self.tokenizer_path, eod_token=None)
-        name = m.get("eod_token") or EOD_TOKEN
-        eod = tok.token_to_id(name)
+        eod = manifest_eod_id(self.manifests,
+                              lambda name: load_tokenizer(self.tokenizer_path, eod_token=None)[0].token_to_id(name))
         if eod is None:
-            raise ConfigError(f"{prefix}_manifest.json: data.document_mask needs the end-of-document token, but the "
-                              f"manifest has no eod_token_id and {self.tokenizer_path} has no {name!r}; re-create the "
+            name = manifest_eod_token(self.manifests)
+            raise ConfigError(f"{self.prefixes[0]}_manifest.json: data.document_mask needs the end-of-document "
+                              f"token, but the manifest has no eod_token_id and {self.tokenizer_path} has no "
+                              f"{name!r}; re-create the "
                               f"data with data_prep/tokenize_corpus.py --eod-token, or set data.document_mask=false")
         return eod
 

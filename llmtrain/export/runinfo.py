@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from llmtrain.tokenizer import EOD_TOKEN
+from llmtrain.tokenizer import manifest_eod_id, manifest_eod_token
 from llmtrain.tokenizer import load_tokenizer as _load_tokenizer
 from llmtrain.train.consolidate import CheckpointError, is_consolidated, load_consolidated, resolve_checkpoint
 from llmtrain.utils import sha256_file
@@ -105,22 +105,15 @@ def load_tokenizer(path: Path):
 
 def eod_token(info: RunInfo, tok=None) -> str:
     """The run's end-of-document token as recorded in its manifest (eod_token), else the default."""
-    for m in info.manifests:
-        if m.get("eod_token"):
-            return str(m["eod_token"])
-    return EOD_TOKEN
+    return manifest_eod_token(info.manifests)
 
 
 def eod_token_id(info: RunInfo, tok) -> int:
     """The run's end-of-document id: the manifest's eod_token_id, else the id of its eod_token
     (or the default) in ``tok``."""
-    for m in info.manifests:
-        if m.get("eod_token_id") is not None:
-            return int(m["eod_token_id"])
-    name = eod_token(info)
-    eod = tok.token_to_id(name)
+    eod = manifest_eod_id(info.manifests, tok.token_to_id)
     if eod is None:
-        raise ExportError(f"the tokenizer has no {name} token and {info.run_dir / 'data_manifest.json'} "
+        raise ExportError(f"the tokenizer has no {eod_token(info)} token and {info.run_dir / 'data_manifest.json'} "
                           f"records no eod_token_id; pass --tokenizer PATH to the run's tokenizer")
     return eod
 

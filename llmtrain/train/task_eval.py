@@ -27,10 +27,9 @@ class TaskEval(PeriodicEval):
         self.scorer: TaskScorer | None = None
 
     def pre_train(self, t) -> None:
-        from llmtrain.tokenizer import EOD_TOKEN, load_tokenizer
+        from llmtrain.tokenizer import load_tokenizer, manifest_eod_token
 
-        manifest = t.data.manifests[0] if t.data.manifests else {}
-        tok, eod = load_tokenizer(t.data.tokenizer_path, manifest.get("eod_token") or EOD_TOKEN)
+        tok, eod = load_tokenizer(t.data.tokenizer_path, manifest_eod_token(t.data.manifests))
         pipeline = t.cfg.parallel.pipeline_stages > 1
         seq_len = t.cfg.model.seq_len
         self.scorer = TaskScorer(self.tasks, tok, eod, seq_len, t.plan.micro, width=seq_len if pipeline else None,
