@@ -18,7 +18,6 @@ import yaml
 
 from trainutil import REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, run_python
 
-transformers = pytest.importorskip("transformers")
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 EXPORT = REPO / "launcher" / "export_hf.py"

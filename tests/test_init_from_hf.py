@@ -7,11 +7,10 @@ from __future__ import annotations
 import gzip
 import json
 
-import pytest
 
 from trainutil import REPO, assert_one_line_error, read_metrics, run_python
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (the test extra installs it)
 
 from test_import_hf import _configs, _tokenizer  # noqa: E402
 

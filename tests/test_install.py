@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import stat
 import subprocess
 import sys
+import sysconfig
 
 from trainutil import REPO, env
 
@@ -16,18 +18,30 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
+def venv_over_this_environment(venv):
+    """A new virtual environment that also sees the packages of the one running the tests (torch,
+    deepspeed, ...), whether that is a venv or the system interpreter: ``--system-site-packages``
+    alone would give a venv's base interpreter instead. The running environment's folders come
+    after the new venv's own, so what is installed into the new venv wins."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    outer = [p for p in dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib"),
+                                       *site.getsitepackages()]) if p and os.path.isdir(p)]
+    site_dir = next(venv.glob("lib/python*/site-packages"))
+    (site_dir / "zz_outer_environment.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in outer) + "\n")
+    return venv / "bin" / "python", site_dir
+
+
 def test_regular_install_runs_the_default_job_and_leaves_site_packages_alone(tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    py = venv / "bin" / "python"
+    py, site_dir = venv_over_this_environment(venv)
     r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(REPO)],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     where = subprocess.run([str(py), "-c", "import llmtrain, data_prep; print(llmtrain.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path).stdout.strip()
-    site = next(venv.glob("lib/python*/site-packages"))
-    assert where.startswith(str(site)), where
-    before = snapshot(site)
+    assert where.startswith(str(site_dir)), where
+    before = snapshot(site_dir)
 
     e = {**env(), "LLMTRAIN_CACHE": str(tmp_path / "cache")}
     e.pop("PYTHONPATH", None)
@@ -38,7 +52,7 @@ def test_regular_install_runs_the_default_job_and_leaves_site_packages_alone(tmp
                         "train.global_batch_size=2", "train.eval_batches=1", "data.sample_vocab_size=512"],
                        cwd=REPO, env=e, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert snapshot(site) == before, "the run wrote into site-packages"
+    assert snapshot(site_dir) == before, "the run wrote into site-packages"
     assert any((tmp_path / "cache").glob("sample_v512_valid0.02_*/sample_manifest.json"))
     for f in ("summary.json", "config.yaml", "env.json", "metrics.jsonl"):
         mode = stat.S_IMODE(os.stat(run / f).st_mode)
