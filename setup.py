@@ -4,7 +4,11 @@ setup(
     name="llmtrain",
     version="0.1.0",
     description="GPT pretraining on DeepSpeed for scaling-law studies",
-    packages=find_packages(include=["llmtrain", "llmtrain.*", "data_prep", "data_prep.*"]),
+    # data_prep/ (the offline corpus tools) installs as the package llmtrain_prep, not under the
+    # generic top-level name of its folder
+    packages=find_packages(include=["llmtrain", "llmtrain.*"])
+    + ["llmtrain_prep" + p[len("data_prep"):] for p in find_packages(include=["data_prep", "data_prep.*"])],
+    package_dir={"llmtrain_prep": "data_prep"},
     python_requires=">=3.10",
     install_requires=[
         # torch is installed first by the README/CI command (torch==2.13.0, the CPU wheel on

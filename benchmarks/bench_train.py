@@ -44,8 +44,10 @@ from pathlib import Path
 
 import torch
 
-from llmtrain.config import REPO_ROOT, load_config
-from llmtrain.data.dataset import load_data, padded_vocab, prepare_sample_data
+from llmtrain.config import load_config
+from llmtrain.core.paths import REPO_ROOT
+from llmtrain.data.dataset import load_data, padded_vocab
+from llmtrain_prep.sample import prepare_sample_data
 from llmtrain.data.sampler import batch
 from llmtrain.model.gpt import GPT, count_params, flops_per_token
 from llmtrain.train.callbacks import Callback, NonFiniteGuard, StopOnSignal, Throughput

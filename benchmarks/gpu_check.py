@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmtrain.config import REPO_ROOT
-from llmtrain.utils import free_port, sha256_file
+from llmtrain.core.paths import REPO_ROOT
+from llmtrain.core.files import sha256_file
+from llmtrain.core.tasks import free_port
 
 PRETRAIN = REPO_ROOT / "launcher" / "pretrain.py"
 DS = REPO_ROOT / "ds_configs"

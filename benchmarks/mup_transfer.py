@@ -39,7 +39,8 @@ def windows(cfg, split: str):
     if split in _TOKENS:
         return _TOKENS[split]
 
-    from llmtrain.data.dataset import padded_vocab, prepare_sample_data, read_manifest, split_shards
+    from llmtrain.data.dataset import padded_vocab, read_manifest, split_shards
+    from llmtrain_prep.sample import prepare_sample_data
     from llmtrain.data.indexed import IndexedDataset
 
     prefix = cfg.data.prefix or prepare_sample_data(cfg, 0)
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
                        "warmup_steps": cfg.train.warmup_steps, "machine": cpu_description(),
                        "workers": args.workers, "seed": args.seed, "wall_seconds": round(time.time() - started)}
     os.makedirs(args.out, exist_ok=True)
-    from llmtrain.utils import atomic_write_json
+    from llmtrain.core.files import atomic_write_json
 
     atomic_write_json(os.path.join(args.out, "results.json"), res)
     plot(res, os.path.join(args.out, "loss_vs_lr.png"))

@@ -36,14 +36,14 @@ import logging
 import os
 import sys
 
-from data_prep.cleaning.config import load_config
-from data_prep.cleaning.pipeline import (TASK_STAGES, canonical, expand, read_manifest, run_buckets, run_clusters,
+from llmtrain_prep.cleaning.config import load_config
+from llmtrain_prep.cleaning.pipeline import (TASK_STAGES, canonical, expand, read_manifest, run_buckets, run_clusters,
                                          run_filter, run_write)
-from data_prep.readers import DEFAULT_TEXT_KEY, InputError, add_input_args, reader_options
-from llmtrain.config import ConfigError
-from llmtrain.utils import task_from_env
+from llmtrain_prep.readers import DEFAULT_TEXT_KEY, InputError, add_input_args, reader_options
+from llmtrain.core.errors import ConfigError
+from llmtrain.core.tasks import task_from_env
 
-log = logging.getLogger("data_prep.clean")
+log = logging.getLogger("llmtrain_prep.clean")
 
 
 def parse_args(argv=None):

@@ -26,8 +26,8 @@ import re
 import sys
 from pathlib import Path
 
-from data_prep.tokenize_corpus import is_valid_doc, split_key
-from llmtrain.data.dataset import SAMPLE_CORPUS
+from llmtrain_prep.tokenize_corpus import is_valid_doc, split_key
+from llmtrain.core.paths import SAMPLE_CORPUS
 
 NUMBER = re.compile(r"^\d+(\.\d+)*\.\s+")
 PROMPT_END = "\nTitle:"

@@ -26,7 +26,7 @@ import re
 import sys
 from pathlib import Path
 
-from data_prep.tokenize_corpus import is_valid_doc, split_key
+from llmtrain_prep.tokenize_corpus import is_valid_doc, split_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

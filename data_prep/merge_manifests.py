@@ -24,7 +24,7 @@ import re
 import sys
 from pathlib import Path
 
-from data_prep.readers import InputError
+from llmtrain_prep.readers import InputError
 from llmtrain.data.manifest import Manifest, ManifestError, Shard, Split, manifest_file
 
 # What every task must agree on to be one dataset.

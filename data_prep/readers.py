@@ -54,7 +54,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-log = logging.getLogger("data_prep.readers")
+log = logging.getLogger("llmtrain_prep.readers")
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")

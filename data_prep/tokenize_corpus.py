@@ -70,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.readers import (
+from llmtrain_prep.readers import (
     TOKENIZE_SUFFIXES,
     InputError,
     add_input_args,
@@ -82,12 +82,13 @@ from data_prep.readers import (
     iter_documents,
     reader_options,
 )
-from llmtrain.config import ConfigError
+from llmtrain.core.errors import ConfigError
 from llmtrain.data.indexed import IndexedDatasetWriter, dtype_for_vocab
 from llmtrain.data.manifest import Manifest, ManifestError, Shard, Split, manifest_file
 from llmtrain.tokenizer import EOD_TOKEN, tokenizer_file
 from llmtrain.tokenizer import load_tokenizer as _load_tokenizer
-from llmtrain.utils import partition, sha256_file, task_from_env
+from llmtrain.core.files import sha256_file
+from llmtrain.core.tasks import partition, task_from_env
 
 DEFAULT_VALID_FRACTION = 0.01
 DEFAULT_MAX_SHARD_TOKENS = 1_000_000_000  # 2 GB per .bin at uint16
@@ -882,7 +883,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.merge:
-            from data_prep.merge_manifests import merge_manifests
+            from llmtrain_prep.merge_manifests import merge_manifests
 
             merge_manifests(args.output_prefix, num_tasks=args.num_tasks, quiet=args.quiet)
             return 0

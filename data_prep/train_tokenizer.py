@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from data_prep.readers import (
+from llmtrain_prep.readers import (
     TOKENIZE_SUFFIXES,
     InputError,
     add_input_args,
@@ -28,7 +28,7 @@ from data_prep.readers import (
     reader_options,
 )
 from llmtrain.tokenizer import EOD_TOKEN
-from llmtrain.utils import atomic_write_text
+from llmtrain.core.files import atomic_write_text
 
 # 256 byte symbols + the special token: the smallest vocabulary that can encode anything.
 MIN_VOCAB = 257

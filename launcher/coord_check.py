@@ -47,7 +47,8 @@ def token_source(cfg, synthetic: bool, seed: int):
             return x
         return vocab, draw
 
-    from llmtrain.data.dataset import padded_vocab, prepare_sample_data, read_manifest, split_shards
+    from llmtrain.data.dataset import padded_vocab, read_manifest, split_shards
+    from llmtrain_prep.sample import prepare_sample_data
     from llmtrain.data.indexed import IndexedDataset
 
     prefix = cfg.data.prefix or prepare_sample_data(cfg, 0)
@@ -142,9 +143,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from llmtrain.config import ConfigError, load_config
+    from llmtrain.config import load_config
+    from llmtrain.core.errors import ConfigError
     from llmtrain.scaling.width import width_config
-    from llmtrain.utils import atomic_write_json
+    from llmtrain.core.files import atomic_write_json
 
     if args.steps < 1 or args.seeds < 1 or min(args.widths) <= 0:
         raise ConfigError("--steps, --seeds and every --widths value must be > 0")
@@ -184,6 +186,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from llmtrain.export.runinfo import run_cli
+    from llmtrain.checkpoint.load import run_cli
 
     sys.exit(run_cli(main))

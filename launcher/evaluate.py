@@ -5,12 +5,12 @@
 Default data: the run's own valid split (every shard its manifest lists). --batches N evaluates the first
 N x batch size non-overlapping seq_len windows (batch size: the run's train.global_batch_size),
 the windows the trainer's validation uses with train.eval_batches=N; default: every window.
-See llmtrain/export/evaluate.py for how bytes are counted.
+See llmtrain/eval/loss.py for how bytes are counted.
 """
 import argparse
 import sys
 
-from llmtrain.export.runinfo import run_cli
+from llmtrain.checkpoint.load import run_cli
 
 
 def main(argv=None) -> int:
@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import json
 
-    from llmtrain.utils import atomic_write_json
-    from llmtrain.export.evaluate import evaluate
+    from llmtrain.core.files import atomic_write_json
+    from llmtrain.eval.loss import evaluate
 
     r = evaluate(args.checkpoint, args.data, args.batches, args.batch_size, args.micro_batch_size, args.tokenizer)
     print(f"{r['data']}: {r['windows']} windows x {r['seq_len']} = {r['tokens']:,} tokens, {r['bytes']:,} bytes "

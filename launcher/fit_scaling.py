@@ -29,7 +29,7 @@ import numpy as np
 from llmtrain.scaling.fit import FitError, fit_chinchilla, fit_isoflop, fit_kaplan
 from llmtrain.scaling.task import FORMS, fit_task
 from llmtrain.scaling.sources import SourceError, best_of_duplicates, drop_highest_loss, load
-from llmtrain.utils import atomic_write_json
+from llmtrain.core.files import atomic_write_json
 
 
 def _plain(o):

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from llmtrain.export.runinfo import run_cli
+from llmtrain.checkpoint.load import run_cli
 
 
 def main(argv=None) -> int:
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from llmtrain.export.generate import generate
+    from llmtrain.eval.generate import generate
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     out = generate(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,

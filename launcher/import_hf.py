@@ -5,12 +5,12 @@ checkpoint.init_from all take.
     python launcher/import_hf.py HF_DIR --output OUT [--force]
 
 The logits are checked against transformers (fp32, max difference <= 1e-4) before anything is
-written; see llmtrain/export/hf_import.py.
+written; see llmtrain/checkpoint/hf_import.py.
 """
 import argparse
 import sys
 
-from llmtrain.export.runinfo import run_cli
+from llmtrain.checkpoint.load import run_cli
 
 
 def main(argv=None) -> int:
@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     ap.add_argument("--output", required=True, help="the folder to write (must not exist unless --force)")
     ap.add_argument("--force", action="store_true", help="replace an existing --output folder")
     args = ap.parse_args(argv)
-    from llmtrain.export.hf_import import import_hf
+    from llmtrain.checkpoint.hf_import import import_hf
 
     import_hf(args.hf_dir, args.output, force=args.force)
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("LLMTRAIN_HOME", str(Path(__file__).resolve().parents[1]))
 
 from llmtrain.train.trainer import main  # noqa: E402
+from llmtrain_prep.sample import prepare_sample_data  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prepare_sample=prepare_sample_data))

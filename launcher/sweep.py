@@ -24,9 +24,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from llmtrain.config import REPO_ROOT, ConfigError
+from llmtrain.core.errors import ConfigError
+from llmtrain.core.paths import REPO_ROOT
 from llmtrain.scaling.plan import format_table, load_sweep, plan, resolve, seq_len_and_model
-from llmtrain.utils import atomic_write_json, atomic_write_text
+from llmtrain.core.files import atomic_write_json, atomic_write_text
 
 
 def vocab_size_for(sw: dict, base_model, base_cfg_path: str) -> int:

@@ -7,32 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional
 
 import yaml
 
+from llmtrain.core.errors import ConfigError
+from llmtrain.core.paths import REPO_ROOT
+from llmtrain.core.yamlconf import apply_overrides, apply_updates, read_yaml
 
-
-def project_root() -> Path:
-    """The project folder that holds configs/, ds_configs/ and data/sample/: $LLMTRAIN_HOME (the
-    launcher scripts set it to their own checkout), else the source checkout this package runs
-    from (an editable install), else the current folder."""
-    if os.environ.get("LLMTRAIN_HOME"):
-        return Path(os.environ["LLMTRAIN_HOME"]).resolve()
-    source = Path(__file__).resolve().parents[1]
-    if (source / "configs" / "tiny.yaml").is_file():
-        return source
-    return Path.cwd()
-
-
-REPO_ROOT = project_root()
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
-
-
-class ConfigError(ValueError):
-    """A one-line message naming the file/key and the fix."""
 
 
 @dataclass
@@ -196,10 +181,6 @@ class TrainConfig:
         if first_last and (len(first_last) != 2 or not 0 <= first_last[0] < first_last[1]):
             raise ConfigError(f"{where}: train.profile_steps={self.profile_steps} must be [first, last] with "
                               f"0 <= first < last, e.g. [10, 13]")
-        if self.eval_tasks:  # every task file read and checked now, before any run folder is written
-            from llmtrain.eval.tasks import load_tasks
-
-            load_tasks(self.eval_tasks)
 
 
 @dataclass
@@ -262,98 +243,6 @@ def _choice(where: str, key: str, value: Any, choices) -> None:
         raise ConfigError(f"{where}: {key}={value!r} is not one of {', '.join(choices)}")
 
 
-def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
-    """Convert a YAML or command-line value to the field's type, or raise ConfigError."""
-    origin = get_origin(hint)
-    if origin is list:
-        (inner,) = get_args(hint)
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split()]
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: {key}={value!r} is not a list")
-        return [_coerce(v, inner, key, where) for v in value]
-    if origin is Union:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        inner = [a for a in get_args(hint) if a is not type(None)][0]
-        return _coerce(value, inner, key, where)
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, str):
-                f = float(value)
-                if not f.is_integer():
-                    raise ValueError
-                return int(f)
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is str:
-            if not isinstance(value, (str, int, float)):
-                raise ValueError
-            return str(value)
-    except (ValueError, TypeError):
-        pass
-    else:
-        return value
-    tname = getattr(hint, "__name__", str(hint))
-    raise ConfigError(f"{where}: {key}={value!r} is not a valid {tname}")
-
-
-def _apply(obj: Any, updates: dict, prefix: str, where: str) -> None:
-    hints = get_type_hints(type(obj))
-    names = {f.name for f in fields(obj)}
-    for k, v in updates.items():
-        key = f"{prefix}{k}"
-        if k not in names:
-            raise ConfigError(f"{where}: unknown key '{key}'; known keys here: {', '.join(sorted(names))}")
-        current = getattr(obj, k)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(v, dict):
-                raise ConfigError(f"{where}: '{key}' must be a mapping of its fields")
-            _apply(current, v, key + ".", where)
-        else:
-            setattr(obj, k, _coerce(v, hints[k], key, where))
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form section.key=value (e.g. train.max_steps=50)")
-    key, raw = text.split("=", 1)
-    path = key.strip().split(".")
-    if len(path) < 2 or not all(path):
-        raise ConfigError(f"override '{text}': the key must name a section and a field, e.g. train.max_steps=50")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return path, value
-
-
-def read_yaml(path: Path, what: str = "config", hint: str = "pass an existing YAML with --config"):
-    """Parsed YAML of ``path``, or ConfigError naming the file (and line) on a missing file or
-    bad syntax."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} file not found; {hint}")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        loc = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{loc}: malformed YAML ({problem}); fix the syntax there") from None
-
-
 def load_config(path: Optional[str | os.PathLike] = None, overrides: list[str] = ()) -> Config:
     """YAML file (default configs/tiny.yaml) + ``section.key=value`` overrides → validated Config."""
     path = Path(path) if path else DEFAULT_CONFIG
@@ -361,19 +250,14 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: list[str] =
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train, ...)")
     cfg = Config()
-    _apply(cfg, raw, "", str(path))
-    for ov in overrides:
-        keys, value = parse_override(ov)
-        nested: Any = value
-        for k in reversed(keys[1:]):
-            nested = {k: nested}
-        _apply(cfg, {keys[0]: nested}, "", f"override '{ov}'")
+    apply_updates(cfg, raw, "", str(path))
+    apply_overrides(cfg, overrides)
     if cfg.log.name is None:
         cfg.log.name = path.stem
     return cfg.validate(str(path))
 
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
-    from llmtrain.utils import atomic_write_text
+    from llmtrain.core.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

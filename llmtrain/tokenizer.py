@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmtrain.config import ConfigError
+from llmtrain.core.errors import ConfigError
 
 EOD_TOKEN = "<|endoftext|>"  # the default end-of-document token; --eod-token names another
 

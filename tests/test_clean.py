@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import readers
-from data_prep.cleaning import dedup, filters, pipeline
-from data_prep.cleaning.config import load_config
-from data_prep.cleaning.pii import PiiMasker
-from llmtrain.config import ConfigError
+from llmtrain_prep import readers
+from llmtrain_prep.cleaning import dedup, filters, pipeline
+from llmtrain_prep.cleaning.config import load_config
+from llmtrain_prep.cleaning.pii import PiiMasker
+from llmtrain.core.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,7 +147,7 @@ def test_warc_reader_response_and_conversion_records(tmp_path, rng):
 
 
 def test_html_extraction_keeps_main_content_only(rng):
-    from data_prep.cleaning.html import HtmlExtractor
+    from llmtrain_prep.cleaning.html import HtmlExtractor
 
     body = english(rng)
     text = HtmlExtractor("resiliparse")(html_page("A title", body))
@@ -314,7 +314,7 @@ def test_fineweb_rules(rng):
 
 
 def test_language_id_keeps_english_drops_french_german(rng):
-    from data_prep.cleaning.langid import LanguageID
+    from llmtrain_prep.cleaning.langid import LanguageID
 
     lid = LanguageID(["en"], 0.65)
     assert lid(english(rng))[0] is True
@@ -335,7 +335,7 @@ def test_pii_masking():
 
 
 def test_unicode_repair_and_nfc():
-    from data_prep.cleaning.text import fix_unicode
+    from llmtrain_prep.cleaning.text import fix_unicode
 
     assert fix_unicode("donâ€™t") == "don’t"
     assert fix_unicode("Cafe\u0301") == "Caf\u00e9"
@@ -631,7 +631,7 @@ def test_zstd_jsonl_and_languages_flag(tmp_path, rng):
 
 
 def _run_main(args):
-    from data_prep import clean
+    from llmtrain_prep import clean
 
     assert clean.main(args) == 0
 

@@ -1,7 +1,8 @@
 """Config parsing: YAML + overrides, types, unknown keys and malformed files."""
 import pytest
 
-from llmtrain.config import ConfigError, load_config
+from llmtrain.config import load_config
+from llmtrain.core.errors import ConfigError
 from llmtrain.train.ds_config import build_ds_config
 from llmtrain.train.schedule import lr_multiplier
 

@@ -14,9 +14,9 @@ import pytest
 import zstandard
 from tokenizers import Tokenizer
 
-from data_prep.readers import InputError
-from data_prep.tokenize_corpus import is_valid_doc, split_key, tokenize_corpus
-from data_prep.train_tokenizer import train_tokenizer
+from llmtrain_prep.readers import InputError
+from llmtrain_prep.tokenize_corpus import is_valid_doc, split_key, tokenize_corpus
+from llmtrain_prep.train_tokenizer import train_tokenizer
 from llmtrain.data.indexed import IndexedDataset
 from llmtrain.data.manifest import manifest_file
 from llmtrain.tokenizer import EOD_TOKEN

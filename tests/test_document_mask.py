@@ -151,7 +151,7 @@ def test_document_masking_on_every_layout(short_docs, tmp_path):
     saved = (tmp_path / "single" / "config.yaml").read_text()
     assert "document_mask: true" in saved
     # evaluate.py keeps the run's mask: the pipeline run's final validation, recomputed from its checkpoint
-    from llmtrain.export.evaluate import evaluate
+    from llmtrain.eval.loss import evaluate
 
     final = json.loads((tmp_path / "pipe" / "summary.json").read_text())["final_valid_loss"]
     assert evaluate(tmp_path / "pipe", batches=2, progress=False)["loss"] == pytest.approx(final, abs=1e-5)

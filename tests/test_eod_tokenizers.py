@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from data_prep.merge_manifests import merge_manifests
-from data_prep.readers import InputError
-from data_prep.tokenize_corpus import tokenize_corpus
-from data_prep.train_tokenizer import train_tokenizer
+from llmtrain_prep.merge_manifests import merge_manifests
+from llmtrain_prep.readers import InputError
+from llmtrain_prep.tokenize_corpus import tokenize_corpus
+from llmtrain_prep.train_tokenizer import train_tokenizer
 from llmtrain.data.indexed import IndexedDataset
 from llmtrain.data.manifest import Manifest
 from trainutil import REPO, assert_one_line_error, run_python

@@ -60,7 +60,7 @@ def runs(token_data, tmp_path_factory):
 def exports(runs, tmp_path_factory):
     """The single-process run exported by the CLI (named by its run folder); the ZeRO-3 run (by its
     checkpoints/ folder) and the pipeline run (by its step folder) by the library in this process."""
-    from llmtrain.export.hf import export
+    from llmtrain.checkpoint.hf_export import export
 
     base = tmp_path_factory.mktemp("exported")
     r = run_python([EXPORT, runs["single"], "--output", base / "single"])
@@ -85,7 +85,7 @@ def valid_windows(run: Path, n: int = 2) -> torch.Tensor:
 def test_exported_model_gives_our_logits(layout, runs, exports):
     from transformers import AutoModelForCausalLM
 
-    from llmtrain.train.consolidate import load_gpt
+    from llmtrain.checkpoint.consolidate import load_gpt
 
     ours, rec = load_gpt(runs[layout])
     hf = AutoModelForCausalLM.from_pretrained(exports[layout], dtype=torch.float32).eval()
@@ -110,8 +110,8 @@ def test_every_representable_option_set_maps_exactly(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from llmtrain.config import ModelConfig
-    from llmtrain.export.hf import build_hf_model, choose_architecture, save_model
-    from llmtrain.export.runinfo import ExportError
+    from llmtrain.checkpoint.hf_export import build_hf_model, choose_architecture, save_model
+    from llmtrain.checkpoint.load import ExportError
     from llmtrain.model.gpt import GPT
 
     seen = {}
@@ -150,7 +150,7 @@ def test_every_representable_option_set_maps_exactly(tmp_path):
 def test_exported_tokenizer_encodes_like_ours(runs, exports):
     from transformers import AutoTokenizer
 
-    from data_prep.tokenize_corpus import load_tokenizer
+    from llmtrain_prep.tokenize_corpus import load_tokenizer
     from llmtrain.data.indexed import IndexedDataset
 
     cfg = yaml.safe_load((runs["single"] / "config.yaml").read_text())
@@ -186,8 +186,8 @@ def test_unrepresentable_model_is_refused(runs, tmp_path):
 
 
 def test_bad_input_gives_one_line(runs, exports, tmp_path):
-    from llmtrain.export.hf import export
-    from llmtrain.export.runinfo import ExportError
+    from llmtrain.checkpoint.hf_export import export
+    from llmtrain.checkpoint.load import ExportError
 
     run = tmp_path / "run"
     shutil.copytree(runs["single"], run)
@@ -227,8 +227,8 @@ def test_generate_is_deterministic_for_a_seed(runs, exports):
     # in process: another seed differs; greedy decoding equals transformers' greedy generate
     from transformers import AutoModelForCausalLM
 
-    from llmtrain.export.generate import sample
-    from llmtrain.train.consolidate import load_gpt
+    from llmtrain.eval.generate import sample
+    from llmtrain.checkpoint.consolidate import load_gpt
 
     model, _ = load_gpt(runs["single"])
     ctx = valid_windows(runs["single"], 1)[0, :8].tolist()
@@ -249,7 +249,7 @@ def test_evaluate_matches_the_trainers_valid_loss(runs, tmp_path):
     from tokenizers.pre_tokenizers import ByteLevel
 
     from llmtrain.data.indexed import IndexedDataset
-    from llmtrain.export.evaluate import evaluate
+    from llmtrain.eval.loss import evaluate
 
     out = tmp_path / "eval.json"
     r = run_python([EVALUATE, runs["single"], "--batches", "2", "--out", out])
@@ -289,13 +289,13 @@ def test_evaluate_matches_the_trainers_valid_loss(runs, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_consolidated_file_holds_only_tensors_and_is_taken_by_every_command(runs, tmp_path, suffix):
-    """python -m llmtrain.train.consolidate (pipeline checkpoint) → a file that torch.load(weights_only=True)
+    """python launcher/consolidate.py (pipeline checkpoint) → a file that torch.load(weights_only=True)
     or safetensors reads, and that generate/export take with the checkpoint's own logits."""
-    from llmtrain.export.generate import generate
-    from llmtrain.train.consolidate import load_gpt
+    from llmtrain.eval.generate import generate
+    from llmtrain.checkpoint.consolidate import load_gpt
 
     out = tmp_path / f"model{suffix}"
-    r = run_python(["-m", "llmtrain.train.consolidate", runs["pipe"], "--out", out])
+    r = run_python([str(REPO / "launcher" / "consolidate.py"), runs["pipe"], "--out", out])
     assert r.returncode == 0, r.stderr[-2000:]
     if suffix == ".pt":
         rec = torch.load(out, weights_only=True)
@@ -306,7 +306,7 @@ def test_consolidated_file_holds_only_tensors_and_is_taken_by_every_command(runs
     with torch.no_grad():
         assert torch.equal(a(ids), b(ids)) and rec_a["step"] == rec_b["step"] == 2
     # the run's tokenizer is named with --tokenizer (a lone file carries no data manifest)
-    from llmtrain.export.runinfo import run_info, tokenizer_path
+    from llmtrain.checkpoint.load import run_info, tokenizer_path
 
     tok_path = str(tokenizer_path(run_info(runs["pipe"])))
     assert generate(out, "The", 5, temperature=0, tokenizer=tok_path)["tokens"] == \

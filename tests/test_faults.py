@@ -30,7 +30,7 @@ def launch(layout: str, *args):
 
 
 def weights(step_dir: Path) -> dict[str, torch.Tensor]:
-    from llmtrain.train.consolidate import consolidated_state
+    from llmtrain.checkpoint.consolidate import consolidated_state
 
     return consolidated_state(step_dir)["state_dict"]
 

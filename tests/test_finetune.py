@@ -111,7 +111,7 @@ def test_finetune_counts_only_the_response(pairs, tmp_path):
     not if the prompt's tokens counted (evaluated without the mask, the same model's loss is high)."""
     from llmtrain.config import load_config
     from llmtrain.model.gpt import GPT
-    from llmtrain.train.consolidate import save_consolidated
+    from llmtrain.checkpoint.consolidate import save_consolidated
 
     prefix, _ = pairs
     cfg = load_config(REPO / "configs" / "finetune_tiny.yaml", [*SMALL, "model.vocab_size=512"])

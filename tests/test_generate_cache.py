@@ -11,7 +11,7 @@ from test_model_options import OPTION_SETS, small
 @pytest.mark.parametrize("name", ["gqa", "sinusoidal", "pythia"])
 def test_greedy_generation_is_the_same_with_and_without_the_cache(name):
     """Including past seq_len, where the cached path falls back to re-reading the last seq_len tokens."""
-    from llmtrain.export.generate import sample
+    from llmtrain.eval.generate import sample
 
     model = GPT(small(**OPTION_SETS[name]), seed=2).eval()
     context = [1, 5, 9, 2]

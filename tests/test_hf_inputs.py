@@ -17,15 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local data sets only; never wait
 import datasets  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from data_prep.readers import (  # noqa: E402
+from llmtrain_prep.readers import (  # noqa: E402
     TOKENIZE_SUFFIXES,
     InputError,
     check_input,
     expand_inputs,
     iter_documents,
 )
-from data_prep.tokenize_corpus import is_valid_doc, split_key, tokenize_corpus  # noqa: E402
-from data_prep.train_tokenizer import train_tokenizer  # noqa: E402
+from llmtrain_prep.tokenize_corpus import is_valid_doc, split_key, tokenize_corpus  # noqa: E402
+from llmtrain_prep.train_tokenizer import train_tokenizer  # noqa: E402
 from llmtrain.data.indexed import IndexedDataset  # noqa: E402
 from trainutil import REPO, assert_one_line_error, run_python  # noqa: E402
 
@@ -148,7 +148,7 @@ def test_tasks_share_datasets_inputs(data, docs, tokenizer, tmp_path):
     folder); merged, the tasks hold exactly the documents of one run, in the same splits."""
     from collections import Counter
 
-    from data_prep.merge_manifests import merge_manifests
+    from llmtrain_prep.merge_manifests import merge_manifests
 
     name = f"hf:{data / 'fineweb'}"
     kw = dict(hf_config="sample-10BT", valid_fraction=0.2, quiet=True)

@@ -84,9 +84,9 @@ def _hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "pythia", "mistral"])
 def test_import_then_export_gives_the_same_logits(name, hf_models, tmp_path):
-    from llmtrain.export.hf import export
-    from llmtrain.export.hf_import import import_hf, load_hf_folder
-    from llmtrain.train.consolidate import load_gpt
+    from llmtrain.checkpoint.hf_export import export
+    from llmtrain.checkpoint.hf_import import import_hf, load_hf_folder
+    from llmtrain.checkpoint.consolidate import load_gpt
 
     src = hf_models[name]
     rec = import_hf(src, tmp_path / "ours", log=lambda *_: None)
@@ -121,10 +121,10 @@ def test_imported_folder_generates_and_evaluates(hf_models, tmp_path):
     """generate.py (greedy, with and without the KV cache) and evaluate.py take an imported folder;
     the context starts with the folder's own end-of-document token (Llama's </s>)."""
     from llmtrain.data.indexed import IndexedDataset, IndexedDatasetWriter
-    from llmtrain.export.generate import generate
-    from llmtrain.export.hf_import import import_hf, is_hf_folder
+    from llmtrain.eval.generate import generate
+    from llmtrain.checkpoint.hf_import import import_hf, is_hf_folder
 
-    from llmtrain.train.consolidate import is_consolidated
+    from llmtrain.checkpoint.consolidate import is_consolidated
 
     assert is_hf_folder(hf_models["llama"]) and not is_consolidated(hf_models["llama"])
     import_hf(hf_models["llama"], tmp_path / "ours", log=lambda *_: None)
@@ -155,9 +155,9 @@ def test_imported_folder_generates_and_evaluates(hf_models, tmp_path):
 
 
 def test_cli_and_refusals(hf_models, tmp_path):
-    from llmtrain.config import ConfigError
-    from llmtrain.export.hf_import import import_hf
-    from llmtrain.export.runinfo import ExportError
+    from llmtrain.core.errors import ConfigError
+    from llmtrain.checkpoint.hf_import import import_hf
+    from llmtrain.checkpoint.load import ExportError
 
     r = run_python([IMPORT, hf_models["gpt2"], "--output", tmp_path / "gpt2"])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -200,8 +200,8 @@ def test_cli_and_refusals(hf_models, tmp_path):
 def test_pickle_weights_load_without_running_code(hf_models, tmp_path):
     """A folder with only pytorch_model.bin: plain tensors load (weights_only=True); a pickle that
     would run code is refused in one line, and the code does not run."""
-    from llmtrain.export.hf_import import import_hf
-    from llmtrain.export.runinfo import ExportError
+    from llmtrain.checkpoint.hf_import import import_hf
+    from llmtrain.checkpoint.load import ExportError
     from test_safe_load import _Evil
 
     folder = tmp_path / "bin"

@@ -38,9 +38,12 @@ def test_regular_install_runs_the_default_job_and_leaves_site_packages_alone(tmp
     r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(REPO)],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    where = subprocess.run([str(py), "-c", "import llmtrain, data_prep; print(llmtrain.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path).stdout.strip()
-    assert where.startswith(str(site_dir)), where
+    where = subprocess.run([str(py), "-c", "import llmtrain, llmtrain_prep; print(llmtrain.__file__); "
+                                           "print(llmtrain_prep.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path).stdout.split()
+    assert len(where) == 2 and all(w.startswith(str(site_dir)) for w in where), where
+    # the data tools install under the project's name, not the generic name of their folder
+    assert not (site_dir / "data_prep").exists()
     before = snapshot(site_dir)
 
     e = {**env(), "LLMTRAIN_CACHE": str(tmp_path / "cache")}

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from llmtrain.config import ConfigError
+from llmtrain.core.errors import ConfigError
 from llmtrain.data.dataset import read_manifest, split_shards, tokenizer_of
 from llmtrain.data.indexed import IndexedDatasetWriter
 from llmtrain.data.manifest import Manifest, ManifestError, Shard, Split

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 import torch
 
-from llmtrain.config import Config, ConfigError, ModelConfig, load_config
+from llmtrain.config import Config, ModelConfig, load_config
+from llmtrain.core.errors import ConfigError
 from llmtrain.model import mup
 from llmtrain.model.gpt import GPT
 from trainutil import REPO, SMALL, deepspeed_cmd, env, read_metrics, run_python
@@ -93,7 +94,7 @@ def test_rules_away_from_the_base_width():
     (dict(pos_encoding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True), "qwen3"),
 ])
 def test_exported_mup_model_gives_our_logits(opts, arch):
-    from llmtrain.export.hf import build_hf_model, choose_architecture, logit_difference
+    from llmtrain.checkpoint.hf_export import build_hf_model, choose_architecture, logit_difference
 
     cfg = mup_cfg(dataclasses.replace(BASE, **opts), 64)
     assert choose_architecture(cfg) == arch
@@ -128,7 +129,7 @@ def test_zero3_and_pipeline_train_with_mup_groups_and_export(token_data, tmp_pat
         assert len(losses) == 2 and all(0 < x < 10 for x in losses), (name, losses)
         resolved = (tmp_path / name / "config.yaml").read_text()
         assert "parametrization: mup" in resolved and "mup_base_width: 32" in resolved
-    from llmtrain.export.hf import export  # in this process: transformers is already imported
+    from llmtrain.checkpoint.hf_export import export  # in this process: transformers is already imported
 
     export(tmp_path / "zero3" / "checkpoints", tmp_path / "hf", log=lambda *_: None)
     rec = json.loads((tmp_path / "hf" / "llmtrain_export.json").read_text())

@@ -9,7 +9,7 @@ from trainutil import REPO, assert_one_line_error, run_python
 
 from llmtrain.config import ModelConfig
 from llmtrain.model.gpt import GPT
-from llmtrain.train.consolidate import CheckpointError, load_consolidated, load_gpt, save_consolidated
+from llmtrain.checkpoint.consolidate import CheckpointError, load_consolidated, load_gpt, save_consolidated
 
 
 class _Evil:

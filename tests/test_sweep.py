@@ -19,7 +19,8 @@ import pytest
 import yaml
 from trainutil import REPO, read_metrics, run_python, train_losses
 
-from llmtrain.config import ConfigError, ModelConfig, load_config
+from llmtrain.config import ModelConfig, load_config
+from llmtrain.core.errors import ConfigError
 from llmtrain.model.gpt import count_params
 from llmtrain.scaling.plan import load_sweep, plan, seq_len_and_model, shape_for
 from llmtrain.train.schedule import lr_multiplier

@@ -11,7 +11,8 @@ import pytest
 import torch
 from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python
 
-from llmtrain.config import ConfigError, ModelConfig, load_config
+from llmtrain.config import ModelConfig
+from llmtrain.core.errors import ConfigError
 from llmtrain.eval.tasks import TaskScorer, batch_scores, encode_pair, load_task, load_tasks
 from llmtrain.model.gpt import GPT
 from llmtrain.tokenizer import load_tokenizer
@@ -120,7 +121,7 @@ def test_bad_task_files_name_the_file_the_line_and_the_fix(tmp_path, case):
     f = tmp_path / "bad.jsonl"
     f.write_text(f"{good}\n\n{line}\n{good}\n")  # the bad one on line 3 (after a blank line)
     with pytest.raises(ConfigError) as e:
-        load_config(None, [f"train.eval_tasks=[{f}]"])
+        load_tasks([str(f)])
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{f}:3: "), msg
     for n in needles:
@@ -159,7 +160,7 @@ def test_every_layout_logs_the_accuracy_of_its_own_weights(token_data, tmp_path,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from llmtrain.train.consolidate import load_gpt
+    from llmtrain.checkpoint.consolidate import load_gpt
 
     task = write_task(tmp_path / "mine.jsonl")
     run = tmp_path / "run"

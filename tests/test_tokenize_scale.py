@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import zstandard
 
-from data_prep.merge_manifests import merge_manifests
-from data_prep.readers import InputError, expand_inputs
-from data_prep.tokenize_corpus import task_prefix, tokenize_corpus
-from data_prep.train_tokenizer import train_tokenizer
+from llmtrain_prep.merge_manifests import merge_manifests
+from llmtrain_prep.readers import InputError, expand_inputs
+from llmtrain_prep.tokenize_corpus import task_prefix, tokenize_corpus
+from llmtrain_prep.train_tokenizer import train_tokenizer
 from llmtrain.data.indexed import IndexedDataset
 from llmtrain.data.manifest import manifest_file
 from llmtrain.tokenizer import EOD_TOKEN
-from llmtrain.utils import partition
+from llmtrain.core.tasks import partition
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample" / "corpus.jsonl.gz"
@@ -262,7 +262,7 @@ def test_half_written_task_never_looks_finished(corpus, tokenizer, tmp_path):
 
 
 def _docs_per_file(folder):
-    from data_prep.readers import iter_documents
+    from llmtrain_prep.readers import iter_documents
 
     return [list(iter_documents(f)) for f in expand_inputs([folder])]
 

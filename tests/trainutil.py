@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtrain.utils import free_port  # noqa: F401  (re-exported for the tests)
+from llmtrain.core.tasks import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"

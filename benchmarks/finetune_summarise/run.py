@@ -1,14 +1,14 @@
 """The founding scenario end to end: pretrain the tiny model on the bundled corpus, fine-tune it
 to title documentation sections (section text → title, a summarisation-like task built from the
 bundled corpus by data_prep/make_finetune_task.py), and score ROUGE-L of the pretrained and the
-fine-tuned model on held-out sections (greedy decoding through llmtrain.export.generate's
+fine-tuned model on held-out sections (greedy decoding through llmtrain.eval.generate's
 KV-cache path).
 
     python benchmarks/finetune_summarise/run.py [--work runs/finetune_summarise] \
         [--pretrain-steps 300] [--finetune-steps 150] [--out benchmarks/finetune_summarise/results.json]
 
 Every stage is the project's own command line (launcher/pretrain.py through deepspeed,
-llmtrain.train.consolidate, data_prep/make_finetune_task.py, data_prep/tokenize_corpus.py
+llmtrain.checkpoint.consolidate, data_prep/make_finetune_task.py, data_prep/tokenize_corpus.py
 --format prompt-response, launcher/pretrain.py --config configs/finetune_tiny.yaml); the
 commands and their wall times go into the results JSON. Needs the rouge-score package
 (pip install -e .[finetune]).
@@ -40,7 +40,7 @@ def run(cmd: list, log: dict, name: str) -> None:
 
 
 def deepspeed(*args) -> list:
-    from llmtrain.utils import free_port
+    from llmtrain.core.tasks import free_port
 
     return ["deepspeed", "--num_gpus", "1", "--master_port", str(free_port()), REPO / "launcher" / "pretrain.py", *args]
 
@@ -51,8 +51,8 @@ def score(model_path, records: list[dict], max_new_tokens: int = 24) -> dict:
     import torch
     from rouge_score import rouge_scorer
 
-    from llmtrain.export.generate import sample
-    from llmtrain.export.runinfo import eod_token_id, load_model, load_tokenizer, run_info, tokenizer_path
+    from llmtrain.eval.generate import sample
+    from llmtrain.checkpoint.load import eod_token_id, load_model, load_tokenizer, run_info, tokenizer_path
 
     info = run_info(model_path)
     tok = load_tokenizer(tokenizer_path(info, None))
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
                     help="a config override for the fine-tuning run (repeatable), e.g. data.document_mask=false")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "finetune_summarise" / "results.json"))
     args = ap.parse_args(argv)
-    from llmtrain.data.dataset import sample_prefix
+    from llmtrain_prep.sample import sample_prefix
 
     work = Path(args.work)
     log: dict = {}
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                       f"train.max_steps={args.pretrain_steps}", "checkpoint.resume=false"), log, "pretrain")
     step = max(pre.glob("checkpoints/global_step*"), key=lambda p: int(p.name[len("global_step"):]))
     model = work / "pretrained.safetensors"
-    run([sys.executable, "-m", "llmtrain.train.consolidate", step, "--out", model], log, "consolidate")
+    run([sys.executable, str(REPO / "launcher" / "consolidate.py"), step, "--out", model], log, "consolidate")
     task = work / "task"
     run([sys.executable, REPO / "data_prep" / "make_finetune_task.py", "--output-dir", task,
          "--valid-fraction", VALID_FRACTION], log, "make_task")

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
-from llmtrain.config import ConfigError, _apply, read_yaml
+from llmtrain.core.errors import ConfigError
+from llmtrain.core.yamlconf import apply_updates, read_yaml
 
 from . import filters as _filters  # noqa: F401  (registers the filters)
 from .steps import FILTERS
@@ -135,9 +136,9 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Clean
         if not isinstance(user, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections "
                               f"({', '.join(f.name for f in dataclasses.fields(cfg))})")
-        _apply(cfg, user, "", str(path))
+        apply_updates(cfg, user, "", str(path))
     if overrides:
-        _apply(cfg, overrides, "", "command line")
+        apply_updates(cfg, overrides, "", "command line")
     return cfg.validate(where)
 
 

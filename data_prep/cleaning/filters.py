@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 
-from llmtrain.config import ConfigError
+from llmtrain.core.errors import ConfigError
 
 from .steps import BaseFilter, Document, register
 from .text import count_sentences

@@ -47,13 +47,14 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from data_prep.readers import ALL_SUFFIXES, check_input, expand_inputs, input_bytes, is_hf_name, iter_documents
-from llmtrain.utils import atomic_write_bytes, atomic_write_json, partition
+from llmtrain_prep.readers import ALL_SUFFIXES, check_input, expand_inputs, input_bytes, is_hf_name, iter_documents
+from llmtrain.core.files import atomic_write_bytes, atomic_write_json
+from llmtrain.core.tasks import partition
 
 from .config import FILTER_ORDER, dedup_hash, filter_hash, final_hash
 from .steps import FILTERS, BaseFilter, Document, PipelineStep, chain, new_stage_stats
 
-log = logging.getLogger("data_prep.clean")
+log = logging.getLogger("llmtrain_prep.clean")
 
 STAGES = ("read", "html_extract", "unicode") + FILTER_ORDER + ("exact_dedup", "near_dedup", "pii")
 FILTER_PASS_STAGES = STAGES[:-3]
@@ -279,7 +280,7 @@ class ShardFilter:
         errors: dict = {}
         steps = filter_steps(self.cfg)
         collector = _WarningCollector()
-        rlog = logging.getLogger("data_prep.readers")
+        rlog = logging.getLogger("llmtrain_prep.readers")
         rlog.addHandler(collector)
         writer = ZstJsonlWriter(os.path.join(fdir, shard + ".jsonl.zst"), self.cfg.output.zstd_level)
         keys: list[np.ndarray] = []

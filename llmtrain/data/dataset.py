@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmtrain.config import REPO_ROOT, Config, ConfigError
+from llmtrain.config import Config
+from llmtrain.core.errors import ConfigError
 
 
 @dataclass
@@ -57,51 +58,6 @@ def parse_blend(spec: str) -> tuple[list[float], list[str]]:
             raise ConfigError(f"data.prefix='{spec}': weight {w} must be > 0")
         prefixes.append(p)
     return weights, prefixes
-
-
-SAMPLE_CORPUS = REPO_ROOT / "data" / "sample" / "corpus.jsonl.gz"
-
-
-def cache_root() -> Path:
-    """Where prepared data goes: $LLMTRAIN_CACHE, else ~/.cache/llmtrain (never the installed
-    package's folder)."""
-    import os
-
-    return Path(os.environ.get("LLMTRAIN_CACHE") or Path.home() / ".cache" / "llmtrain")
-
-
-def sample_prefix(vocab_size: int, valid_fraction: float, corpus: Path = SAMPLE_CORPUS) -> Path:
-    """The prefix of the prepared bundled corpus, keyed by everything that changes it: the
-    vocabulary size, the valid fraction and the corpus file's hash."""
-    from llmtrain.utils import sha256_file
-
-    if not corpus.is_file():
-        raise ConfigError(f"{corpus}: the bundled sample corpus is missing; run from the project folder (or set "
-                          f"LLMTRAIN_HOME to it), or set data.prefix to your own token data")
-    key = f"sample_v{vocab_size}_valid{valid_fraction:g}_{sha256_file(corpus)[:12]}"
-    return cache_root() / key / "sample"
-
-
-def prepare_sample_data(cfg: Config, rank: int) -> str:
-    """Tokenise the bundled corpus into the user cache if not done yet (one process does it under
-    a file lock; the others wait and reuse it)."""
-    import fcntl
-
-    prefix = sample_prefix(cfg.data.sample_vocab_size, cfg.data.valid_fraction)
-    manifest = Path(f"{prefix}_manifest.json")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    with open(prefix.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not manifest.exists():
-            from data_prep.tokenize_corpus import tokenize_corpus
-            from data_prep.train_tokenizer import train_tokenizer
-
-            tok = prefix.parent / "tokenizer.json"
-            print(f"[rank {rank}] preparing the bundled corpus {SAMPLE_CORPUS} -> {prefix}_*.bin/.idx", flush=True)
-            if not tok.exists():
-                train_tokenizer([str(SAMPLE_CORPUS)], cfg.data.sample_vocab_size, str(tok))
-            tokenize_corpus([str(SAMPLE_CORPUS)], str(tok), str(prefix), valid_fraction=cfg.data.valid_fraction)
-    return str(prefix)
 
 
 def read_manifest(prefix: str) -> tuple[dict, Path]:

@@ -1,6 +1,6 @@
 """The manifest beside a tokenised dataset (PREFIX_manifest.json): one type for its writer
 (data_prep/tokenize_corpus.py), the task merge (data_prep/merge_manifests.py), the trainer
-(llmtrain/data/dataset.py) and the evaluation (llmtrain/export/evaluate.py).
+(llmtrain/data/dataset.py) and the evaluation (llmtrain/eval/loss.py).
 
     {"format": "megatron-indexed-dataset", "format_version": 2, "prefix": ...,
      "splits": {"train": {"documents", "tokens", "shards": [{"prefix", "documents", "tokens"}]},
@@ -226,7 +226,7 @@ class Manifest:
 
     def write(self, prefix: str | os.PathLike | None = None) -> Path:
         """Write PREFIX_manifest.json atomically (PREFIX: ``self.prefix`` unless given); returns its path."""
-        from llmtrain.utils import atomic_write_json
+        from llmtrain.core.files import atomic_write_json
 
         path = manifest_file(prefix if prefix is not None else self.prefix)
         atomic_write_json(path, self.to_dict())

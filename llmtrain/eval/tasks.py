@@ -38,7 +38,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from llmtrain.config import REPO_ROOT, ConfigError
+from llmtrain.core.errors import ConfigError
+from llmtrain.core.paths import REPO_ROOT
 
 __all__ = ["Example", "Task", "Row", "Batch", "TaskScorer", "task_name", "resolve_task_path", "load_task",
            "load_tasks", "encode_pair", "build_rows", "make_batches", "batch_scores", "count_correct",

@@ -28,7 +28,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmtrain.config import REPO_ROOT, ConfigError, ModelConfig, read_yaml
+from llmtrain.config import ModelConfig
+from llmtrain.core.errors import ConfigError
+from llmtrain.core.paths import REPO_ROOT
+from llmtrain.core.yamlconf import read_yaml
 from llmtrain.model.gpt import count_params, flops_per_token
 
 SWEEP_KEYS = {"name", "base", "deepspeed_config", "nproc", "vocab_size", "overrides", "ladder", "tokens", "hparams",

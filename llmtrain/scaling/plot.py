@@ -15,7 +15,7 @@ from llmtrain.scaling.fit import Points, chinchilla_optimal, chinchilla_params, 
 
 def save_figure(fig, path: Path) -> str:
     """Write ``fig`` as a PNG through a temporary name (team-readable), close it, return the name."""
-    from llmtrain.utils import atomic_path
+    from llmtrain.core.files import atomic_path
 
     path = Path(path)
     try:

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from llmtrain.utils import free_port
+from llmtrain.core.tasks import free_port
 
 
 def env_int(name: str, default: int) -> int:

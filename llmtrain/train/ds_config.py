@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmtrain.config import REPO_ROOT, Config, ConfigError
+from llmtrain.config import Config
+from llmtrain.core.errors import ConfigError
+from llmtrain.core.paths import REPO_ROOT
 
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero0.json"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from llmtrain.config import Config, ConfigError
+from llmtrain.config import Config
+from llmtrain.core.errors import ConfigError
 
 
 def enable_activation_checkpointing(blocks) -> None:

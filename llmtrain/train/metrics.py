@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from llmtrain.core.files import atomic_write_text
+
 # Dense peak FLOP/s per device by (name fragment, precision). Sources: vendor datasheets
 # (dense, no sparsity). The first fragment found in torch.cuda.get_device_name() wins.
 GPU_PEAK_FLOPS = [
@@ -117,3 +119,11 @@ def host_info() -> dict:
     import platform
 
     return {"hostname": platform.node(), "cpu_count": os.cpu_count()}
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records logged after the checkpoint's step, so the log reads as one run."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))

@@ -22,14 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmtrain.config import REPO_ROOT, Config, ConfigError, dump_config, load_config
-from llmtrain.data.dataset import DataBundle, load_data, padded_vocab, prepare_sample_data
-from llmtrain.train.callbacks import Callback, RunError, StopOnSignal, default_callbacks
-from llmtrain.train.checkpoint import (check_checkpoint_shape, check_resume_compatible, check_same_model,
-                                      finished_step, rng_state, save_checkpoint, set_rng_state)
+from llmtrain.checkpoint.ds import (check_checkpoint_shape, check_resume_compatible, check_same_model, finished_step,
+                                   rng_state, save_checkpoint, set_rng_state)
+from llmtrain.config import Config, dump_config, load_config
+from llmtrain.core.errors import ConfigError, RunError
+from llmtrain.core.files import atomic_write_json
+from llmtrain.core.paths import REPO_ROOT
+from llmtrain.data.dataset import DataBundle, load_data, padded_vocab
+from llmtrain.train.callbacks import Callback, StopOnSignal, default_callbacks
 from llmtrain.train.dist import broadcast_object, env_int, init_distributed, set_cpu_threads
 from llmtrain.train.loader import BatchPlan, PrefetchLoader, host_micro_batches, to_device
-from llmtrain.utils import atomic_write_json
 
 __all__ = ["main", "Trainer", "RunError"]
 
@@ -63,11 +65,22 @@ def report_error(e: Exception, rank: int) -> int:
     return 2
 
 
-def main(argv=None) -> int:
+def main(argv=None, prepare_sample=None) -> int:
+    """``prepare_sample(cfg, rank) -> PREFIX``: makes the bundled corpus's token data when
+    data.prefix is unset (launcher/pretrain.py passes the data tools' own; the library never
+    prepares data itself)."""
     args = parse_args(argv)
     rank_env = env_int("RANK", 0)
     try:
         cfg = load_config(args.config, args.overrides)
+        if cfg.train.eval_tasks:  # every task file read and checked now, before any run folder is written
+            from llmtrain.eval.tasks import load_tasks
+
+            load_tasks(cfg.train.eval_tasks)
+        if cfg.data.prefix is None and prepare_sample is None:
+            raise ConfigError(f"{args.config or 'configs/tiny.yaml'}: data.prefix is not set; set it to token "
+                              f"data made by data_prep/tokenize_corpus.py, or use launcher/pretrain.py for the "
+                              f"bundled corpus")
         from llmtrain.train.ds_config import load_ds_json
 
         user_ds, ds_path = load_ds_json(args.deepspeed_config)
@@ -79,7 +92,7 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, OSError) as e:
         return report_error(e, rank_env)
     try:
-        return run(args, cfg, ds_config, data)
+        return run(args, cfg, ds_config, data, prepare_sample)
     except (ConfigError, RunError, ValueError) as e:
         return report_error(e, env_int("RANK", 0))
     finally:
@@ -270,7 +283,7 @@ class Trainer:
 # ----------------------------------------------------------------------------- set-up
 
 
-def run(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
+def run(args, cfg: Config, ds_config: dict, data: DataBundle | None, prepare_sample=None) -> int:
     """Set up and train, with the DeepSpeed config and (unless the bundled corpus is still to be
     prepared) the data already validated by main()."""
     import torch.distributed as dist
@@ -293,7 +306,7 @@ def run(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
             print(msg, flush=True)
 
     if data is None:
-        cfg.data.prefix = prepare_sample_data(cfg, rank)
+        cfg.data.prefix = prepare_sample(cfg, rank)
         dist.barrier()
         data = load_data(cfg, cfg.data.prefix, config_path)
     if cfg.model.vocab_size is None:
@@ -325,7 +338,7 @@ def run(args, cfg: Config, ds_config: dict, data: DataBundle | None) -> int:
         if cfg.checkpoint.init_step is not None:
             if init_state is None:
                 raise ConfigError(f"{cfg.checkpoint.init_from}: checkpoint.init_step needs a consolidated file or an "
-                                  f"imported model; consolidate the step folder (python -m llmtrain.train.consolidate)")
+                                  f"imported model; consolidate the step folder (python launcher/consolidate.py)")
             step0 = cfg.checkpoint.init_step
             init_meta = {**init_meta, "step": step0, "tokens": step0 * tokens_per_step}
     if is_main:
@@ -410,7 +423,7 @@ def seed_everything(seed: int, rank: int) -> None:
 def model_from_hf_folder(cfg: Config, overrides: list[str], where: str) -> None:
     """checkpoint.init_from=HF_DIR (a transformers folder): the model section comes from the
     folder; a model.* override on the command line that contradicts it is an error naming both."""
-    from llmtrain.export.hf_import import is_hf_folder, model_config_from_hf, read_hf_config
+    from llmtrain.checkpoint.hf_import import is_hf_folder, model_config_from_hf, read_hf_config
 
     init = cfg.checkpoint.init_from
     if not init or not is_hf_folder(init):
@@ -431,9 +444,9 @@ def open_init_from(cfg: Config, data: DataBundle) -> tuple[dict | None, dict]:
     """checkpoint.init_from as (consolidated state dict, its metadata) for a consolidated file, an
     imported model folder or a transformers folder; (None, {}) for a DeepSpeed step folder (loaded
     by the engine). Refuses anything else."""
-    from llmtrain.export.hf_import import is_hf_folder, load_hf_folder
-    from llmtrain.train.consolidate import is_consolidated, load_consolidated
-    from llmtrain.utils import sha256_file
+    from llmtrain.checkpoint.hf_import import is_hf_folder, load_hf_folder
+    from llmtrain.checkpoint.consolidate import is_consolidated, load_consolidated
+    from llmtrain.core.files import sha256_file
 
     init = Path(cfg.checkpoint.init_from)
     if init.is_dir() and any(init.glob("*model_states.pt")):
@@ -451,7 +464,7 @@ def open_init_from(cfg: Config, data: DataBundle) -> tuple[dict | None, dict]:
         check_same_model(meta.get("model_config", {}), cfg, init, "")
         return state, meta
     raise ConfigError(f"{init}: checkpoint.init_from is neither a checkpoint folder (.../checkpoints/global_stepN) "
-                      f"nor a consolidated file (python -m llmtrain.train.consolidate) nor a model folder "
+                      f"nor a consolidated file (python launcher/consolidate.py) nor a model folder "
                       f"(launcher/import_hf.py output or a transformers folder with config.json)")
 
 

@@ -5,7 +5,7 @@
 Supported: GPT-2, Llama (grouped-query attention, Llama 3 rope scaling), Mistral (without a
 sliding window shorter than its context), GPT-NeoX / Pythia (parallel residual, partial rotary).
 Anything else is refused with one line naming what does not map. The weights go through the same
-name-mapping table as the export (llmtrain.export.hf.param_table), read backwards.
+name-mapping table as the export (llmtrain.checkpoint.hf_export.param_table), read backwards.
 
 OUT holds what every tool of the project takes as a checkpoint (export_hf.py, generate.py,
 evaluate.py, checkpoint.init_from=OUT):
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from llmtrain.export.hf import param_table
-from llmtrain.export.runinfo import ExportError
-from llmtrain.utils import replace_folder
+from llmtrain.checkpoint.hf_export import param_table
+from llmtrain.checkpoint.load import ExportError
+from llmtrain.core.files import replace_folder
 
 SUPPORTED = ("gpt2", "llama", "mistral", "gpt_neox")
 TABLE_ARCH = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "gpt_neox": "gpt_neox"}
@@ -205,7 +205,8 @@ def load_hf_folder(path: str | os.PathLike, verify: bool = True, tolerance: floa
 
 def _load(path, verify: bool, tolerance: float):
     """load_hf_folder's work, plus the max logit difference (None when not verified)."""
-    from llmtrain.config import ConfigError, ModelConfig
+    from llmtrain.config import ModelConfig
+    from llmtrain.core.errors import ConfigError
     from llmtrain.tokenizer import load_tokenizer, tokenizer_file
 
     p = Path(path)
@@ -255,8 +256,8 @@ def import_hf(hf_dir, output, force: bool = False, log=print) -> dict:
     import yaml
 
     from llmtrain.tokenizer import load_tokenizer
-    from llmtrain.train.consolidate import save_consolidated
-    from llmtrain.utils import sha256_file
+    from llmtrain.checkpoint.consolidate import save_consolidated
+    from llmtrain.core.files import sha256_file
 
     src, output = Path(hf_dir), Path(output)
     if not src.is_dir():

@@ -42,7 +42,7 @@ and eos, and ``split_special_tokens`` on, so that a literal end-of-document stri
 encoded as text exactly as data_prep/tokenize_corpus.py encoded the training data.
 
 The name mapping is one table per architecture (``param_table``), read forwards here and
-backwards by the import (llmtrain/export/hf_import.py).
+backwards by the import (llmtrain/checkpoint/hf_import.py).
 
 The folder is written under a temporary name beside DIR and renamed into place when complete.
 """
@@ -59,9 +59,9 @@ from pathlib import Path
 
 import torch
 
-from llmtrain.export.runinfo import (ExportError, eod_token, eod_token_id, load_model, load_tokenizer, run_info,
-                                     tokenizer_path)
-from llmtrain.utils import replace_folder
+from llmtrain.checkpoint.load import (ExportError, eod_token, eod_token_id, load_model, load_tokenizer, run_info,
+                                      tokenizer_path)
+from llmtrain.core.files import replace_folder
 
 REFUSALS = {
     ("learned", "rmsnorm"): "learned position embeddings with RMSNorm: no transformers architecture has both "

@@ -47,7 +47,7 @@ def resolve_data(info, data: str | None) -> tuple[str, list]:
 
     from llmtrain.data.indexed import IndexedDataset
     from llmtrain.data.manifest import Manifest, manifest_file
-    from llmtrain.export.runinfo import ExportError
+    from llmtrain.checkpoint.load import ExportError
 
     if data is None:
         spec = (info.config.get("data") or {}).get("prefix") or (info.prefixes[0] if len(info.prefixes) == 1 else None)
@@ -111,7 +111,8 @@ def count_bytes(tok, ids: np.ndarray, eod: int) -> int:
 @torch.no_grad()
 def evaluate(checkpoint, data: str | None = None, batches: int | None = None, batch_size: int | None = None,
              micro_batch_size: int = 8, tokenizer: str | None = None, progress=True) -> dict:
-    from llmtrain.export.runinfo import ExportError, eod_token_id, load_model, load_tokenizer, run_info, tokenizer_path
+    from llmtrain.checkpoint.load import (ExportError, eod_token_id, load_model, load_tokenizer, run_info,
+                                          tokenizer_path)
 
     info = run_info(checkpoint)
     label, shards = resolve_data(info, data)

@@ -1,5 +1,5 @@
-"""Checkpoints: DeepSpeed saves with an atomic 'latest', the client state (step, tokens, RNG of
-every rank), the model-shape check before a resume, and trimming the metrics log on resume."""
+"""DeepSpeed checkpoints: saves with an atomic 'latest', the client state (step, tokens, RNG of
+every rank), and the checks before a resume (model shape, data settings, a finished run)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmtrain.config import Config, ConfigError
-from llmtrain.utils import atomic_write_text
+from llmtrain.config import Config
+from llmtrain.core.errors import ConfigError
+from llmtrain.core.files import atomic_write_text
 
 
 def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, rank: int) -> str:
@@ -74,14 +75,6 @@ def check_checkpoint_shape(ckpt_dir: Path, cfg: Config) -> None:
 
     old = (yaml.safe_load(saved.read_text()) or {}).get("model", {})
     check_same_model(old, cfg, ckpt_dir, f"; use a new --run-dir or the checkpoint's config {saved}")
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records logged after the checkpoint's step, so the log reads as one run."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 # Settings a resume must keep for the data position to stay exact (seq_len is a model field,

@@ -1,7 +1,7 @@
 """Read any of the trainer's DeepSpeed checkpoints (ZeRO 0-3, CPU offload, pipeline) back into
 one plain GPT state dict, whatever layout wrote it.
 
-    python -m llmtrain.train.consolidate RUN_DIR_OR_CHECKPOINT --out model.pt
+    python launcher/consolidate.py RUN_DIR_OR_CHECKPOINT --out model.pt
 
 A checkpoint is named by its run folder (the latest checkpoint), its checkpoints/ folder, or a
 step folder (checkpoints/global_stepN). The model's shape comes from the run's config.yaml.
@@ -19,13 +19,11 @@ trusted source.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 import pickle
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -203,10 +201,10 @@ def load_consolidated(path: str | os.PathLike) -> tuple[dict, dict]:
             state = load_file(str(p))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{p}: not a readable safetensors file ({str(e).splitlines()[0]}); re-write it "
-                                  f"with python -m llmtrain.train.consolidate") from None
+                                  f"with python launcher/consolidate.py") from None
         if raw is None:
             raise CheckpointError(f"{p}: safetensors file without llmtrain metadata (model_config); write it with "
-                                  f"python -m llmtrain.train.consolidate or launcher/import_hf.py")
+                                  f"python launcher/consolidate.py or launcher/import_hf.py")
         meta = json.loads(raw)
     else:
         try:
@@ -214,39 +212,18 @@ def load_consolidated(path: str | os.PathLike) -> tuple[dict, dict]:
         except pickle.UnpicklingError as e:
             raise CheckpointError(f"{p}: refused to load: the file holds Python objects, not only tensors and plain "
                                   f"data ({_refusal(e)}); only load files from a trusted source, re-written with "
-                                  f"python -m llmtrain.train.consolidate") from None
+                                  f"python launcher/consolidate.py") from None
         except (RuntimeError, EOFError, OSError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{p}: cannot be read ({msg}); the file is incomplete or damaged") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("state_dict"), dict):
             raise CheckpointError(f"{p}: not a consolidated checkpoint (no state_dict); write one with "
-                                  f"python -m llmtrain.train.consolidate")
+                                  f"python launcher/consolidate.py")
         state = rec["state_dict"]
         meta = {k: rec.get(k) for k in META_KEYS}
     if not isinstance(meta.get("model_config"), dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{p}: not a consolidated checkpoint (needs tensors and a model_config); write one with "
-                              f"python -m llmtrain.train.consolidate")
+                              f"python launcher/consolidate.py")
     meta = {k: meta.get(k) for k in META_KEYS}
     meta["source"] = meta.get("source") or str(p)
     return {k: v.float() for k, v in state.items()}, meta
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    try:
-        rec = consolidated_state(args.checkpoint)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    save_consolidated(rec["state_dict"], {k: rec[k] for k in META_KEYS}, out)
-    n = sum(v.numel() for v in rec["state_dict"].values())
-    print(f"wrote {out}: {n:,} parameters from {rec['source']} (step {rec['step']})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,10 @@
 """What a checkpoint needs from its run folder: the model (any layout, through
-llmtrain.train.consolidate), the tokenizer the run was trained with, its end-of-document token
+llmtrain.checkpoint.consolidate), the tokenizer the run was trained with, its end-of-document token
 and its token data. Every problem is an ExportError (or CheckpointError / DataFormatError /
 ConfigError), a ValueError whose message is one line naming the file and the fix.
 
 Besides DeepSpeed checkpoints, a "checkpoint" may be a consolidated file (python -m
-llmtrain.train.consolidate; its folder is taken as the run folder) or a folder written by
+llmtrain.checkpoint.consolidate; its folder is taken as the run folder) or a folder written by
 launcher/import_hf.py (model.safetensors, config.yaml, data_manifest.json, the tokenizer)."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import yaml
 
 from llmtrain.tokenizer import manifest_eod_id, manifest_eod_token
 from llmtrain.tokenizer import load_tokenizer as _load_tokenizer
-from llmtrain.train.consolidate import CheckpointError, is_consolidated, load_consolidated, resolve_checkpoint
-from llmtrain.utils import sha256_file
+from llmtrain.checkpoint.consolidate import CheckpointError, is_consolidated, load_consolidated, resolve_checkpoint
+from llmtrain.core.files import sha256_file
 
 
 class ExportError(ValueError):
@@ -124,7 +124,7 @@ def load_model(path):
     import pickle
     import sys
 
-    from llmtrain.train.consolidate import load_gpt
+    from llmtrain.checkpoint.consolidate import load_gpt
 
     try:  # DeepSpeed's zero_to_fp32 reports progress on stdout: keep stdout for the command's own output
         with contextlib.redirect_stdout(sys.stderr):
@@ -142,7 +142,7 @@ def run_cli(main, argv=None) -> int:
     """Run a CLI body; a known bad-input error prints one line 'error: ...' and exits with 2."""
     import sys
 
-    from llmtrain.config import ConfigError
+    from llmtrain.core.errors import ConfigError
     from llmtrain.data.indexed import DataFormatError
 
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from llmtrain.eval.tasks import TaskScorer, load_tasks
-from llmtrain.train.callbacks import PeriodicEval
+from llmtrain.train.callbacks.evaluation import PeriodicEval
 from llmtrain.train.dist import all_reduce
 
 

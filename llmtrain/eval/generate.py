@@ -81,7 +81,8 @@ def generate(checkpoint, prompt: str = "", max_new_tokens: int = 100, temperatur
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, num_samples: int = 1,
              tokenizer: str | None = None, kv_cache: bool = True) -> dict:
     """{"prompt", "samples": [text, ...], "step", "source"} for a checkpoint."""
-    from llmtrain.export.runinfo import ExportError, eod_token_id, load_model, load_tokenizer, run_info, tokenizer_path
+    from llmtrain.checkpoint.load import (ExportError, eod_token_id, load_model, load_tokenizer, run_info,
+                                          tokenizer_path)
 
     if max_new_tokens < 1 or num_samples < 1:
         raise ExportError("--max-new-tokens and --num-samples must be >= 1")
