@@ -56,9 +56,7 @@ from llmtrain.train.ds_config import build_ds_config, load_ds_json
 from llmtrain.train.engine import build_engine
 from llmtrain.train.loader import BatchPlan, host_micro_batches, to_device
 from llmtrain.train.metrics import measure_matmul_flops
-from llmtrain.train.module import train_module
 from llmtrain.train.schedule import lr_multiplier
-from llmtrain.train.trainer import Trainer
 
 
 def load_average() -> str:
@@ -153,18 +151,19 @@ class RecordLosses(Callback):
 
 
 class TrainerPath:
+    """The project's own path: a Trainer built by llmtrain.train.setup.build_trainer (as
+    launcher/pretrain.py builds it), with the loop's own callbacks (throughput, non-finite guard,
+    stop signal) and none that write files."""
+
     def __init__(self, cfg, data, ds_config, total_steps: int, device, peak: float):
-        self.engine = build_engine(cfg, ds_config, total_steps)
-        self.module = train_module(self.engine, False, 1)
-        self.plan = BatchPlan(cfg.train.global_batch_size, self.engine.train_micro_batch_size_per_gpu(),
-                              self.engine.gradient_accumulation_steps(), 0)
+        from llmtrain.train.setup import RunSpec, build_trainer
+
         self.record = RecordLosses()
         callbacks = [Throughput(), NonFiniteGuard(cfg.train.max_bad_steps), StopOnSignal(), self.record]
-        self.trainer = Trainer(cfg, Path(tempfile.gettempdir()), self.engine, self.module, data, callbacks, rank=0,
-                               world=1, device=device, total_steps=total_steps, plan=self.plan,
-                               param_counts=count_params(cfg.model), flops_per_token=flops_per_token(cfg.model),
-                               peak_flops=peak)
-        self.engine.train()
+        cfg.train.max_steps = total_steps  # the LR schedule's length, as the plain loop's
+        spec = RunSpec(cfg, ds_config, "bench_train", data, run_dir=tempfile.mkdtemp(prefix="bench_train_"))
+        self.trainer, _ = build_trainer(spec, callbacks=callbacks)
+        self.engine, self.module, self.plan = self.trainer.engine, self.trainer.module, self.trainer.plan
 
     def run(self, steps: int) -> None:
         t = self.trainer

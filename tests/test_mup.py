@@ -161,7 +161,7 @@ def test_branch_restart_keeps_the_per_group_factors():
     LR as the new train.lr x the group's lr_scale, so muP's factors survive a branch."""
     from types import SimpleNamespace
 
-    from llmtrain.train.trainer import restart_schedule_at
+    from llmtrain.train.start import restart_schedule_at
 
     cfg = full(mup_cfg(BASE, 128))
     model = GPT(cfg.model)
