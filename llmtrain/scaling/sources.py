@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmtrain.scaling.fit import Points
+from llmtrain.scaling.points import Points
 
 
 class SourceError(ValueError):

@@ -82,7 +82,7 @@ def decide_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int)
 def model_from_hf_folder(cfg: Config, overrides: list[str], where: str) -> None:
     """checkpoint.init_from=HF_DIR (a transformers folder): the model section comes from the
     folder; a model.* override on the command line that contradicts it is an error naming both."""
-    from llmtrain.checkpoint.hf_import import is_hf_folder, model_config_from_hf, read_hf_config
+    from llmtrain.checkpoint.hf import is_hf_folder, model_config_from_hf, read_hf_config
 
     init = cfg.checkpoint.init_from
     if not init or not is_hf_folder(init):
@@ -104,7 +104,7 @@ def open_init_from(cfg: Config, data: DataBundle) -> tuple[dict | None, dict]:
     imported model folder or a transformers folder; (None, {}) for a DeepSpeed step folder (loaded
     by the engine). Refuses anything else."""
     from llmtrain.checkpoint.consolidate import is_consolidated, load_consolidated
-    from llmtrain.checkpoint.hf_import import is_hf_folder, load_hf_folder
+    from llmtrain.checkpoint.hf import is_hf_folder, load_hf_folder
     from llmtrain.core.files import sha256_file
 
     init = Path(cfg.checkpoint.init_from)
