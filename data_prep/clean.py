@@ -127,8 +127,8 @@ def _run_ray(args, cfg) -> dict | None:
     parts = args.num_tasks or args.workers
     if parts < 1:
         raise InputError(f"--num-tasks {parts} must be >= 1")
-    executor = make_executor("ray", args.workers, args.ray_address)
-    results = run_every_task(stages, args.output, cfg, executor, files, parts)
+    with make_executor("ray", args.workers, args.ray_address) as executor:
+        results = run_every_task(stages, args.output, cfg, executor, files, parts)
     return results["write"].finished if "write" in results else None
 
 

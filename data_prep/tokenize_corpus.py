@@ -57,6 +57,7 @@ then the manifest is written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from llmtrain.data.manifest import ManifestError
@@ -65,7 +66,7 @@ from llmtrain_prep.executors import EXECUTORS, make_executor
 from llmtrain_prep.readers import InputError, add_input_args, reader_options
 from llmtrain.core.tasks import partition
 from llmtrain_prep.tokens import (DEFAULT_MAX_SHARD_TOKENS, DEFAULT_VALID_FRACTION, FORMATS, Job, Options,
-                                  build_manifest, default_workers, is_valid_doc, load_tokenizer, merge_manifests,
+                                  build_manifest, is_valid_doc, load_tokenizer, merge_manifests,
                                   plan, split_key, task_prefix, tokenize_corpus, tokenize_every_task)
 
 __all__ = ["EOD_TOKEN", "Job", "Options", "build_manifest", "is_valid_doc", "load_tokenizer", "main", "partition",
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--valid-fraction", type=float, default=DEFAULT_VALID_FRACTION,
                     help=f"share of documents in the valid split (default {DEFAULT_VALID_FRACTION}; 0: none)")
     ap.add_argument("--workers", type=int, default=None,
-                    help="encoding processes (default: 1 = in-process threads on <= 4 cores, else cores-1)")
+                    help="encoding processes (default: 1 = in-process threads on <= 4 cores, else cores-1); with "
+                         "--executor ray and no --ray-address: the CPUs of the local Ray cluster (default: all)")
     ap.add_argument("--seed", type=int, default=0, help="salt of the split hash (default 0)")
     ap.add_argument("--max-shard-tokens", type=float, default=DEFAULT_MAX_SHARD_TOKENS,
                     help=f"most tokens per .bin shard; a bigger split is written as PREFIX_train_00000, ... "
@@ -130,10 +132,11 @@ def main(argv=None) -> int:
         if args.executor == "ray":
             if args.task_index is not None:
                 raise InputError("--executor ray runs every task itself; leave out --task-index")
-            executor = make_executor("ray", args.workers or default_workers(), args.ray_address)
-            opts.workers = opts.workers or 1  # each task encodes in its Ray worker; Ray spreads the tasks
-            tokenize_every_task(args.input, args.tokenizer, args.output_prefix, executor, args.num_tasks or 1,
-                                options=opts, overwrite=args.overwrite, quiet=args.quiet, command=command)
+            cpus = args.workers or os.cpu_count() or 1
+            opts.workers = 1  # each task encodes in its Ray worker (on tokenizers' threads); Ray spreads the tasks
+            with make_executor("ray", cpus, args.ray_address) as executor:
+                tokenize_every_task(args.input, args.tokenizer, args.output_prefix, executor, args.num_tasks or 1,
+                                    options=opts, overwrite=args.overwrite, quiet=args.quiet, command=command)
         else:
             tokenize_corpus(args.input, args.tokenizer, args.output_prefix, options=opts,
                             progress_every=args.progress_every, quiet=args.quiet, command=command,

@@ -12,6 +12,7 @@ once per process), yield the results as they finish. A unit writes its own files
 marker, so the executor changes where the work runs, never what it writes.
 """
 from .local import LocalExecutor
+from .ray import RayExecutor  # imports Ray only when it runs
 
 EXECUTORS = ("local", "ray")
 
@@ -21,10 +22,8 @@ def make_executor(name: str, workers: int = 1, address: str | None = None):
     if name == "local":
         return LocalExecutor(workers)
     if name == "ray":
-        from .ray import RayExecutor
-
         return RayExecutor(address=address, num_cpus=workers)
     raise ValueError(f"--executor {name!r} is not one of {', '.join(EXECUTORS)}")
 
 
-__all__ = ["EXECUTORS", "LocalExecutor", "make_executor"]
+__all__ = ["EXECUTORS", "LocalExecutor", "RayExecutor", "make_executor"]

@@ -45,6 +45,12 @@ class LocalExecutor:
     def __init__(self, workers: int = 1):
         self.workers = max(1, int(workers))
 
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
     def map(self, stage, units: list):
         progress = Progress(stage.name, units)
         if self.workers <= 1 or len(units) <= 1:

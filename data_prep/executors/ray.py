@@ -22,8 +22,22 @@ def _ray():
 
 
 class RayExecutor:
+    """Use it as a context manager (``with RayExecutor() as ex:``) to keep one cluster for several
+    stages; outside one, each `map` joins or starts a cluster and stops what it started. A Ray
+    already initialised in this process (``ray.init`` by the caller) is used as it is."""
+
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         self.address, self.num_cpus = address, num_cpus
+        self._started = False
+
+    def __enter__(self) -> RayExecutor:
+        self._started = self._connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._started:
+            _ray().shutdown()
+            self._started = False
 
     def _connect(self) -> bool:
         """Join or start a cluster; True when this call started Ray (and must stop it)."""
