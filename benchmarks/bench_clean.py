@@ -382,9 +382,9 @@ def memory(args, work: str) -> list[dict]:
         for stage in TASK_STAGES:
             peaks, secs = [], []
             for i in range(args.tasks):
-                cmd = [sys.executable, "-m", "data_prep.clean", *([inp] if stage == "filter" else []), "--output", out,
-                       "--stage", stage, "--task-index", str(i), "--num-tasks", str(args.tasks), "--workers", "1",
-                       "--quiet"]
+                cmd = [sys.executable, "-m", "llmtrain_prep.clean", *([inp] if stage == "filter" else []),
+                       "--output", out, "--stage", stage, "--task-index", str(i), "--num-tasks", str(args.tasks),
+                       "--workers", "1", "--quiet"]
                 t = time.time()
                 proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 mon = TreeRSS(proc.pid)
