@@ -44,12 +44,14 @@ class Source:
     root: str
     patterns: tuple[str, ...]  # globs under root
     lang_re: str = ""  # a regex whose group 1 is the page's language, matched on its path under root
+    exclude: str = ""  # a regex of paths under root that another source takes
 
     def pages(self) -> list[str]:
         found: set[str] = set()
         for pat in self.patterns:
             found.update(glob.glob(os.path.join(self.root, pat), recursive=True))
-        return sorted(p for p in found if not _skipped(os.path.basename(p)))
+        return sorted(p for p in found if not _skipped(os.path.basename(p))
+                      and not (self.exclude and re.match(self.exclude, os.path.relpath(p, self.root))))
 
     def label(self, path: str) -> str:
         rel = os.path.relpath(path, self.root)
@@ -62,7 +64,7 @@ SOURCES = (
     Source("debian-reference", "documentation", tuple(f"debian-reference-{x}" for x in LANGS),
            "/usr/share/debian-reference", tuple(f"*.{x}.html" for x in LANGS), r"\.(\w\w)\.html$"),
     Source("python-docs", "documentation", ("python3.11-doc",), "/usr/share/doc/python3.11/html",
-           ("**/*.html",)),
+           ("**/*.html",), exclude=r"whatsnew/"),
     Source("debian-handbook", "prose", ("debian-handbook",), "/usr/share/doc/debian-handbook/html",
            tuple(f"{x}/*.html" for x in _HANDBOOK), r"^(\w\w)-"),
     Source("debian-history", "prose", ("debian-history",), "/usr/share/doc/debian-history/docs",
