@@ -7,6 +7,7 @@ so the output is the same bytes as one process writes."""
 from __future__ import annotations
 
 import logging
+import os
 
 from .local import Progress
 
@@ -44,8 +45,9 @@ class RayExecutor:
         ray = _ray()
         if ray.is_initialized():
             return False
-        if self.address:
-            ray.init(address=self.address, log_to_driver=False)
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
         return True
