@@ -44,7 +44,7 @@ setup(
         "test": ["pytest>=8,<10", "ruff>=0.17.6,<0.18", "megatron-core>=0.12,<0.17", "transformers>=4.40,<6",
                  "warcio>=1.7,<2", "wandb>=0.16,<1", "ray>=2.9,<3"],
         # data_prep's Ray executor (clean.py / tokenize_corpus.py --executor ray)
-        "ray": ["ray>=2.9"],
+        "ray": ["ray>=2.9,<3"],
         # the optional Weights & Biases sink (log.wandb=true)
         "wandb": ["wandb"],
         # benchmarks/bench_clean.py compares against datatrove
