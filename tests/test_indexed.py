@@ -131,7 +131,6 @@ def _damage(path, how):
     ("idx", "truncate", "truncated"),
     ("idx", "version", "version 2"),
     ("idx", "dtype", "dtype code 99"),
-    ("idx", "pointer", "pointers"),
     ("bin", "truncate", "truncated or mismatched"),
 ])
 def test_damaged_files_give_one_line_naming_the_file(good, what, how, match):
@@ -141,6 +140,28 @@ def test_damaged_files_give_one_line_naming_the_file(good, what, how, match):
         IndexedDataset(good)
     msg = str(e.value)
     assert msg.startswith(path) and "\n" not in msg and "tokenize_corpus.py" in msg
+
+
+def test_opening_reads_no_document_list_and_verify_reads_all(good):
+    """Opening maps the index (start-up does not grow with the corpus) and checks its ends; a
+    damaged entry in the middle, which training never reads, is found by verify()."""
+    ds = IndexedDataset(good)
+    assert all(isinstance(a, np.memmap) for a in (ds.sizes, ds.pointers, ds.doc_idx))
+    ds.verify()
+    _damage(f"{good}.idx", "pointer")  # one pointer in the middle
+    ds = IndexedDataset(good)
+    with pytest.raises(DataFormatError, match="pointers do not match") as e:
+        ds.verify()
+    assert str(e.value).startswith(f"{good}.idx") and "tokenize_corpus.py" in str(e.value)
+
+
+def test_a_damaged_last_pointer_is_found_on_opening(good):
+    data = bytearray(open(f"{good}.idx", "rb").read())
+    data[-8 * 23 - 8] ^= 0x40  # the last pointer (22 sequences, then 23 document indices)
+    open(f"{good}.idx", "wb").write(bytes(data))
+    with pytest.raises(DataFormatError, match="good.idx describes") as e:
+        IndexedDataset(good)
+    assert "\n" not in str(e.value)
 
 
 def test_failed_write_leaves_nothing(tmp_path):
