@@ -30,10 +30,8 @@ class TaskEval(PeriodicEval):
         from llmtrain.tokenizer import load_tokenizer, manifest_eod_token
 
         tok, eod = load_tokenizer(t.data.tokenizer_path, manifest_eod_token(t.data.manifests))
-        pipeline = t.cfg.parallel.pipeline_stages > 1
-        seq_len = t.cfg.model.seq_len
-        self.scorer = TaskScorer(self.tasks, tok, eod, seq_len, t.plan.micro, width=seq_len if pipeline else None,
-                                 dp_rank=t.plan.dp_rank, dp_world=t.world // t.cfg.parallel.pipeline_stages)
+        self.scorer = TaskScorer(self.tasks, tok, eod, t.cfg.model.seq_len, t.plan.micro, dp_rank=t.plan.dp_rank,
+                                 dp_world=t.world // t.cfg.parallel.pipeline_stages)
         calls = torch.tensor([float(self.scorer.n_calls)], device=t.device)
         self.scorer.n_calls = int(all_reduce(calls, "max").item())  # every rank makes as many forward calls
         if t.rank == 0:
