@@ -17,23 +17,29 @@ class StageDocuments:
     flex-attention block mask per micro-batch and stage; made for each block, it cost a mask
     construction per layer).
 
-    Within a stage the document ids are one tensor handed from layer to layer unchanged; a new
-    micro-batch (or a tensor received from the previous stage, or re-made by activation
-    checkpointing's recomputation) is another tensor object, so ``of(ids)`` makes its Documents
-    then. The last Documents is kept (it holds its ids), so the identity test cannot be fooled
-    by a recycled tensor."""
+    Within a stage the document ids are handed from layer to layer unchanged: the same tensor, or
+    (activation checkpointing's recomputation) a detached alias of its storage. A new micro-batch,
+    or ids received from the previous stage, is new storage, so ``of(ids)`` makes its Documents
+    then. The last Documents is kept and holds its ids, so their storage cannot be freed and
+    reused by another tensor while it is the one compared against."""
 
     def __init__(self):
         self.docs: Documents | None = None
 
     def of(self, ids) -> Documents:
-        if self.docs is None or self.docs.ids is not ids:
+        if self.docs is None or not _same_tensor(self.docs.ids, ids):
             self.docs = Documents(ids)
         return self.docs
 
     def keep(self, docs: Documents) -> Documents:
         self.docs = docs
         return docs
+
+
+def _same_tensor(a, b) -> bool:
+    """b is a, or a view of the same memory with the same layout and no in-place change since."""
+    return a is b or (a.device == b.device and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+                      and a.stride() == b.stride() and a._version == b._version)
 
 
 class PipeEmbedding(Embedding):
