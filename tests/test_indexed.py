@@ -188,3 +188,24 @@ def test_empty_dataset(tmp_path):
     prefix = write(tmp_path / "e", [], np.uint16)
     ds = IndexedDataset(prefix)
     assert len(ds) == 0 and ds.num_tokens == 0 and len(ds.tokens) == 0
+
+
+def test_a_shard_is_checked_against_its_manifest_counts(tmp_path):
+    """Opening a split compares each shard's documents and tokens with what the manifest records
+    (no document list is read): files swapped or re-written under the manifest are one line."""
+    import json
+
+    from llmtrain.data.dataset import open_shards
+    from llmtrain.data.manifest import Manifest, Shard, Split
+
+    write(tmp_path / "d_train", [[1, 2, 3], [4, 5]], np.uint16)
+    m = Manifest(prefix=str(tmp_path / "d"), splits={"train": Split([Shard("d_train", 2, 5)])}, dtype="uint16",
+                 vocab_size=10, eod_token=None, eod_token_id=None, tokenizer_path=None, tokenizer_sha256=None)
+    manifest = json.loads(m.write().read_text())
+    assert [len(ds) for ds in open_shards(str(tmp_path / "d"), manifest, "train")] == [2]
+    write(tmp_path / "d_train", [[1, 2, 3], [4, 5], [6]], np.uint16)  # re-written under the same manifest
+    with pytest.raises(DataFormatError) as e:
+        open_shards(str(tmp_path / "d"), manifest, "train")
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "d_train.idx")) and "d_manifest.json records 2 and 5" in msg
+    assert "\n" not in msg and "tokenize_corpus.py" in msg

@@ -130,7 +130,8 @@ def open_shards(prefix: str, manifest: dict, split: str) -> list:
     shards = [IndexedDataset(p) for p in m.shard_prefixes(split)]
     if m.format_version >= 2:  # earlier manifests do not record counts per shard
         for ds, rec in zip(shards, sp.shards):
-            if (len(ds), ds.num_tokens) != (rec.documents, rec.tokens):
+            recorded = (rec.documents, rec.tokens)
+            if recorded != (0, 0) and (len(ds), ds.num_tokens) != recorded:  # (0, 0): a shard named without counts
                 raise DataFormatError(f"{ds.prefix}.idx: {len(ds)} documents and {ds.num_tokens} tokens, but {path} "
                                       f"records {rec.documents} and {rec.tokens}; the files do not belong to this "
                                       f"manifest, re-create them with python data_prep/tokenize_corpus.py")
