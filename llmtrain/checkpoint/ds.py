@@ -104,6 +104,28 @@ def check_resume_compatible(run_dir: Path, cfg: Config) -> None:
             )
 
 
+def check_sample_order(run_dir: Path, cfg: Config) -> None:
+    """Refuse to resume a run whose samples were read in another order than this code reads them
+    (data_manifest.json's ``sample_order``, llmtrain.data.sampler.SAMPLE_ORDER; a run folder
+    without it was read in order 1): the steps after the checkpoint would not read what the run
+    would have. checkpoint.allow_data_change=true goes on from the checkpoint's step anyway."""
+    from llmtrain.data.sampler import SAMPLE_ORDER
+
+    path = run_dir / "data_manifest.json"
+    if cfg.checkpoint.allow_data_change or not path.is_file():
+        return
+    try:
+        was = json.loads(path.read_text()).get("sample_order", 1)
+    except (json.JSONDecodeError, AttributeError):
+        return  # not ours to judge here: the checkpoint readers name a malformed file
+    if was != SAMPLE_ORDER:
+        raise ConfigError(
+            f"{path}: the run read its samples in order {was}, this llmtrain reads them in order {SAMPLE_ORDER} "
+            f"(llmtrain/data/sampler.py), so a resume would not continue its data bit for bit. Resume it with the "
+            f"llmtrain it was trained with, use a new --run-dir, or pass checkpoint.allow_data_change=true to go on "
+            f"from its checkpoint in the new order")
+
+
 def finished_step(run_dir: Path) -> int | None:
     """The step at which the run in ``run_dir`` finished (summary.json with status finished), or None."""
     path = run_dir / "summary.json"

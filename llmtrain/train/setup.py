@@ -29,6 +29,7 @@ from llmtrain.core.errors import ConfigError, RunError
 from llmtrain.core.files import atomic_write_json
 from llmtrain.core.paths import REPO_ROOT
 from llmtrain.data.dataset import DataBundle, load_data, padded_vocab
+from llmtrain.data.sampler import SAMPLE_ORDER
 from llmtrain.train.callbacks import Callback, StopOnSignal, default_callbacks
 from llmtrain.train.dist import broadcast_object, env_int, init_distributed, set_cpu_threads
 from llmtrain.train.start import Start, decide_start, model_from_hf_folder
@@ -152,7 +153,6 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     # per-rank seed, so data-parallel replicas draw different masks. Resume restores it.
     seed_everything(cfg.train.seed, rank)
     start.apply(t, say)
-    data.train.prepare(total_steps * cfg.train.global_batch_size, cache_dir=run_dir / "data_order")
     if rank == 0:
         stage = zero_stage(spec.ds_config)
         write_run_files(run_dir, cfg, spec.ds_config, data, {
@@ -280,8 +280,8 @@ def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundl
 
     dump_config(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "ds_config.json", ds_config)
-    atomic_write_json(run_dir / "data_manifest.json",
-                      {"prefixes": data.prefixes, "weights": data.weights, "manifests": data.manifests})
+    atomic_write_json(run_dir / "data_manifest.json", {"prefixes": data.prefixes, "weights": data.weights,
+                                                       "sample_order": SAMPLE_ORDER, "manifests": data.manifests})
     env = {
         "torch": torch.__version__,
         "deepspeed": deepspeed.__version__,

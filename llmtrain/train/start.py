@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmtrain.checkpoint.ds import check_checkpoint_shape, check_resume_compatible, check_same_model, finished_step
+from llmtrain.checkpoint.ds import (check_checkpoint_shape, check_resume_compatible, check_same_model,
+                                     check_sample_order, finished_step)
 from llmtrain.config import Config
 from llmtrain.core.errors import ConfigError, RunError
 from llmtrain.data.dataset import DataBundle
@@ -63,6 +64,7 @@ def decide_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int)
         done = finished_step(run_dir)
         if done is not None and done >= total_steps:
             return Start("finished", step=done)
+        check_sample_order(run_dir, cfg)
         return Start("resume", ckpt_dir / (ckpt_dir / "latest").read_text().strip())
     if not cfg.checkpoint.init_from:
         return Start("fresh")
