@@ -130,6 +130,7 @@ def test_a_pipeline_stage_makes_the_masks_once_per_micro_batch(one_process_group
     torch.testing.assert_close(grad, plain.blocks[0].attn.qkv.weight.grad, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kv", [4, 2, 1])
 def test_flex_attention_kernel_matches_the_dense_mask(kv):
     """The GPU path (flex attention with the block mask, here its eager reference on CPU) gives what
     the CPU path (SDPA with the dense mask) gives; 200 tokens: not a multiple of the 128-token blocks."""
