@@ -40,6 +40,7 @@ CHAIN = [  # (name, processes, DeepSpeed config, overrides)
 ]
 STEPS = len(CHAIN) + 1  # the last relaunch resumes at step len(CHAIN) - 1 and trains two steps
 TOL = 2e-5  # fp32, another reduction order (tests/test_train.py: the layouts agree to this)
+FAST = ["train.peak_flops=1e12"]  # no matmul measurement for MFU at each start
 
 
 def launch(nproc: int, ds: str, *args):
@@ -65,7 +66,7 @@ def chain(token_data, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("resize")
     run = tmp / "run"
-    common = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, f"train.max_steps={STEPS}"]
+    common = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, *FAST, f"train.max_steps={STEPS}"]
     name, nproc, ds, extra = CHAIN[0]
     r = launch(nproc, ds, *common, "checkpoint.save_steps=[1]", *extra)
     assert r.returncode == 0, (name, r.stdout[-3000:], r.stderr[-3000:])
@@ -112,8 +113,8 @@ def test_the_optimizer_state_goes_with_the_weights(chain, token_data, tmp_path):
                                        msg=f"{name} {field}")
 
     fresh = tmp_path / "fresh_moments"
-    r = run_python([PRETRAIN, "--run-dir", fresh, f"data.prefix={token_data}", *SMALL, f"train.max_steps={STEPS}",
-                    f"checkpoint.init_from={weights}"])
+    r = run_python([PRETRAIN, "--run-dir", fresh, f"data.prefix={token_data}", *SMALL, *FAST,
+                    f"train.max_steps={STEPS}", f"checkpoint.init_from={weights}"])
     assert r.returncode == 0, r.stderr[-3000:]
     reset = train_losses(fresh)
     assert min(reset) == 2 and reset[2] == pytest.approx(reference[2], abs=TOL), "the same weights at step 1"
@@ -121,12 +122,26 @@ def test_the_optimizer_state_goes_with_the_weights(chain, token_data, tmp_path):
     assert gap > 100 * TOL, gap
 
 
+def test_a_branch_from_another_layout(chain, token_data, tmp_path):
+    """checkpoint.init_from=.../global_stepN of a run saved on 2 ranks, started on 1 rank with
+    another ZeRO stage (a WSD cooldown branch on another allocation): weights, moments, step and
+    data position carry over, so with the same schedule it trains on like the run itself."""
+    run, reference, *_ = chain
+    branch = tmp_path / "branch"
+    r = launch(1, "zero2.json", "--run-dir", branch, f"data.prefix={token_data}", *SMALL, *FAST,
+               f"train.max_steps={STEPS}", f"checkpoint.init_from={run / 'checkpoints' / f'global_step{STEPS - 1}'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("started from")), "")
+    assert f"at step {STEPS - 1} (saved on 2 ranks, ZeRO-0, fp32, now 1 rank, ZeRO-2, fp32" in line, line
+    assert train_losses(branch)[STEPS] == pytest.approx(reference[STEPS], abs=TOL)
+
+
 def test_another_layout_without_a_layout_free_state_is_refused(token_data, tmp_path):
     """A checkpoint saved with checkpoint.layout_free=false resumes only on its own layout: another
     one is refused with one line naming the layout that can, before the engine is built, and the
     run folder is left as it was."""
     run = tmp_path / "run"
-    common = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=3"]
+    common = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, *FAST, "train.max_steps=3"]
     r = launch(1, "zero0.json", *common, "checkpoint.save_steps=[1]", "checkpoint.layout_free=false")
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (run / "checkpoints" / "global_step1" / "layout_free").exists()

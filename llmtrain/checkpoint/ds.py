@@ -28,6 +28,7 @@ def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, rank: 
 
     ckpt_dir = run_dir / "checkpoints"
     tag = f"global_step{step}"
+    clear_stale_step(ckpt_dir, tag, rank)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     if gpt_name is not None:
         layout_free.save(engine, ckpt_dir / tag, rank, client_state, gpt_name)
@@ -40,6 +41,21 @@ def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, rank: 
         atomic_write_text(ckpt_dir / "latest", tag)
     dist.barrier()
     return str(ckpt_dir / tag)
+
+
+def clear_stale_step(ckpt_dir: Path, tag: str, rank: int) -> None:
+    """A folder of this tag left by an earlier launch that died after it (it is not 'latest'),
+    possibly on another layout: removed before saving, so that no file of the old layout (another
+    rank's shard) stays beside the new ones."""
+    import shutil
+
+    import torch.distributed as dist
+
+    latest = ckpt_dir / "latest"
+    stale = (ckpt_dir / tag).is_dir() and not (latest.is_file() and latest.read_text().strip() == tag)
+    if stale and rank == 0:
+        shutil.rmtree(ckpt_dir / tag)
+    dist.barrier()
 
 
 # What decides whether DeepSpeed can load its own checkpoint: any difference, and the resume

@@ -98,6 +98,15 @@ def keep_clip_norm(engine) -> None:
     engine.clip_fp32_gradients = clip
 
 
+def precision_in_use(engine) -> dict:
+    """What DeepSpeed itself reports it computes, accumulates and reduces gradients in (env.json)."""
+    model, accum = engine.get_data_types()
+    return {"model_dtype": str(model).removeprefix("torch."), "grad_accum_dtype": str(accum).removeprefix("torch."),
+            "grad_reduce_dtype": str(engine.communication_data_type).removeprefix("torch."),
+            "autocast": str(engine.torch_autocast_dtype()).removeprefix("torch.") if engine.torch_autocast_enabled()
+            else None, "optimizer": type(engine.optimizer).__name__}
+
+
 def data_parallel_rank(engine, rank: int) -> int:
     grid = getattr(engine, "grid", None)
     return grid.get_data_parallel_rank() if grid is not None else rank

@@ -104,7 +104,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
 
     from llmtrain.model.gpt import count_params, flops_per_token
     from llmtrain.train.ds_config import layout_of, zero_stage
-    from llmtrain.train.engine import build_engine, data_parallel_rank
+    from llmtrain.train.engine import build_engine, data_parallel_rank, precision_in_use
     from llmtrain.train.loader import BatchPlan
     from llmtrain.train.metrics import peak_flops
     from llmtrain.train.module import train_module
@@ -160,7 +160,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
         write_run_files(run_dir, cfg, spec.ds_config, data, {
             "world_size": world, "zero_stage": stage, "pipeline_stages": cfg.parallel.pipeline_stages,
             "micro_batch": plan.micro, "grad_accum": plan.gas, "threads_per_rank": threads, "device": str(device),
-            "peak_flops": peak, "peak_flops_source": peak_src,
+            "peak_flops": peak, "peak_flops_source": peak_src, "precision": precision_in_use(engine),
         })
         say(f"run folder: {run_dir}")
         say(describe(t, stage, threads))

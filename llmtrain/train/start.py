@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmtrain.checkpoint.ds import (
+    LAYOUT_KEYS,
     check_checkpoint_shape,
     check_resume_compatible,
     check_same_model,
@@ -57,11 +58,16 @@ class Start:
                 t.resumed, t.last_checkpoint = True, str(self.source)
             else:
                 restart_schedule_at(t.engine, t.cfg.train.lr, t.step)
-            how = "" if self.saved is None else (
-                f" (saved on {describe_layout(self.saved)}, now {describe_layout(t.layout)}: from its layout-free "
-                f"state, fp32 weights, Adam moments and step by parameter name; rank r takes saved rank r's RNG, "
-                f"a rank the save did not have a fresh seed)")
+            how = "" if self.saved is None else f" ({self.layout_note(t.layout)})"
             say(f"{'resumed' if resuming else 'started'} from {self.source} at step {t.step}{how}")
+
+    def layout_note(self, now: dict) -> str:
+        """Why and how a step folder is loaded from its layout-free state, for the one line."""
+        moved = any(self.saved.get(k) != now.get(k) for k in LAYOUT_KEYS)
+        why = (f"saved on {describe_layout(self.saved)}, now {describe_layout(now)}" if moved else
+               "saved by DeepSpeed's bf16 optimizer without ZeRO, which DeepSpeed cannot reload")
+        return (f"{why}: from its layout-free state, fp32 weights, Adam moments and step by parameter name; rank r "
+                f"takes saved rank r's RNG, a rank the save did not have a fresh seed")
 
     def _load_deepspeed(self, t) -> dict:
         load_path, client = t.engine.load_checkpoint(str(self.source.parent), tag=self.source.name)
