@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from trainutil import REPO, SMALL, deepspeed_cmd, env, read_metrics, run_deepspeed, run_python, train_losses
+from trainutil import REPO, SMALL, env, read_metrics, run_python, run_torchrun, torchrun_cmd, train_losses
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
@@ -42,11 +42,11 @@ def steps_logged(run) -> int:
 
 
 def kill_one_rank(p: subprocess.Popen, nproc: int) -> None:
-    """SIGKILL one training process: the single one, or rank 1 under the deepspeed launcher."""
+    """SIGKILL one training process: the single one, or rank 1 under torchrun."""
     if nproc == 1:
         p.send_signal(signal.SIGKILL)
     else:
-        ranks = [c for c in psutil.Process(p.pid).children(recursive=True) if "--local_rank=1" in " ".join(c.cmdline())]
+        ranks = [c for c in psutil.Process(p.pid).children(recursive=True) if c.environ().get("LOCAL_RANK") == "1"]
         assert ranks
         ranks[0].send_signal(signal.SIGKILL)
     p.wait(timeout=120)
@@ -58,7 +58,7 @@ def test_bf16_killed_run_resumes_with_identical_losses(token_data, tmp_path, lay
     run = tmp_path / "run"
     args = ["--deepspeed_config", REPO / "ds_configs" / ds, "--run-dir", run, f"data.prefix={token_data}", *SMALL,
             *BF16, *extra]
-    cmd = [sys.executable, PRETRAIN, *args] if nproc == 1 else deepspeed_cmd(nproc, *args)
+    cmd = [sys.executable, PRETRAIN, *args] if nproc == 1 else torchrun_cmd(nproc, *args)
     p = subprocess.Popen([*map(str, cmd), "train.max_steps=100000"], cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -75,7 +75,7 @@ def test_bf16_killed_run_resumes_with_identical_losses(token_data, tmp_path, lay
     assert (run / "checkpoints" / "latest").read_text().strip() == "global_step3" and last >= 6
 
     tail = [*args, f"train.max_steps={last}"]
-    again = run_python([PRETRAIN, *tail]) if nproc == 1 else run_deepspeed(nproc, *tail)
+    again = run_python([PRETRAIN, *tail]) if nproc == 1 else run_torchrun(nproc, *tail)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "at step 3" in next(ln for ln in again.stdout.splitlines() if ln.startswith("resumed from"))
     resumed = train_losses(run)

@@ -2,7 +2,8 @@
 
 One run folder is relaunched again and again, each time on another layout, each relaunch
 resuming from the checkpoint the previous one wrote one step after it started (the same command
-but for the rank count and the DeepSpeed config, as on a cluster that grants another allocation):
+but for the rank count and the DeepSpeed config, as on a cluster that grants another allocation;
+two ranks are started with torchrun, which runs the same DeepSpeed job with less start-up):
 
     ZeRO-0 x2 -> ZeRO-0 x1 -> ZeRO-1 x2 -> ZeRO-1 x1 -> ZeRO-2 x2 -> ZeRO-2 x1 -> ZeRO-3 x2
     -> ZeRO-3 x1 -> pipeline x2 -> one process -> ZeRO-0 x2
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainutil import REPO, SMALL, assert_one_line_error, run_deepspeed, run_python, train_losses
+from trainutil import REPO, SMALL, assert_one_line_error, run_python, run_torchrun, train_losses
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
@@ -45,7 +46,7 @@ FAST = ["train.peak_flops=1e12"]  # no matmul measurement for MFU at each start
 
 def launch(nproc: int, ds: str, *args):
     args = ["--deepspeed_config", REPO / "ds_configs" / ds, *args]
-    return run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(nproc, *args)
+    return run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(nproc, *args)
 
 
 def rewind(run: Path, step: int) -> None:

@@ -276,6 +276,8 @@ class Store:
             for name, shape, start, numel, master, offset in meta["pieces"]:
                 self.index[name].append((h, master, offset, start, numel))
                 self.shapes[name] = tuple(shape)
+        for pieces_of in self.index.values():
+            pieces_of.sort(key=lambda e: e[3])
         if len(steps) > 1:
             raise LayoutFreeError(f"{folder}: the ranks saved different Adam steps {sorted(steps)}")
         self.adam_step = steps.pop() if steps else 0.0
@@ -293,19 +295,21 @@ class Store:
             raise LayoutFreeError(f"{self.folder}: has no parameter {name}; the checkpoint is of another model shape")
         if numel is None:
             numel = int(np.prod(self.shapes[name])) - start
-        out = torch.empty(numel, dtype=torch.float32)
-        covered = torch.zeros(numel, dtype=torch.bool)
-        for h, master, offset, s, n in self.index[name]:
-            lo, hi = max(s, start), min(s + n, start + numel)
-            if lo >= hi or covered[lo - start:hi - start].all():
-                continue
-            part = self.handles[h].get_slice(f"{master}.{field}")[offset + lo - s:offset + hi - s]
-            out[lo - start:hi - start] = part
-            covered[lo - start:hi - start] = True
-        if not covered.all():
-            raise LayoutFreeError(f"{self.folder}: {name} is incomplete (elements {start}..{start + numel} not all "
-                                  f"saved); resume on the layout that saved it")
-        return out
+        out, end, filled = torch.empty(numel, dtype=torch.float32), start + numel, start
+        for h, master, offset, s, n in self.index[name]:  # sorted by start; a piece may repeat (tied weights)
+            if filled == end:
+                break
+            lo, hi = max(s, filled), min(s + n, end)
+            if lo > filled:
+                break  # a gap: nothing saved covers element ``filled``
+            if lo < hi:
+                part = self.handles[h].get_slice(f"{master}.{field}")
+                out[lo - start:hi - start] = part[offset + lo - s:offset + hi - s]
+                filled = hi
+        if filled == end:
+            return out
+        raise LayoutFreeError(f"{self.folder}: {name} is incomplete (element {filled} of {name} not saved); resume "
+                              f"on the layout that saved it")
 
     def full(self, name: str, field: str = "weight") -> torch.Tensor:
         return self.read(name, field).view(self.shapes[name])
