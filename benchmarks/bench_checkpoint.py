@@ -8,8 +8,9 @@ loading each back, in one process, alternating rounds, medians.
 
 The engine is the trainer's own (build_engine, ZeRO-0 unless --deepspeed_config says otherwise),
 after one optimizer step on random tokens so that Adam's moments exist. Saving: wall seconds of
-llmtrain.checkpoint.ds.save_checkpoint (fsync'd files, as in training) and the bytes written;
-loading: DeepSpeed's load_checkpoint vs layout_free.load into the same engine.
+llmtrain.checkpoint.ds.save_checkpoint (as in training) and the bytes written; loading:
+DeepSpeed's load_checkpoint vs layout_free.load into the same engine. Ratios are the median over
+rounds of the per-round ratio.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def folder_bytes(path: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least disturbed by a busy machine)")
     ap.add_argument("--deepspeed_config", default=None)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("overrides", nargs="*")
@@ -49,6 +51,7 @@ def main() -> None:
     from llmtrain.train.ds_config import build_ds_config, layout_of, load_ds_json
     from llmtrain.train.engine import build_engine
 
+    torch.set_num_threads(args.threads)
     cfg = load_config("configs/tiny.yaml", args.overrides)
     if cfg.model.vocab_size is None:
         cfg.model.vocab_size = 4096  # the bundled corpus's default vocabulary
@@ -94,9 +97,10 @@ def main() -> None:
     result = {
         "machine": cpu_description(), "torch": torch.__version__, "n_params": count_params(cfg.model)["n_params"],
         "model": {k: getattr(cfg.model, k) for k in ("n_layer", "d_model", "n_head", "vocab_size")},
-        "zero_stage": ds["zero_optimization"]["stage"], "rounds": args.rounds,
+        "zero_stage": ds["zero_optimization"]["stage"], "rounds": args.rounds, "threads": args.threads,
         "median_s": med, "all_s": times, "bytes": sizes,
-        "save_ratio": med["with_layout_free"] / med["deepspeed"],
+        "save_ratio": statistics.median(w / d for w, d in zip(times["with_layout_free"], times["deepspeed"])),
+        "load_ratio": statistics.median(f / d for f, d in zip(times["load_layout_free"], times["load_deepspeed"])),
         "size_ratio": sizes["with_layout_free"] / sizes["deepspeed"],
     }
     print(json.dumps(result, indent=2))

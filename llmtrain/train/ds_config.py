@@ -85,6 +85,13 @@ def build_ds_config(cfg: Config, user: dict, user_path: str, yaml_path: str, dp_
             f"(parallel.pipeline_stages={cfg.parallel.pipeline_stages}): DeepSpeed supports pipeline with "
             f"ZeRO-0/1 only; use ds_configs/zero1.json or parallel.pipeline_stages=1"
         )
+    nvme = [k for k in ("offload_optimizer", "offload_param") if (zero.get(k) or {}).get("device") == "nvme"]
+    if nvme and cfg.checkpoint.layout_free:
+        raise ConfigError(
+            f"{user_path}: zero_optimization.{nvme[0]} on NVMe is not covered by the layout-free state written "
+            f"beside each checkpoint; set checkpoint.layout_free=false in {yaml_path} (such a run resumes only on "
+            f"its own layout)"
+        )
     return ds
 
 
