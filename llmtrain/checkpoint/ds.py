@@ -120,11 +120,13 @@ def resume_route(step_dir: Path, now: dict) -> tuple[str, dict | None]:
         return "layout_free", saved
     if not same:
         raise ConfigError(f"{step_dir}: the checkpoint was saved on {describe_layout(saved)} and this launch is on "
-                          f"{describe_layout(now)}; it has no layout-free state (checkpoint.layout_free was false), "
-                          f"so only its own layout can resume it: relaunch on {describe_layout(saved)}")
+                          f"{describe_layout(now)}; it has no layout-free state (saved with checkpoint.layout_free="
+                          f"false or by an earlier version), so only its own layout can resume it: relaunch on "
+                          f"{describe_layout(saved)}")
     raise ConfigError(f"{step_dir}: the checkpoint was saved by DeepSpeed's bf16 optimizer without ZeRO "
                       f"({describe_layout(saved)}), which DeepSpeed cannot load back, and it has no layout-free "
-                      f"state (checkpoint.layout_free was false); rerun with checkpoint.layout_free=true")
+                      f"state (saved with checkpoint.layout_free=false or by an earlier version); start again with "
+                      f"checkpoint.layout_free=true")
 
 
 def rng_state() -> dict:
