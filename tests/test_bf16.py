@@ -12,6 +12,7 @@ import sys
 import time
 
 import psutil
+import torch
 import pytest
 
 from trainutil import REPO, SMALL, env, read_metrics, run_python, run_torchrun, torchrun_cmd, train_losses
@@ -120,3 +121,73 @@ def test_bf16_deepspeed_config_accumulates_and_reduces_in_fp32(stage):
                         "z.json", "c.yaml", dp_world=2)
     with pytest.raises(ConfigError, match="train.grad_accum_dtype=bf16 needs train.precision=bf16"):
         load_config(None, ["train.grad_accum_dtype=bf16"])
+
+
+ROUND_TRIP = r'''
+import json, sys, torch
+from pathlib import Path
+from llmtrain.checkpoint import layout_free
+from llmtrain.checkpoint.ds import save_checkpoint
+from llmtrain.config import load_config
+from llmtrain.train.dist import init_distributed
+from llmtrain.train.ds_config import build_ds_config
+from llmtrain.train.engine import build_engine
+
+out = Path(sys.argv[1])
+KINDS = {  # name: (ZeRO stage, overrides)
+    "zero0_autocast": (0, []), "zero0_bf16_accum": (0, ["train.grad_accum_dtype=bf16"]),
+    "zero1": (1, []), "zero2": (2, []), "zero3": (3, []),
+}
+init_distributed()
+
+def engine_of(name):
+    stage, extra = KINDS[name]
+    cfg = load_config(None, ["model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.seq_len=32",
+                             "model.vocab_size=256", "train.global_batch_size=4", "train.precision=bf16", *extra])
+    ds = build_ds_config(cfg, {"zero_optimization": {"stage": stage}}, "z.json", "c.yaml", dp_world=1)
+    return build_engine(cfg, ds, total_steps=10)
+
+def save(engine, folder):
+    return Path(save_checkpoint(engine, folder, 1, {"step": 1, "tokens": 0, "rng": [], "callbacks": {}}, 0,
+                                None, layout_free.gpt_names(False, 2)))
+
+names = list(KINDS)
+kinds = {}
+for name in names:  # one optimizer step, then save
+    engine = engine_of(name)
+    kinds[name] = type(engine.optimizer).__name__
+    x = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    engine.backward(engine(x, x))
+    engine.step()
+    save(engine, out / name)
+for i, src in enumerate(names):  # load into another optimizer and save again at once: the same state
+    dst = names[(i + 1) % len(names)]
+    engine = engine_of(dst)
+    layout_free.load(engine, out / src / "checkpoints" / "global_step1", 1, layout_free.gpt_names(False, 2))
+    save(engine, out / f"{src}_in_{dst}")
+print(json.dumps(kinds))
+'''
+
+
+def test_the_layout_free_state_round_trips_through_every_optimizer(tmp_path):
+    """Saved by one of the optimizers a run can have (torch's AdamW alone under autocast,
+    DeepSpeed's bf16 one without ZeRO, its bf16 one on ZeRO-1, ZeRO-2, ZeRO-3) and loaded into the next, then saved at
+    once: the same fp32 weights, moments and Adam step, bit for bit."""
+    from llmtrain.checkpoint.layout_free import read_state
+
+    r = run_python(["-c", ROUND_TRIP, tmp_path])
+    assert r.returncode == 0, r.stderr[-3000:]
+    kinds = json.loads(r.stdout.strip().splitlines()[-1])
+    assert kinds == {"zero0_autocast": "SkipNonFiniteAdamW", "zero0_bf16_accum": "FP16_UnfusedOptimizer",
+                     "zero1": "BF16_Optimizer", "zero2": "DeepSpeedZeroOptimizer",
+                     "zero3": "DeepSpeedZeroOptimizer_Stage3"}
+    names = list(kinds)
+    for i, src in enumerate(names):
+        dst = names[(i + 1) % len(names)]
+        before, step = read_state(tmp_path / src / "checkpoints" / "global_step1", world=1)
+        after, step_after = read_state(tmp_path / f"{src}_in_{dst}" / "checkpoints" / "global_step1", world=1)
+        # Adam's step as the optimizer counts it (DeepSpeed's unfused one takes one step at start)
+        assert step == step_after and before.keys() == after.keys()
+        for name in before:
+            for field in before[name]:
+                assert torch.equal(before[name][field], after[name][field]), (src, dst, name, field)

@@ -20,7 +20,7 @@ a pipeline stage holds its own layers (both ends hold the tied embedding: either
 Loading is the same walk in the other direction on the new layout: each rank reads, from
 whichever files hold them, exactly the slices its own masters need, writes the weights into its
 masters and its module's (bf16 or fp32) parameters, and gives its torch optimizer the moments
-and step through ``load_state_dict``. The learning-rate schedule follows the step (the engine is
+and step as torch's own ``load_state_dict`` would place them. The learning-rate schedule follows the step (the engine is
 built at it) and the data position is the step; ``client.pt`` brings the rest.
 
 DeepSpeed's optimizers are read through the attributes they use themselves for their universal
@@ -87,10 +87,11 @@ def _named(engine, gpt_name: GptName) -> list[tuple[str, torch.nn.Parameter]]:
 
 def optimizer_kind(engine) -> str:
     """plain (the torch optimizer steps the module's own fp32 parameters: no ZeRO, fp32 or bf16
-    under autocast), fragments (ZeRO-1/2 and DeepSpeed's bf16 optimizer), zero3, or flat
-    (DeepSpeed's fp16/bf16 optimizer without ZeRO); LayoutFreeError for anything else."""
+    under autocast), fragments (ZeRO-1/2 and DeepSpeed's bf16 optimizer), zero3, or copies
+    (DeepSpeed's fp16/bf16 optimizer without ZeRO: an fp32 copy of each parameter);
+    LayoutFreeError for anything else."""
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
-    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
     from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
@@ -101,8 +102,8 @@ def optimizer_kind(engine) -> str:
         return "fragments"
     if type(opt) is DeepSpeedZeroOptimizer_Stage3 and not getattr(opt, "swap_optimizer", False):
         return "zero3"
-    if type(opt) is FP16_Optimizer:
-        return "flat"
+    if type(opt) is FP16_UnfusedOptimizer:
+        return "copies"
     raise LayoutFreeError(f"the layout-free state does not cover DeepSpeed's {type(opt).__name__} (NVMe offload, "
                           f"ZenFlow, ...); set checkpoint.layout_free=false and resume on the same layout")
 
@@ -135,14 +136,11 @@ def pieces(engine, gpt_name: GptName) -> tuple[str, list[Piece]]:
                 numel = max(0, min(part, p.ds_numel - start))
                 if numel:
                     out.append(Piece(name_of[id(p)], tuple(p.ds_shape), start, numel, master, offset))
-    else:  # flat: each group's parameters back to back in one fp32 tensor
+    else:  # copies: fp32_groups[i][j] is the fp32 copy of the module's fp16_groups[i][j]
         name_of = {id(p): g for g, p in named}
-        for i, group in enumerate(opt.fp16_groups):
-            offset = 0
-            for p in group:
-                if id(p) in name_of:
-                    out.append(Piece(name_of[id(p)], tuple(p.shape), 0, p.numel(), opt.fp32_groups_flat[i], offset))
-                offset += p.numel()
+        for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups):
+            out += [Piece(name_of[id(p)], tuple(p.shape), 0, p.numel(), hp, 0)
+                    for p, hp in zip(lp_group, hp_group) if id(p) in name_of]
     return kind, out
 
 
@@ -181,7 +179,7 @@ def save(engine, step_dir: Path, rank: int, client_state: dict, gpt_name: GptNam
     from safetensors.torch import save_file
 
     kind, held = pieces(engine, gpt_name)
-    if kind in ("plain", "flat") and _data_parallel_rank(engine) != 0:
+    if kind in ("plain", "copies") and _data_parallel_rank(engine) != 0:
         held = []  # every data-parallel rank holds the same whole parameters: rank 0 writes them
     base = engine.basic_optimizer
     masters = {id(m): m for m, _ in _masters(engine, kind)}
