@@ -153,3 +153,47 @@ def test_another_layout_without_a_layout_free_state_is_refused(token_data, tmp_p
                           "relaunch on 1 rank, ZeRO-0, fp32")
     assert "run folder:" not in r.stdout
     assert {f: f.read_bytes() for f in sorted(run.rglob("*")) if f.is_file()} == before
+
+
+def layout(world: int, stage: int, *overrides: str) -> dict:
+    from llmtrain.config import load_config
+    from llmtrain.train.ds_config import build_ds_config, layout_of
+
+    cfg = load_config(None, list(overrides))
+    ds = build_ds_config(cfg, {"zero_optimization": {"stage": stage}}, "z.json", "c.yaml",
+                         world // cfg.parallel.pipeline_stages)
+    return layout_of(cfg, ds, world)
+
+
+def test_which_loader_a_resume_takes(tmp_path):
+    """DeepSpeed's own loader on the same layout; the layout-free state on another; a checkpoint
+    from before layout.json is judged by its run folder's files, so a bf16 ZeRO-2 run of an earlier
+    version resumes as before while a change of optimizer (ZeRO-1 with fp32 accumulation, now the
+    default) is refused with the setting that restores it."""
+    import json
+
+    from llmtrain.checkpoint.ds import resume_route
+    from llmtrain.core.errors import ConfigError
+
+    step = tmp_path / "run" / "checkpoints" / "global_step5"
+    step.mkdir(parents=True)
+    saved = {**layout(2, 2), "step": 5, "layout_free": True}
+    (step / "layout.json").write_text(json.dumps(saved))
+    assert resume_route(step, layout(2, 2)) == ("deepspeed", saved)
+    with pytest.raises(ConfigError, match="saved on 2 ranks, ZeRO-2, fp32 and this launch is on 1 rank, ZeRO-3"):
+        resume_route(step, layout(1, 3))  # layout.json promises a layout-free state the folder lacks
+    (step / "layout_free").mkdir()
+    assert resume_route(step, layout(1, 3)) == ("layout_free", saved)
+    assert resume_route(step, layout(2, 0, "parallel.pipeline_stages=2"))[0] == "layout_free"
+
+    (step / "layout.json").unlink()  # an earlier version's checkpoint: the run folder tells its layout
+    run = step.parent.parent
+    (run / "config.yaml").write_text("train:\n  precision: bf16\n")
+    (run / "env.json").write_text(json.dumps({"world_size": 2, "zero_stage": 2, "pipeline_stages": 1}))
+    (run / "ds_config.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert resume_route(step, layout(2, 2, "train.precision=bf16"))[0] == "deepspeed"
+    (run / "env.json").write_text(json.dumps({"world_size": 2, "zero_stage": 1, "pipeline_stages": 1}))
+    (run / "ds_config.json").write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    with pytest.raises(ConfigError, match="relaunch on 2 ranks, ZeRO-1, bf16 with bf16 gradient accumulation"):
+        resume_route(step, layout(2, 1, "train.precision=bf16"))
+    assert resume_route(step, layout(2, 1, "train.precision=bf16", "train.grad_accum_dtype=bf16"))[0] == "deepspeed"

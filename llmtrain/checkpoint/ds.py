@@ -60,8 +60,20 @@ def clear_stale_step(ckpt_dir: Path, tag: str, rank: int) -> None:
 
 # What decides whether DeepSpeed can load its own checkpoint: any difference, and the resume
 # goes through the layout-free state.
-LAYOUT_KEYS = ("world_size", "pipeline_stages", "zero_stage", "precision", "bf16", "grad_accum_dtype",
-               "offload_optimizer", "offload_param")
+LAYOUT_KEYS = ("world_size", "pipeline_stages", "zero_stage", "precision", "bf16", "offload_optimizer",
+               "offload_param")
+
+
+def same_layout(a: dict, b: dict) -> bool:
+    """Whether DeepSpeed's own loader can take a checkpoint saved on layout ``a`` on layout ``b``.
+    The gradient accumulation dtype counts only where it picks another optimizer: ZeRO-1 under
+    DeepSpeed's bf16 (its bf16 optimizer for fp32 accumulation)."""
+    def view(layout: dict) -> tuple:
+        accum = layout.get("grad_accum_dtype") if layout.get("zero_stage") == 1 and layout.get("bf16") == "deepspeed" \
+            else None
+        return (*(layout.get(k) for k in LAYOUT_KEYS), accum)
+
+    return view(a) == view(b)
 
 
 def describe_layout(layout: dict) -> str:
@@ -69,6 +81,8 @@ def describe_layout(layout: dict) -> str:
     n, stages = layout["world_size"], layout.get("pipeline_stages", 1)
     where = f"{n} rank{'s' if n != 1 else ''}" + (f" in {stages} pipeline stages" if stages > 1 else "")
     precision = layout.get("precision", "fp32") + (f" ({layout['bf16']})" if layout.get("bf16") == "autocast" else "")
+    if layout.get("precision") == "bf16" and layout.get("grad_accum_dtype") == "bf16":
+        precision += " with bf16 gradient accumulation"
     offload = ", optimizer offloaded" if layout.get("offload_optimizer") else ""
     return f"{where}, ZeRO-{layout.get('zero_stage', 0)}, {precision}{offload}"
 
@@ -113,7 +127,7 @@ def resume_route(step_dir: Path, now: dict) -> tuple[str, dict | None]:
     saved = saved_layout(step_dir)
     if saved is None:
         return "deepspeed", None
-    same = all(saved.get(k) == now.get(k) for k in LAYOUT_KEYS)
+    same = same_layout(saved, now)
     if same and deepspeed_can_reload(now):
         return "deepspeed", saved
     if saved.get("layout_free") and (step_dir / "layout_free").is_dir():

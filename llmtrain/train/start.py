@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmtrain.checkpoint.ds import (
-    LAYOUT_KEYS,
     check_checkpoint_shape,
     check_resume_compatible,
     check_same_model,
     describe_layout,
     finished_step,
     resume_route,
+    same_layout,
 )
 from llmtrain.config import Config
 from llmtrain.core.errors import ConfigError, RunError
@@ -63,7 +63,7 @@ class Start:
 
     def layout_note(self, now: dict) -> str:
         """Why and how a step folder is loaded from its layout-free state, for the one line."""
-        moved = any(self.saved.get(k) != now.get(k) for k in LAYOUT_KEYS)
+        moved = not same_layout(self.saved, now)
         why = (f"saved on {describe_layout(self.saved)}, now {describe_layout(now)}" if moved else
                "saved by DeepSpeed's bf16 optimizer without ZeRO, which DeepSpeed cannot reload")
         return (f"{why}: from its layout-free state, fp32 weights, Adam moments and step by parameter name; rank r "
