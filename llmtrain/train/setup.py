@@ -104,8 +104,8 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     import torch.distributed as dist
 
     from llmtrain.model.gpt import count_params, flops_per_token
-    from llmtrain.train.ds_config import zero_stage
-    from llmtrain.train.engine import build_engine, data_parallel_rank
+    from llmtrain.train.ds_config import layout_of, zero_stage
+    from llmtrain.train.engine import build_engine, data_parallel_rank, precision_in_use
     from llmtrain.train.loader import BatchPlan
     from llmtrain.train.metrics import peak_flops
     from llmtrain.train.module import train_module
@@ -127,7 +127,8 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
 
     run_dir = resolve_run_dir(spec.run_dir, cfg)
     total_steps = total_steps_of(cfg)
-    start = decide_start(cfg, run_dir, data, total_steps)
+    layout = layout_of(cfg, spec.ds_config, world)
+    start = decide_start(cfg, run_dir, data, total_steps, layout)
     if start.kind == "finished":
         say(f"{run_dir}: this run already finished at step {start.step} (summary.json); nothing to do. Raise "
             f"train.max_steps to train on, or use a new --run-dir")
@@ -148,6 +149,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     t = Trainer(cfg, run_dir, engine, module, data, callbacks, rank=rank, world=world, device=device,
                 total_steps=total_steps, plan=plan, param_counts=count_params(cfg.model),
                 flops_per_token=flops_per_token(cfg.model), peak_flops=peak)
+    t.layout = layout
 
     # Training randomness (dropout) starts from a known state whatever set-up consumed: a
     # per-rank seed, so data-parallel replicas draw different masks. Resume restores it.
@@ -158,7 +160,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
         write_run_files(run_dir, cfg, spec.ds_config, data, {
             "world_size": world, "zero_stage": stage, "pipeline_stages": cfg.parallel.pipeline_stages,
             "micro_batch": plan.micro, "grad_accum": plan.gas, "threads_per_rank": threads, "device": str(device),
-            "peak_flops": peak, "peak_flops_source": peak_src,
+            "peak_flops": peak, "peak_flops_source": peak_src, "precision": precision_in_use(engine),
         })
         say(f"run folder: {run_dir}")
         say(describe(t, stage, threads))
