@@ -1,7 +1,7 @@
 """Rebuild the test tasks' data (deterministic; tests/test_harness.py checks the files are what
 this writes):
 
-    python tests/data/harness/build.py
+    python tests/data/harness/build.py [OUT_DIR]      # default: this folder
 
 - python_docs_ppl.jsonl: the 12 held-out documents of the bundled corpus (the valid split that
   data/tasks/python_docs_cloze.jsonl is made from: tokenize_corpus.py's hashing, valid fraction
@@ -13,6 +13,7 @@ this writes):
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from llmtrain_prep.make_task import read_docs
@@ -43,5 +44,6 @@ def write(path: Path, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    write(HERE / "python_docs_ppl.jsonl", ppl_docs())
-    write(HERE / "python_docs_complete.jsonl", completions())
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    write(out / "python_docs_ppl.jsonl", ppl_docs())
+    write(out / "python_docs_complete.jsonl", completions())
