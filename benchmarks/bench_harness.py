@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--no-kv-cache", action="store_true", help="also time the adapter's generation without the cache")
+    ap.add_argument("--kinds", default="loglikelihood,loglikelihood_rolling,generate_until",
+                    help="the request types to time (comma-separated)")
     ap.add_argument("--json", help="write the numbers to this file")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
             models["adapter_no_cache"] = HarnessLM.from_checkpoint(ckpt, batch_size=args.batch_size,
                                                                    tokenizer=str(tok), device="cpu",
                                                                    kv_cache=False, quiet=True)
-        reqs = requests_by_type()
+        reqs = {k: v for k, v in requests_by_type().items() if k in args.kinds.split(",")}
         times = {(m, k): [] for m in models for k in reqs if m != "adapter_no_cache" or k == "generate_until"}
         results = {}
         for r in range(args.rounds):

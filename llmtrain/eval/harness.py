@@ -34,8 +34,8 @@ rows' results into one tensor of all rows, and one all-reduce (sum) gives every 
 (pipeline stages without the logits add zeros). Generation goes the same way, one token at a time:
 a round of requests is dealt out, and after each forward one all-reduce gives every rank every
 request's next token, so every rank takes the same stop decisions. With the KV cache (offline, one
-process) requests of equal context length are batched, the context is run once and each step runs
-only the new tokens.
+process) each context is run once and each step runs one token per row (see ``_generate_cached``
+for how rows of different lengths share a batch without a padding mask).
 
 Tasks come from lm-eval's TaskManager; ``load_tasks`` reads only ``include_path`` when it holds
 every named task (indexing lm-eval's thousands of built-in tasks takes about 20 s) and turns a bad
@@ -329,29 +329,38 @@ class HarnessLM(TemplateLM):
     @torch.no_grad()
     def _generate_cached(self, contexts: list[list[int]], n_new: int, until: list[str],
                          kwargs: dict) -> list[list[int]]:
-        """The model's KV cache: requests of equal context length batched, each context run once."""
+        """With the model's KV cache, batch_size requests at a time (longest first). The model has
+        no padding mask, so the rows of a batch advance together one position per step: the cache
+        is filled with the first m tokens of every context (m: the batch's shortest), then each step
+        feeds each row its next context token while it has one, else the token it generated last.
+        Every row sees exactly its own tokens at its own positions."""
         from llmtrain.model.gpt import KVCache
 
         model, dev, B = self.fwd.model, self.fwd.device, self.fwd.batch_size
         out: list[list[int]] = [[] for _ in contexts]
-        by_len: dict[int, list[int]] = {}
-        for i, c in enumerate(contexts):
-            by_len.setdefault(len(c), []).append(i)
-        for n in sorted(by_len, reverse=True):
-            for s in range(0, len(by_len[n]), B):
-                chunk = by_len[n][s:s + B]
-                cache = KVCache(model.cfg.n_layer)
-                logits = model(torch.tensor([contexts[i] for i in chunk], device=dev), cache=cache)[:, -1, :]
-                done = [False] * len(chunk)
-                for step in range(n_new):
-                    nxt = self._next_tokens(logits, kwargs)
-                    for j, tok_id in enumerate(nxt.tolist()):  # read each step: the stop decision needs the text
-                        if not done[j]:
-                            out[chunk[j]].append(tok_id)
-                            done[j] = self._stopped(out[chunk[j]], until)
-                    if all(done) or step == n_new - 1:
-                        break
-                    logits = model(nxt[:, None], cache=cache)[:, -1, :]
+        order = sorted(range(len(contexts)), key=lambda i: (-len(contexts[i]), i))
+        for s in range(0, len(order), B):
+            chunk = order[s:s + B]
+            ctx = [contexts[i] for i in chunk]
+            pos = min(len(c) for c in ctx)
+            cache = KVCache(model.cfg.n_layer)
+            logits = model(torch.tensor([c[:pos] for c in ctx], device=dev), cache=cache)[:, -1, :]
+            done = [False] * len(chunk)
+            while True:  # logits predict position pos of every row
+                nxt = self._next_tokens(logits, kwargs).tolist()  # read each step: stops need the text
+                feed = []
+                for j, i in enumerate(chunk):
+                    if pos < len(ctx[j]):
+                        feed.append(ctx[j][pos])
+                        continue
+                    if not done[j]:
+                        out[i].append(nxt[j])
+                        done[j] = self._stopped(out[i], until) or len(out[i]) == n_new
+                    feed.append(nxt[j])
+                if all(done):
+                    break
+                logits = model(torch.tensor(feed, device=dev)[:, None], cache=cache)[:, -1, :]
+                pos += 1
         return out
 
     @torch.no_grad()
