@@ -1,7 +1,7 @@
 """lm-evaluation-harness: the project's adapter (llmtrain/eval/harness.py) vs lm-eval's own ``hf``
 backend on the folder export_hf.py writes, per request type.
 
-    python benchmarks/bench_harness.py [--rounds 3] [--threads 2] [--batch-size 16]
+    python benchmarks/bench_harness.py [--rounds 5] [--threads 1] [--batch-size 16] [--no-kv-cache]
         [--n-layer 4 --d-model 128 --n-head 4 --seq-len 256 --vocab 2048]
 
 One GPT with random weights (fp32, learned positions: exportable as GPT-2), a byte-level BPE
@@ -84,8 +84,9 @@ def agree(kind: str, a: list, b: list) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (on a busy 2-core machine 2 threads spin "
+                                                          "against each other: ~10x slower small ops)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=128)

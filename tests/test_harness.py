@@ -116,7 +116,16 @@ def test_every_layout_logs_lm_eval_metrics_of_its_own_weights(token_data, runs_r
     assert f"hparam/harness:{CLOZE}/acc" in {m.name.tag for m in exp.metric_infos}
 
     # the offline adapter on this layout's own checkpoint gives what the loop logged at the end
-    res = evaluate_checkpoint(run, [CLOZE, PPL], DIRS, batch_size=5, bootstrap_iters=0)
+    if layout == "pipeline":  # through the command line: lm-eval's results JSON
+        out = run / "harness.json"
+        r = run_python([REPO / "launcher" / "evaluate.py", run, "--harness-tasks", f"{CLOZE},{PPL}", "--include-path",
+                        *DIRS, "--micro-batch-size", "5", "--bootstrap-iters", "0", "--out", out])
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"|{CLOZE}" in r.stdout and "acc_norm" in r.stdout  # lm-eval's table
+        res = json.loads(out.read_text())
+        assert set(res) >= {"results", "versions", "n-shot", "configs", "config"} and "samples" not in res
+    else:
+        res = evaluate_checkpoint(run, [CLOZE, PPL], DIRS, batch_size=5, bootstrap_iters=0)
     offline = task_metrics(res)
     assert (offline[CLOZE]["acc"], offline[CLOZE]["acc_norm"]) == (cloze[-1]["acc"], cloze[-1]["acc_norm"])
     for k in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
