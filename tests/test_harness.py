@@ -13,6 +13,7 @@ loop, with local task YAMLs (dataset_path: json) and the Hub switched off:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +262,74 @@ def test_model_options_export_refuses_run_without_an_export(token_data, tmp_path
     gen = [Instance("generate_until", {}, (p[0] or "The", {"until": ["\n"], "max_gen_toks": 6}), 0) for p in pairs]
     assert lm.generate_until(gen) == kv_off.generate_until(gen)
     assert lm.get_model_info()["step"] == 7
+
+
+def _collective_rank(rank: int, world: int, port: int, ckpt: str, tokenizer: str, mode: str, reqs, out: str):
+    """One rank of test_rows_and_generations_are_dealt_over_ranks (torch.multiprocessing.spawn)."""
+    import torch.distributed as dist
+
+    from llmtrain.eval.harness import Forward, HarnessLM
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        lm = HarnessLM.from_checkpoint(ckpt, batch_size=2, tokenizer=tokenizer, quiet=True)
+        model, T = lm.fwd.model, lm.fwd.seq_len
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+        def logits(x):  # "stages": only the last rank of the replica holds the logits
+            y = model(x)
+            return y if mode == "dp" or rank == world - 1 else None
+
+        dp = mode == "dp"
+        lm.fwd = Forward(logits=logits, device=torch.device("cpu"), seq_len=T, batch_size=2,
+                         width=None if dp else T, token_budget=2 * T, dp_rank=rank if dp else 0,
+                         dp_world=world if dp else 1, reduce=lambda t, op="sum": dist.all_reduce(t, op=ops[op]))
+        got = {kind: getattr(lm, kind)(r) for kind, r in reqs.items()}
+        Path(out, f"{mode}{rank}.json").write_text(json.dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rows_and_generations_are_dealt_over_ranks(token_data, tmp_path):
+    """Over a real gloo process group: two data-parallel ranks (each its share of the rows and of
+    the generations, every result on both through the all-reduce), and two ranks of which only the
+    last holds the logits (a pipeline's stages): every rank gets what one process computes."""
+    from lm_eval.api.instance import Instance
+
+    from llmtrain.checkpoint.consolidate import save_consolidated
+    from llmtrain.config import ModelConfig
+    from llmtrain.core.tasks import free_port
+    from llmtrain.eval.harness import HarnessLM
+    from llmtrain.model.gpt import GPT
+
+    cfg = ModelConfig(n_layer=2, d_model=32, n_head=2, seq_len=32, vocab_size=512, pos_encoding="rotary")
+    ckpt = tmp_path / "m.safetensors"
+    save_consolidated(GPT(cfg, seed=2).state_dict(), {"model_config": cfg.__dict__, "step": 1, "tokens": 0,
+                                                      "source": "test"}, ckpt)
+    tokenizer = str(Path(token_data).parent / "tokenizer.json")
+    data = REPO / "tests" / "data" / "harness"
+    cloze = [json.loads(ln) for ln in (REPO / "data" / "tasks" / "python_docs_cloze.jsonl").read_text().splitlines()]
+    docs = [json.loads(ln) for ln in (data / f"{PPL}.jsonl").read_text().splitlines()]
+    prompts = [json.loads(ln) for ln in (data / f"{GEN}.jsonl").read_text().splitlines()]
+    reqs = {"loglikelihood": [Instance("loglikelihood", {}, (e["context"], c), 0) for e in cloze[:5]
+                              for c in e["choices"]],
+            "loglikelihood_rolling": [Instance("loglikelihood_rolling", {}, (d["text"],), 0) for d in docs[:3]],
+            "generate_until": [Instance("generate_until", {}, (p["context"], {"until": ["."], "max_gen_toks": 6}), 0)
+                               for p in prompts[:7]]}
+    one = HarnessLM.from_checkpoint(ckpt, batch_size=3, tokenizer=tokenizer, quiet=True)
+    want = {kind: getattr(one, kind)(r) for kind, r in reqs.items()}
+    for mode in ("dp", "stages"):
+        torch.multiprocessing.spawn(_collective_rank, args=(2, free_port(), str(ckpt), tokenizer, mode, reqs,
+                                                            str(tmp_path)), nprocs=2)
+        for rank in range(2):
+            got = json.loads((tmp_path / f"{mode}{rank}.json").read_text())
+            assert got["generate_until"] == want["generate_until"], (mode, rank)
+            assert [g[1] for g in got["loglikelihood"]] == [w[1] for w in want["loglikelihood"]]
+            np.testing.assert_allclose([g[0] for g in got["loglikelihood"]], [w[0] for w in want["loglikelihood"]],
+                                       rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(got["loglikelihood_rolling"], want["loglikelihood_rolling"], rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- fits and bad input
