@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", help="tokenizer.json (default: the one the run was trained with)")
     ap.add_argument("--out", help="also write the result as JSON to this file (with --harness-tasks: lm-eval's "
                                   "results JSON)")
-    h = ap.add_argument_group("lm-evaluation-harness (pip install 'llmtrain[harness]')")
+    h = ap.add_argument_group("lm-evaluation-harness (pip install -e '.[harness]')")
     h.add_argument("--harness-tasks", metavar="NAMES", help="comma-separated lm-eval task names to score instead")
     h.add_argument("--include-path", nargs="+", metavar="DIR", help="folders of task YAMLs (lm-eval's --include_path)")
     h.add_argument("--num-fewshot", type=int, default=None, help="shots (default: each task's own, else 0)")

@@ -63,7 +63,7 @@ try:
 except ImportError:  # the optional extra is missing: a clear error when it is used (require_lm_eval)
     TemplateLM = object
 
-INSTALL = "pip install 'llmtrain[harness]' (or pip install lm_eval)"
+INSTALL = "pip install -e '.[harness]' in the project folder (or pip install 'lm_eval>=0.4.13,<0.5')"
 GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}
 
 
