@@ -57,7 +57,9 @@ class Trainer:
                 self._each("pre_step")
                 self.last_lr = self.engine.get_lr()[0]  # the LR this step uses
                 stop = getattr(self.callback("stop_signal"), "received", None) is not None
-                out = self.module.train_batch(micro_batches, stop_flag=stop)
+                ckpt = self.callback("checkpoint")
+                save = ckpt is not None and ckpt.asks_by_time(self)
+                out = self.module.train_batch(micro_batches, stop_flag=stop, save_flag=save)
                 self.step += 1
                 self.tokens += self.tokens_per_step
                 self._each("post_step", out)
