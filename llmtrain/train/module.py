@@ -135,7 +135,7 @@ class DenseTrainModule:
         all_reduce(total)
         skipped = skip_counter(engine) > before
         loss = total[0] / (len(micro_batches) * self.dp_world)
-        return StepOutput(loss, skipped, self.grad_norm(skipped), total[1], total[2], total[3])
+        return StepOutput(loss, skipped, self.grad_norm(skipped), stop=total[1], loss_tokens=total[2], save=total[3])
 
     def grad_norm(self, skipped: bool):
         if skipped:
@@ -210,7 +210,7 @@ class PipelineTrainModule(DenseTrainModule):
         all_reduce(flags)
         skipped = skip_counter(engine) > before
         return StepOutput(loss.detach().float().to(self.device).reshape(()), skipped, self.grad_norm(skipped),
-                          flags[0], flags[1] / engine.num_stages, flags[2])
+                          stop=flags[0], loss_tokens=flags[1] / engine.num_stages, save=flags[2])
 
     @torch.no_grad()
     def eval_batch(self, micro_batches) -> torch.Tensor:

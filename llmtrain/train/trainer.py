@@ -8,6 +8,7 @@ engine), module.py (one optimizer step per layout), loader.py (batches prepared 
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +21,14 @@ from llmtrain.train.callbacks import Callback
 from llmtrain.train.loader import BatchPlan, PrefetchLoader, host_micro_batches, to_device
 
 __all__ = ["Trainer"]
+
+
+def slow_save_for_tests() -> None:
+    """LLMTRAIN_TEST_SAVE_SECONDS=S: every save takes S seconds longer, as a big model's save on a
+    slow shared filesystem does (the Slurm tests check that a job lives until every rank saved)."""
+    seconds = float(os.environ.get("LLMTRAIN_TEST_SAVE_SECONDS", "0") or 0)
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 class Trainer:
@@ -112,6 +121,7 @@ class Trainer:
     def save_checkpoint(self) -> str:
         if self.last_checkpoint and self.last_checkpoint.endswith(f"global_step{self.step}"):
             return self.last_checkpoint
+        slow_save_for_tests()
         path = save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), self.rank)
         self.last_checkpoint = path
         self._each("on_checkpoint", path)
