@@ -62,8 +62,10 @@ def scontrol(e: dict, *args: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def scancel(e: dict, *args: str) -> None:
-    subprocess.run(["scancel", *args], env=e, capture_output=True, text=True, timeout=30)
+def scancel(e: dict, job_id: str) -> None:
+    """End the job now (at a test's end): SIGKILL to every process, then cancel."""
+    subprocess.run(["scancel", "--full", "--signal=KILL", job_id], env=e, capture_output=True, text=True, timeout=30)
+    subprocess.run(["scancel", job_id], env=e, capture_output=True, text=True, timeout=30)
 
 
 def preempt(e: dict, job_id: str) -> None:

@@ -39,7 +39,7 @@ run_step() {
 }
 
 requeue_unless_done() {
-    local what=$1 done=$2 before=$3 after=$4 log=$5 job="${SLURM_JOB_ID}" stalled when attempt
+    local what=$1 done=$2 before=$3 after=$4 log=$5 job="${SLURM_JOB_ID}" stalled when attempt state
     when=$(date '+%F %T')
     mkdir -p "$(dirname "$log")"
     attempt="${when} job ${job} (restart ${SLURM_RESTART_COUNT:-0}): ${before} -> ${after}"
@@ -58,6 +58,14 @@ requeue_unless_done() {
         fi
     else
         echo "${attempt}: requeued" >> "$log"
+    fi
+    # a job Slurm is already ending (scancel, or past its time limit) stays ended; one that Slurm
+    # preempts with requeue comes back on its own
+    state=$(scontrol show job "$job" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -n 1)
+    if [ "$state" != "JobState=RUNNING" ]; then
+        echo "${attempt}: not requeued (${state:-job unknown}: cancelled, preempted or past its time limit)" >> "$log"
+        echo "$what stopped before its end (saved: $after); job $job is ending (${state:-unknown}: cancelled, preempted or past its time limit), so it is not requeued here" >&2
+        return 0
     fi
     echo "$what stopped before its end (saved: $after): requeueing job $job" >&2
     scontrol requeue "$job" || { echo "job $job was not requeued (cancelled?); submit it again to go on" >&2; return 1; }

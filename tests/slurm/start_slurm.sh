@@ -100,7 +100,7 @@ SlurmdTimeout=30
 InactiveLimit=0
 MinJobAge=600
 KillWait=30
-NodeName=$HOST CPUs=$CPUS RealMemory=16000 State=UNKNOWN
+NodeName=$HOST CPUs=$CPUS RealMemory=262144 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
 mv "$CONF.tmp" "$CONF"
