@@ -158,3 +158,57 @@ def test_a_run_that_keeps_failing_is_not_requeued_forever(slurm, token_data, ref
                                 f"(LLMTRAIN_REQUEUE_LIMIT=1)"), errors[2]
     assert [a.split(": ")[-1] for a in attempts(run)] == ["nothing new saved (1 in a row)",
                                                          "nothing new saved (2 in a row)"]
+
+
+def unzstd(path) -> bytes:
+    import zstandard
+
+    with open(path, "rb") as fh:
+        return zstandard.ZstdDecompressor().stream_reader(fh).read()
+
+
+def test_clean_stages_as_slurm_arrays_and_a_preempted_task_resumes(slurm, tmp_path):
+    """bash data_prep/slurm/clean.sbatch IN OUT: the four stages as dependent arrays. The filter
+    task is preempted once it has finished one of its two inputs: it requeues itself, skips that
+    input and does the other; the output is what one local clean.py run writes."""
+    import gzip
+    import json
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(REPO / "data" / "sample" / "web.warc.gz", src / "a_web.warc.gz")
+    with gzip.open(REPO / "data" / "sample" / "corpus.jsonl.gz", "rt") as fin:
+        (src / "b_docs.jsonl").write_text("".join(next(fin) for _ in range(40)))
+    local, out = tmp_path / "local", tmp_path / "slurm"
+    r = subprocess.run(["python", str(REPO / "data_prep" / "clean.py"), str(src), "--output", str(local),
+                        "--workers", "1"], cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    e = {**slurm, "FILTER_TASKS": "1", "DEDUP_TASKS": "1", "WRITE_TASKS": "1", "CPUS": "1"}
+    r = subprocess.run(["bash", str(REPO / "data_prep" / "slurm" / "clean.sbatch"), str(src), str(out)],
+                       cwd=tmp_path, env=e, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    jobs = re.search(r"filter (\d+) -> buckets (\d+) -> clusters (\d+) -> write (\d+)", r.stdout).groups()
+    filter_task = f"{jobs[0]}_0"
+    done = out / "work" / "filter"
+    try:
+        wait_for(lambda: len(list(done.glob("*.done"))) >= 1, 300, "the filter task's first input", every=0.05)
+        preempt(slurm, filter_task)
+        wait_for(lambda: all(job(slurm, f"{j}_0").get("JobState") == "COMPLETED" for j in jobs), 600,
+                 f"the four stages ({[output(f)[-1500:] for f in (tmp_path / 'logs').glob('*')]})")
+    finally:
+        for j in jobs:
+            scancel(slurm, j)
+    log = (out / "slurm" / "clean-filter-0.log").read_text().splitlines()
+    assert [ln.split(": ")[-1] for ln in log] == ["requeued", "finished"], log
+    text = output(next((tmp_path / "logs").glob(f"clean-clean-filter-{jobs[0]}_0.out")))
+    assert re.search(r"\b1 skipped", text), text[-3000:]  # the requeued task skipped the input it had done
+    assert sorted(p.name for p in (out / "data").iterdir()) == sorted(p.name for p in (local / "data").iterdir())
+    for f in (local / "data").iterdir():  # the same documents, byte for byte
+        assert unzstd(out / "data" / f.name) == unzstd(f), f.name
+
+    def stats(folder):
+        s = json.loads((folder / "stats.json").read_text())
+        return s["documents_in"], s["documents_out"], s["characters_out"]
+
+    assert stats(out) == stats(local)

@@ -41,32 +41,10 @@ node_ready() {  # the controller answers and our node takes jobs
     case "$state" in idle*|mix*|alloc*|comp*) return 0 ;; *) return 1 ;; esac
 }
 
-if [ -f "$CONF" ] && command -v scontrol >/dev/null && node_ready; then
-    echo "SLURM_CONF=$CONF"
-    exit 0
-fi
-
-for cmd in munged slurmctld slurmd sbatch scontrol; do
-    command -v "$cmd" >/dev/null || fail "$cmd not found: install Debian's slurm-wlm and munge (apt-get install -y slurm-wlm munge)"
-done
-[ "$(id -u)" = 0 ] || fail "must run as root (slurmd starts jobs as their user)"
-
 mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
 chmod 700 "$DIR"
-
-# munge: a key of our own and a socket in the state folder
-if [ ! -s "$DIR/munge.key" ]; then
-    dd if=/dev/urandom of="$DIR/munge.key" bs=1 count=1024 status=none
-    chmod 400 "$DIR/munge.key"
-fi
-if ! kill -0 "$(cat "$DIR/munged.pid" 2>/dev/null || echo none)" 2>/dev/null; then
-    rm -f "$DIR/munge.socket" "$DIR/munged.pid"
-    munged --force --socket="$DIR/munge.socket" --key-file="$DIR/munge.key" --pid-file="$DIR/munged.pid" \
-        --log-file="$DIR/log/munged.log" --seed-file="$DIR/munged.seed" \
-        || fail "munged did not start; see $DIR/log/munged.log"
-fi
-
-cat > "$CONF.tmp" <<CONF
+write_conf() {  # the configuration, to $1
+cat > "$1" <<CONF
 # written by tests/slurm/start_slurm.sh: a one-node cluster on $HOST
 ClusterName=llmtrain
 SlurmctldHost=$HOST
@@ -103,7 +81,37 @@ KillWait=30
 NodeName=$HOST CPUs=$CPUS RealMemory=262144 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
-mv "$CONF.tmp" "$CONF"
+}
+
+write_conf "$CONF.new"
+if cmp -s "$CONF.new" "$CONF" && command -v scontrol >/dev/null && node_ready; then
+    rm -f "$CONF.new"
+    echo "SLURM_CONF=$CONF"
+    exit 0
+fi
+if ! cmp -s "$CONF.new" "$CONF"; then  # a configuration of an older version of this script: restart
+    stop_pidfile "$DIR/slurmd.pid"
+    stop_pidfile "$DIR/slurmctld.pid"
+fi
+mv "$CONF.new" "$CONF"
+
+for cmd in munged slurmctld slurmd sbatch scontrol; do
+    command -v "$cmd" >/dev/null || fail "$cmd not found: install Debian's slurm-wlm and munge (apt-get install -y slurm-wlm munge)"
+done
+[ "$(id -u)" = 0 ] || fail "must run as root (slurmd starts jobs as their user)"
+
+# munge: a key of our own and a socket in the state folder
+if [ ! -s "$DIR/munge.key" ]; then
+    dd if=/dev/urandom of="$DIR/munge.key" bs=1 count=1024 status=none
+    chmod 400 "$DIR/munge.key"
+fi
+if ! kill -0 "$(cat "$DIR/munged.pid" 2>/dev/null || echo none)" 2>/dev/null; then
+    rm -f "$DIR/munge.socket" "$DIR/munged.pid"
+    munged --force --socket="$DIR/munge.socket" --key-file="$DIR/munge.key" --pid-file="$DIR/munged.pid" \
+        --log-file="$DIR/log/munged.log" --seed-file="$DIR/munged.seed" \
+        || fail "munged did not start; see $DIR/log/munged.log"
+fi
+
 
 if ! scontrol ping 2>/dev/null | grep -q "is UP"; then
     stop_pidfile "$DIR/slurmctld.pid"
