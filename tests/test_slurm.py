@@ -209,6 +209,6 @@ def test_clean_stages_as_slurm_arrays_and_a_preempted_task_resumes(slurm, tmp_pa
 
     def stats(folder):
         s = json.loads((folder / "stats.json").read_text())
-        return s["documents_in"], s["documents_out"], s["characters_out"]
+        return s["inputs"], s["documents_out"], s["characters_out"]
 
     assert stats(out) == stats(local)
