@@ -156,8 +156,8 @@ def test_a_run_that_keeps_failing_is_not_requeued_forever(slurm, token_data, ref
         assert log.startswith(str(run / "errors")) and "Traceback" in open(log).read()
     assert errors[2].startswith(f"error: run {run} saved nothing new in 2 attempts in a row "
                                 f"(LLMTRAIN_REQUEUE_LIMIT=1)"), errors[2]
-    assert [a.split(": ")[-1] for a in attempts(run)] == ["nothing new saved (1 in a row)",
-                                                         "nothing new saved (2 in a row)"]
+    assert [a.split(": ", 1)[1].split(" -> ")[1].split(": ", 1)[1] for a in attempts(run)] == [
+        "nothing new saved (1 in a row)", "nothing new saved (2 in a row): stopped at LLMTRAIN_REQUEUE_LIMIT=1"]
 
 
 def unzstd(path) -> bytes:

@@ -39,7 +39,7 @@ run_step() {
 }
 
 requeue_unless_done() {
-    local what=$1 done=$2 before=$3 after=$4 log=$5 job="${SLURM_JOB_ID}" stalled when attempt state
+    local what=$1 done=$2 before=$3 after=$4 log=$5 job="${SLURM_JOB_ID}" stalled when attempt state outcome
     when=$(date '+%F %T')
     mkdir -p "$(dirname "$log")"
     attempt="${when} job ${job} (restart ${SLURM_RESTART_COUNT:-0}): ${before} -> ${after}"
@@ -49,15 +49,17 @@ requeue_unless_done() {
         return 0
     fi
     if [ "$before" = "$after" ]; then
-        # attempts in a row that saved nothing new: those at the end of the log, and this one
-        stalled=$(awk '/: nothing new saved/ {n++; next} {n=0} END {print n + 1}' "$log" 2>/dev/null || echo 1)
-        echo "${attempt}: nothing new saved (${stalled} in a row)" >> "$log"
+        # attempts of this job in a row that saved nothing new: those at the end of the log, and this one
+        stalled=$(awk -v me="job $job " 'index($0, me) && /: nothing new saved/ {n++; next} {n=0} END {print n + 1}' \
+            "$log" 2>/dev/null || echo 1)
+        outcome="nothing new saved (${stalled} in a row)"
         if [ "$stalled" -gt "$LLMTRAIN_REQUEUE_LIMIT" ]; then
+            echo "${attempt}: ${outcome}: stopped at LLMTRAIN_REQUEUE_LIMIT=$LLMTRAIN_REQUEUE_LIMIT" >> "$log"
             echo "error: $what saved nothing new in $stalled attempts in a row (LLMTRAIN_REQUEUE_LIMIT=$LLMTRAIN_REQUEUE_LIMIT): job $job is not requeued; the errors are above and in $log" >&2
             return 1
         fi
     else
-        echo "${attempt}: requeued" >> "$log"
+        outcome="requeued"
     fi
     # a job Slurm is already ending (scancel, or past its time limit) stays ended; one that Slurm
     # preempts with requeue comes back on its own
@@ -67,6 +69,7 @@ requeue_unless_done() {
         echo "$what stopped before its end (saved: $after); job $job is ending (${state:-unknown}: cancelled, preempted or past its time limit), so it is not requeued here" >&2
         return 0
     fi
+    echo "${attempt}: ${outcome}" >> "$log"
     echo "$what stopped before its end (saved: $after): requeueing job $job" >&2
     scontrol requeue "$job" || { echo "job $job was not requeued (cancelled?); submit it again to go on" >&2; return 1; }
     return 0

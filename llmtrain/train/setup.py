@@ -180,8 +180,8 @@ def run_training(spec_args: dict, prepare_sample: PrepareSample | None = None) -
     try:
         apply_launcher_env()  # srun / mpirun: RANK and WORLD_SIZE from their variables
         spec = validate(**spec_args, prepare_sample=prepare_sample)
-    except (ConfigError, ValueError, OSError) as e:
-        return report_error(e, env_int("RANK", 0))
+    except (ConfigError, ValueError, OSError) as e:  # before RANK is known under mpirun, its own rank
+        return report_error(e, env_int("RANK", env_int("OMPI_COMM_WORLD_RANK", 0)))
     try:
         t, _ = build_trainer(spec, stop=stop)
         if t is not None:
