@@ -43,7 +43,7 @@ def build_folder(tmp: Path, args) -> tuple[Path, Path]:
     import subprocess
 
     from llmtrain.checkpoint.consolidate import save_consolidated
-    from llmtrain.checkpoint.hf_export import export
+    from llmtrain.checkpoint.hf.to_hf import export
     from llmtrain.config import ModelConfig
     from llmtrain.model.gpt import GPT
 

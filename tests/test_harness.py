@@ -155,7 +155,7 @@ def test_adapter_equals_lm_eval_hf_backend_on_the_exported_folder(token_data, ru
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from llmtrain.checkpoint.hf_export import export
+    from llmtrain.checkpoint.hf.to_hf import export
     from llmtrain.eval.harness import HarnessLM, load_tasks
 
     run, _ = loop_run("zero0", token_data, runs_root)
@@ -223,7 +223,7 @@ def test_model_options_export_refuses_run_without_an_export(token_data, tmp_path
     from lm_eval.api.instance import Instance
 
     from llmtrain.checkpoint.consolidate import save_consolidated
-    from llmtrain.checkpoint.hf_export import choose_architecture
+    from llmtrain.checkpoint.hf.to_hf import choose_architecture
     from llmtrain.checkpoint.load import ExportError
     from llmtrain.config import ModelConfig
     from llmtrain.eval.harness import HarnessLM
@@ -284,7 +284,7 @@ def _collective_rank(rank: int, world: int, port: int, ckpt: str, tokenizer: str
 
         dp = mode == "dp"
         lm.fwd = Forward(logits=logits, device=torch.device("cpu"), seq_len=T, batch_size=2,
-                         width=None if dp else T, token_budget=2 * T, dp_rank=rank if dp else 0,
+                         width=None if dp else T, dp_rank=rank if dp else 0,
                          dp_world=world if dp else 1, reduce=lambda t, op="sum": dist.all_reduce(t, op=ops[op]))
         got = {kind: getattr(lm, kind)(r) for kind, r in reqs.items()}
         Path(out, f"{mode}{rank}.json").write_text(json.dumps(got))
@@ -340,7 +340,7 @@ def test_fit_scaling_reads_harness_records(tmp_path, capsys):
     (or its summary.json harness entry)."""
     import importlib.util
 
-    from llmtrain.scaling.task import predict_metric
+    from llmtrain.scaling.laws.task import predict_metric
 
     spec = importlib.util.spec_from_file_location("fit_scaling_cli", REPO / "launcher" / "fit_scaling.py")
     fit_scaling = importlib.util.module_from_spec(spec)

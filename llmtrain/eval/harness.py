@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from llmtrain.core.errors import ConfigError
-from llmtrain.eval.tasks import Row, batch_scores, make_batches, padding_batch
+from llmtrain.eval.tasks import SHAPES, Row, batch_scores, make_batches, padding_batch
 
 try:
     from lm_eval.api.model import TemplateLM
@@ -77,26 +77,26 @@ class Forward:
     """How HarnessLM reaches a model.
 
     ``logits(x)``: logits (B, T, V) of token ids x (B, T) on ``device``, or None on a rank that
-    does not hold them (a pipeline stage before the last). ``batch_size`` rows a forward; with
-    ``width`` every batch is exactly batch_size x width (the pipeline's buffers), else each batch is
-    padded to its longest row and holds up to ``token_budget`` tokens. ``dp_rank``/``dp_world``:
-    this rank's share of the rows; ``reduce(t, op)`` sums ("sum") or maxes ("max") a device tensor
-    over every rank, in place (None: one process). ``model``: the GPT itself, for generation with
-    a KV cache (None: each generated token re-runs the whole sequence through ``logits``)."""
+    does not hold them (a pipeline stage before the last). Every scoring batch holds batch_size x
+    seq_len tokens: with ``width`` (the pipeline's buffers) exactly batch_size x width, else in at
+    most ``SHAPES`` shapes (seq_len and its halvings, more rows when narrower; see make_batches).
+    ``dp_rank``/``dp_world``: this rank's share of the rows; ``reduce(t, op)`` sums ("sum") or
+    maxes ("max") a device tensor over every rank, in place (None: one process). ``model``: the
+    GPT itself, for generation with a KV cache (None: each generated token re-runs the whole
+    sequence through ``logits``)."""
 
     logits: Callable[[torch.Tensor], torch.Tensor | None]
     device: torch.device
     seq_len: int
     batch_size: int
     width: int | None = None
-    token_budget: int | None = None
     dp_rank: int = 0
     dp_world: int = 1
     reduce: Callable[..., Any] | None = None
     model: Any = None
 
     def padding(self, pad_id: int):
-        return padding_batch(self.batch_size if self.width else 1, self.width or 1, pad_id)
+        return padding_batch(self.batch_size, self.width or self.seq_len, pad_id)
 
     def calls(self, n_local: int) -> int:
         """The forward calls every rank makes: the most batches any rank has."""
@@ -121,8 +121,8 @@ def score_rows(fwd: Forward, rows: list[tuple[list[int], int]], pad_id: int,
     for rows (tokens, n) of at most seq_len + 1 tokens, on every rank."""
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), i))
     local = [Row(0, i, 0, rows[i][0], rows[i][1]) for i in order[fwd.dp_rank::fwd.dp_world]]  # example: row index
-    budget = None if fwd.width else (fwd.token_budget or fwd.batch_size * fwd.seq_len)
-    batches = make_batches(local, fwd.batch_size, fwd.width, pad_id, budget)
+    shapes = 1 if fwd.width else SHAPES
+    batches = make_batches(local, fwd.batch_size, fwd.width or fwd.seq_len, pad_id, shapes)
     out = torch.zeros((2, len(rows)), dtype=torch.float64, device=fwd.device)
     n_calls = fwd.calls(len(batches))
     for k in range(n_calls):
@@ -201,7 +201,7 @@ class HarnessLM(TemplateLM):
         model.to(dev)
         seq_len = model.cfg.seq_len
         fwd = Forward(logits=model, device=dev, seq_len=seq_len, batch_size=batch_size,
-                      token_budget=batch_size * seq_len, model=model if kv_cache else None)
+                      model=model if kv_cache else None)
         n_params = sum(p.numel() for p in model.parameters())
         meta = {"checkpoint": rec["source"], "step": rec["step"], "tokens": rec.get("tokens"),
                 "tokenizer": str(tok_file), "model_num_parameters": n_params, "model_dtype": "torch.float32",

@@ -38,7 +38,7 @@ class HarnessEval(PeriodicEval):
         tok, eod = load_tokenizer(t.data.tokenizer_path, manifest_eod_token(t.data.manifests))
         stages, seq_len, micro = t.cfg.parallel.pipeline_stages, t.cfg.model.seq_len, t.plan.micro
         fwd = Forward(logits=t.module.logits, device=t.device, seq_len=seq_len, batch_size=micro,
-                      width=seq_len if stages > 1 else None, token_budget=micro * seq_len,
+                      width=seq_len if stages > 1 else None,
                       dp_rank=t.plan.dp_rank, dp_world=t.world // stages, reduce=all_reduce)
         self.lm = HarnessLM(fwd, tok, eod, quiet=True)
         if t.rank == 0:
