@@ -78,6 +78,10 @@ def test_periodic_saves_keep_last_and_rank_0_decides_the_resume(token_data, tmp_
     assert saved_steps(ckpt) == [2, 5, 6] and (ckpt / "latest").read_text() == "global_step6"
     for step in (2, 5, 6):  # each rank wrote its part of the same step
         files = sorted(p.name for p in (ckpt / f"global_step{step}").iterdir())
+        assert {"layout.json", "layout_free"} <= set(files), files  # the layout-free state, every rank's part
+        free = sorted(p.name for p in (ckpt / f"global_step{step}" / "layout_free").iterdir())
+        assert {"rank00000.safetensors", "rank00001.safetensors"} <= set(free), free
+        files = [f for f in files if f not in ("layout.json", "layout_free")]
         if layout == "pipe_x2":
             assert sum(f.startswith("layer_") for f in files) >= 2 and "mp_rank_00_model_states.pt" in files
         elif layout == "zero0_x2":
