@@ -108,8 +108,10 @@ def test_a_save_slower_than_the_signal_lead_is_waited_for(slurm, token_data, tmp
     assert "the ranks exited (srun status 0)" in text and "Force Terminated" not in text, text[-3000:]
     folder = run / "checkpoints" / tag
     assert sorted(p.name for p in folder.iterdir()) == [
-        "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "layout.json", "layout_free", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
         "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert sorted(p.name for p in (folder / "layout_free").iterdir()) == [
+        "client.pt", "rank00000.safetensors", "rank00001.safetensors"]
     assert f"resumed from {folder} at step {step}" in text
     assert step + 1 in train_losses(run), "the resumed run goes on at the next step"
 
