@@ -257,3 +257,54 @@ def test_imports_refuse_what_does_not_map():
         with pytest.raises(ExportError) as e:
             model_config_from_hf({**hc, **change}, "config.json")
         assert needle in str(e.value) and "does not map onto this project's GPT" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+
+
+def test_moe_ladder_plans_by_active_parameters(tmp_path):
+    import yaml
+
+    from llmtrain.scaling.plan import load_sweep, plan, seq_len_and_model
+
+    sweep = {"name": "m", "base": "configs/tiny.yaml", "vocab_size": 512,
+             "overrides": ["model.seq_len=64", "model.moe_experts=8", "model.moe_granularity=2"],
+             "ladder": {"params": [3e4, 1e5], "aspect_ratio": 32, "head_dim": 16},
+             "tokens": {"basis": "active_non_embedding", "tokens_per_param": [10]},
+             "hparams": {"global_batch_size": 8, "schedule": "cosine", "branch": False}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(sweep))
+    sw = load_sweep(tmp_path / "m.yaml")
+    seq_len, base, _ = seq_len_and_model(sw)
+    runs = plan(sw, seq_len, 512, base)
+    assert len(runs) == 2
+    for r, target in zip(runs, (3e4, 1e5)):
+        cfg = ModelConfig(**{**base.__dict__, "n_layer": r.n_layer, "d_model": r.d_model, "n_head": r.n_head,
+                             "vocab_size": 512})
+        c = count_params(cfg)
+        assert r.n_basis == c["n_params_active_non_embedding"] < c["n_params_non_embedding"]
+        assert abs(math.log(r.n_basis / target)) < 0.5  # the ladder is of active sizes
+        assert r.n_params_active == c["n_params_active"]
+        assert r.flops == pytest.approx(6 * c["n_params_active"] * r.tokens)  # compute: the active parameters
+        assert r.tokens == pytest.approx(10 * r.n_basis, rel=0.05)
+
+
+def test_fits_read_active_parameters_from_run_folders(tmp_path):
+    """--params active takes summary.json n_params_active (a run written before the key existed is
+    a dense run: its total); C stays 6 N_active D."""
+    import json
+
+    from llmtrain.scaling.sources import load
+
+    for name, N, active, D in (("moe", 9e5, 3e5, 6e6), ("dense", 4e5, None, 8e6)):
+        run = tmp_path / "sweep" / name
+        run.mkdir(parents=True)
+        s = {"status": "finished", "n_params": N, "n_params_non_embedding": N * 0.9, "tokens": D,
+             "flops": 6 * (active or N) * D, "final_valid_loss": 3.0}
+        if active:
+            s.update(n_params_active=active, n_params_active_non_embedding=active * 0.8)
+        (run / "summary.json").write_text(json.dumps(s))
+    got = {lab: (n, c) for n, c, lab in zip(*[getattr(load(tmp_path / "sweep", basis="active").points, f)
+                                             for f in ("N", "C", "labels")])}
+    assert got["moe"] == (3e5, pytest.approx(6 * 3e5 * 6e6)) and got["dense"] == (4e5, pytest.approx(6 * 4e5 * 8e6))
+    tot = load(tmp_path / "sweep", basis="total").points
+    assert sorted(tot.N) == [4e5, 9e5] and sorted(tot.C) == pytest.approx(sorted([6 * 3e5 * 6e6, 6 * 4e5 * 8e6]))

@@ -35,14 +35,15 @@ def records(run: Path, split: str | None) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def layouts(token_data, tmp_path_factory):
-    """The same MoE model for 4 steps on 1 process and on 2 ranks: experts split over both (ZeRO-0 and
+    """The same MoE model for 4 steps on 1 process and on 2 ranks: experts split over both (ZeRO-0 with
+    activation checkpointing, whose recomputed blocks must not count their routing twice, and
     ZeRO-2) or each rank holding all of them (ZeRO-1)."""
     tmp = tmp_path_factory.mktemp("moe_layouts")
     common = [f"data.prefix={token_data}", *SMALL, *MOE, "train.max_steps=4"]
     runs = {
         "single": run_python([PRETRAIN, "--run-dir", tmp / "single", *common]),
         "ep2_zero0": run_deepspeed(2, *ds("zero0"), "--run-dir", tmp / "ep2_zero0", *common,
-                                   "parallel.expert_parallel_size=2"),
+                                   "parallel.expert_parallel_size=2", "train.activation_checkpointing=true"),
         "ep2_zero2": run_deepspeed(2, *ds("zero2"), "--run-dir", tmp / "ep2_zero2", *common,
                                    "parallel.expert_parallel_size=2"),
         "dp2_zero1": run_deepspeed(2, *ds("zero1"), "--run-dir", tmp / "dp2_zero1", *common),
