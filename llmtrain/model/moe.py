@@ -66,6 +66,13 @@ class Placement:
     slot: torch.Tensor  # (T * k,) the row of each assignment; R (an empty row past the end) when dropped
 
 
+def expert_counts(experts: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Assignments per expert (E,), on the device (torch.bincount would sync with the host on a GPU
+    to size its output)."""
+    flat = experts.reshape(-1)
+    return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def route(logits: torch.Tensor, k: int, normalise: bool) -> Routing:
     """Top-k softmax routing of fp32 logits (T, E)."""
     probs = logits.softmax(dim=-1)
@@ -79,7 +86,7 @@ def place_dropless(r: Routing, n_experts: int) -> Placement:
     """Every assignment gets a row; rows sorted by expert (stable: token order within an expert)."""
     flat = r.experts.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=n_experts)
+    counts = expert_counts(flat, n_experts)
     slot = torch.empty_like(order)
     slot[order] = torch.arange(order.numel(), device=order.device)
     return Placement(order, counts, None, torch.zeros((), device=flat.device), slot)
@@ -96,7 +103,7 @@ def place_capacity(r: Routing, n_experts: int, capacity_factor: float) -> Placem
     score = r.probs.gather(1, r.experts).reshape(-1)
     by_score = torch.argsort(score, descending=True, stable=True)
     order = by_score[torch.argsort(flat[by_score], stable=True)]  # by expert, then by score
-    counts = torch.bincount(flat, minlength=n_experts)
+    counts = expert_counts(flat, n_experts)
     first = counts.cumsum(0) - counts
     expert_sorted = flat[order]
     pos = torch.arange(n, device=flat.device) - first[expert_sorted]
@@ -166,8 +173,9 @@ class MoEStats:
 
     def add(self, counts: torch.Tensor, balance: torch.Tensor, z: torch.Tensor, dropped: torch.Tensor,
             assigned: int) -> None:
-        row = torch.cat([counts.float(), torch.stack([balance.float(), z.float(), dropped.float()]),
-                         counts.new_tensor([assigned, 1], dtype=torch.float32)])
+        tail = torch.ones(2, device=counts.device)  # [assigned, passes]: filled on the device, no copy from the host
+        tail[0] = assigned
+        row = torch.cat([counts.float(), torch.stack([balance.float(), z.float(), dropped.float()]), tail])
         self.sums = row if self.sums is None else self.sums + row
 
     def take(self, device) -> torch.Tensor:
@@ -222,7 +230,7 @@ class MoE(nn.Module):
         the record to ``stats`` once per forward of the whole model, so that recomputing a block
         (activation checkpointing) does not count it twice."""
         T = r.experts.shape[0]
-        counts = torch.bincount(r.experts.reshape(-1), minlength=self.n_experts)
+        counts = expert_counts(r.experts, self.n_experts)
         share = counts.float() / (T * self.top_k)
         balance = self.n_experts * (share * r.probs.mean(dim=0)).sum()
         z = torch.logsumexp(r.logits, dim=-1).pow(2).mean()

@@ -30,7 +30,8 @@ local expert, one grouped matmul), and sends the results back. With a capacity f
 has C rows from every rank, so the sizes are known and nothing waits for the device. Dropless
 routing must tell the host how many rows go where before the all-to-all: one host read of the
 split sizes per MoE layer per micro-batch (torchtitan's and Megatron's dropless all-to-all
-dispatchers do the same); the backward pass reuses them.
+dispatchers do the same); the backward pass reuses them. With one rank per group (the default
+expert_parallel_size 1) every row stays on its rank, so the sizes are known without a read.
 
 Every piece starts from the model's own weights (the GPT is built, seeded by position, then
 sliced), so every layout starts from the same weights.
@@ -144,7 +145,10 @@ class ExpertParallelMoE(MoE, _deepspeed_moe_class()):
         else:
             got = torch.empty_like(per_rank)  # rows each member sends us, per local expert
             dist.all_to_all_single(got, per_rank.contiguous(), group=self.group)
-            send, recv = torch.stack([per_rank.sum(1), got.sum(1)]).tolist()  # the one host read (dropless)
+            if ep == 1:  # every row stays here: the sizes are known without reading the device
+                send = recv = [rows.shape[0]]
+            else:
+                send, recv = torch.stack([per_rank.sum(1), got.sum(1)]).tolist()  # the one host read (dropless)
         x = all_to_all(rows, recv, send, self.group)  # ordered by (source rank, local expert)
         # regroup by local expert (then source rank) for one grouped matmul
         block = torch.arange(n_local, device=got.device).repeat(ep) * ep + \
