@@ -308,3 +308,22 @@ def test_fits_read_active_parameters_from_run_folders(tmp_path):
     assert got["moe"] == (3e5, pytest.approx(6 * 3e5 * 6e6)) and got["dense"] == (4e5, pytest.approx(6 * 4e5 * 8e6))
     tot = load(tmp_path / "sweep", basis="total").points
     assert sorted(tot.N) == [4e5, 9e5] and sorted(tot.C) == pytest.approx(sorted([6 * 3e5 * 6e6, 6 * 4e5 * 8e6]))
+
+
+def test_per_expert_fallback_equals_the_grouped_kernel(monkeypatch):
+    """Where torch's grouped kernel does not serve (fp32 on a GPU, torch.compile), one matmul per
+    expert computes the same, gradients included."""
+    import llmtrain.model.moe as moe_mod
+
+    moe, cfg = moe_block(**ROTARY)
+    x = torch.randn(2, 12, cfg.d_model, requires_grad=True)
+    runs = []
+    for kernel in (True, False):
+        monkeypatch.setattr(moe_mod, "grouped_kernel", lambda t, k=kernel: k)
+        moe.zero_grad()
+        x.grad = None
+        y = moe(x)
+        y.pow(2).sum().backward()
+        runs.append((y.detach(), x.grad.clone(), moe.experts.up.grad.clone()))
+    for a, b in zip(*runs):
+        assert torch.allclose(a, b, atol=1e-5)

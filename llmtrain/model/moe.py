@@ -13,7 +13,9 @@ For the tokens x of a micro-batch (T of them):
   (OLMoE, Qwen2-MoE's default).
 - Experts: E MLPs of width model.expert_dim, GELU or SwiGLU as model.mlp, stored as two batched
   tensors, up (E, h, d) and down (E, d, ff) in nn.Linear's (out, in) order, and run as one grouped
-  matmul (``torch.nn.functional.grouped_mm``) over the assignments sorted by expert.
+  matmul (``torch.nn.functional.grouped_mm``) over the assignments sorted by expert (where torch's
+  kernel does not serve, fp32 on a GPU or under torch.compile, one matmul per expert after one host
+  read of the group sizes: ``grouped_mm``).
 - Shared experts (model.moe_shared_experts > 0, DeepSeekMoE): one MLP of moe_shared_experts x
   expert_dim that every token goes through; with model.moe_shared_gate its output is scaled by
   sigmoid(w_g . x) (Qwen2-MoE).
@@ -117,18 +119,37 @@ def place_capacity(r: Routing, n_experts: int, capacity_factor: float) -> Placem
     return Placement(source[:rows], torch.full_like(counts, C), C, (~keep).sum().float(), slot)
 
 
+def grouped_kernel(x: torch.Tensor) -> bool:
+    """Whether torch's grouped matmul serves x: bf16 on a CUDA GPU of compute capability 8.0 or
+    more (its kernel's requirement), any dtype on CPU in eager mode (torch's CPU implementation;
+    the compiler checks the CUDA kernel's requirements)."""
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 8
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """x (R, i) rows grouped by ``offs`` (each group's end, int32) times w (E, i, o): group e by w[e].
+    One grouped kernel where ``grouped_kernel`` allows, else one matmul per group after one host
+    read of the offsets (fp32 on a GPU, older GPUs, under torch.compile)."""
+    if grouped_kernel(x):
+        return F.grouped_mm(x, w, offs=offs)
+    ends = offs.tolist()
+    return torch.cat([x[a:b] @ w[e] for e, (a, b) in enumerate(zip([0] + ends[:-1], ends))])
+
+
 def grouped_mlp(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, counts: torch.Tensor, swiglu: bool,
                 gelu_approximate: str) -> torch.Tensor:
     """Rows x (R, d) grouped by expert (``counts`` rows each, in order) through the experts' MLPs
-    up (E, h, d), down (E, d, ff): one grouped matmul per projection, no per-expert loop."""
+    up (E, h, d), down (E, d, ff): one grouped matmul per projection."""
     offs = counts.cumsum(0).to(torch.int32)
-    h = F.grouped_mm(x, up.transpose(1, 2), offs=offs)
+    h = grouped_mm(x, up.transpose(1, 2), offs)
     if swiglu:
         gate, val = h.chunk(2, dim=-1)
         h = F.silu(gate) * val
     else:
         h = F.gelu(h, approximate=gelu_approximate)
-    return F.grouped_mm(h, down.transpose(1, 2), offs=offs)
+    return grouped_mm(h, down.transpose(1, 2), offs)
 
 
 class Experts(nn.Module):
