@@ -304,7 +304,7 @@ class Block(nn.Module):
         self.norm1 = make_norm(cfg)
         self.attn = Attention(cfg)
         self.norm2 = make_norm(cfg)
-        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
+        self.mlp = MoE(cfg, MLP) if cfg.is_moe_layer(layer) else MLP(cfg)
         self.parallel = cfg.parallel_residual
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, docs: Documents | None = None) -> torch.Tensor:

@@ -168,14 +168,12 @@ class Experts(nn.Module):
 
 
 class SharedExperts(nn.Module):
-    """The experts every token goes through, as one MLP of moe_shared_experts x expert_dim, with
-    Qwen2-MoE's sigmoid gate when model.moe_shared_gate."""
+    """The experts every token goes through, as one MLP of moe_shared_experts x expert_dim (the
+    GPT's own dense MLP class, ``mlp``), with Qwen2-MoE's sigmoid gate when model.moe_shared_gate."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, mlp: type[nn.Module]):
         super().__init__()
-        from llmtrain.model.gpt import MLP
-
-        self.mlp = MLP(cfg, hidden=cfg.moe_shared_experts * cfg.expert_dim)
+        self.mlp = mlp(cfg, hidden=cfg.moe_shared_experts * cfg.expert_dim)
         self.gate = nn.Linear(cfg.d_model, 1, bias=False) if cfg.moe_shared_gate else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,9 +205,10 @@ class MoEStats:
 
 
 class MoE(nn.Module):
-    """Router, routed experts and shared experts (see the module docstring)."""
+    """Router, routed experts and shared experts (see the module docstring); ``mlp`` is the dense
+    MLP class the shared experts are built from (the GPT's, ``MLP(cfg, hidden=width)``)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, mlp: type[nn.Module]):
         super().__init__()
         self.n_experts, self.top_k = cfg.moe_experts, cfg.moe_top_k
         self.normalise = cfg.moe_norm_topk
@@ -217,7 +216,7 @@ class MoE(nn.Module):
         self.aux_coef, self.z_coef = cfg.moe_aux_loss, cfg.moe_z_loss
         self.router = nn.Linear(cfg.d_model, cfg.moe_experts, bias=False)
         self.experts = Experts(cfg, cfg.moe_experts)
-        self.shared = SharedExperts(cfg) if cfg.moe_shared_experts else None
+        self.shared = SharedExperts(cfg, mlp) if cfg.moe_shared_experts else None
         self.drop = nn.Dropout(cfg.dropout)
         self.stats = MoEStats(cfg.moe_experts)
         self.aux_loss: torch.Tensor | None = None  # this forward's scaled router losses
