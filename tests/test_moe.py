@@ -327,3 +327,22 @@ def test_per_expert_fallback_equals_the_grouped_kernel(monkeypatch):
         runs.append((y.detach(), x.grad.clone(), moe.experts.up.grad.clone()))
     for a, b in zip(*runs):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_one_expert_top_1_is_the_dense_model():
+    """With one expert and top-1, the MoE block is the dense MLP it was copied from (the router's
+    only choice weighs 1): the same logits, and the same gradient for the MLP weights."""
+    dense_cfg = ModelConfig(**TINY, **ROTARY)
+    moe_cfg = ModelConfig(**TINY, **ROTARY, moe_experts=1, moe_top_k=1, moe_aux_loss=0.0, moe_z_loss=0.0)
+    dense, moe = GPT(dense_cfg, seed=5), GPT(moe_cfg, seed=5)
+    sd = dense.state_dict()
+    for i in range(dense_cfg.n_layer):
+        sd[f"blocks.{i}.mlp.experts.up"] = sd.pop(f"blocks.{i}.mlp.up.weight")[None]
+        sd[f"blocks.{i}.mlp.experts.down"] = sd.pop(f"blocks.{i}.mlp.down.weight")[None]
+        sd[f"blocks.{i}.mlp.router.weight"] = torch.randn(1, dense_cfg.d_model)
+    moe.load_state_dict(sd)
+    x, y = torch.randint(0, 128, (2, 32)), torch.randint(0, 128, (2, 32))
+    dense(x, y).backward()
+    moe(x, y).backward()
+    assert torch.allclose(moe(x), dense(x), atol=1e-5)
+    assert torch.allclose(moe.blocks[0].mlp.experts.up.grad[0], dense.blocks[0].mlp.up.weight.grad, atol=1e-6)
