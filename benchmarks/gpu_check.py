@@ -18,7 +18,7 @@ tokenizer.json; the model's vocabulary is padded to 50,304). Checks:
    RMSNorm, SwiGLU, bf16, ZeRO-0) with and without train.compile=true: the median of the logged
    ``tokens_per_s`` and ``mfu`` (datasheet peak) of metrics.jsonl after the first records. Then
    its Mixture-of-Experts twin at the same active compute (8 experts of half the MLP width, top-2,
-   dropless; ~1.1B parameters in all) on ZeRO-1 (bf16 with experts needs ZeRO-1/2), the experts
+   dropless; 964M parameters, 355M active) on ZeRO-1 (bf16 with experts needs ZeRO-1/2), the experts
    spread over every GPU (parallel.expert_parallel_size = GPUs): its MFU counts active FLOPs.
 
 4. Document masking (data.document_mask): the compiled flex-attention kernel against SDPA with
