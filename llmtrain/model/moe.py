@@ -119,13 +119,20 @@ def place_capacity(r: Routing, n_experts: int, capacity_factor: float) -> Placem
     return Placement(source[:rows], torch.full_like(counts, C), C, (~keep).sum().float(), slot)
 
 
+def _compiling() -> bool:
+    check = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return check() if check is not None else torch._dynamo.is_compiling()
+
+
 def grouped_kernel(x: torch.Tensor) -> bool:
     """Whether torch's grouped matmul serves x: bf16 on a CUDA GPU of compute capability 8.0 or
     more (its kernel's requirement), any dtype on CPU in eager mode (torch's CPU implementation;
-    the compiler checks the CUDA kernel's requirements)."""
+    the compiler checks the CUDA kernel's requirements). Not in a torch without it (before 2.9)."""
+    if not hasattr(F, "grouped_mm"):
+        return False
     if x.device.type == "cuda":
         return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 8
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    return x.device.type == "cpu" and not _compiling()
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
