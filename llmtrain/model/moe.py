@@ -127,7 +127,7 @@ def _compiling() -> bool:
 def grouped_kernel(x: torch.Tensor) -> bool:
     """Whether torch's grouped matmul serves x: bf16 on a CUDA GPU of compute capability 8.0 or
     more (its kernel's requirement), any dtype on CPU in eager mode (torch's CPU implementation;
-    the compiler checks the CUDA kernel's requirements). Not in a torch without it (before 2.9)."""
+    the compiler checks the CUDA kernel's requirements); never in a torch that lacks it."""
     if not hasattr(F, "grouped_mm"):
         return False
     if x.device.type == "cuda":
