@@ -72,12 +72,12 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
         groups = split_expert_groups(groups)
     t = cfg.train
     # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop.
-    # Where DeepSpeed checks no gradient overflow itself (fp32 without ZeRO), the optimizer skips
-    # non-finite steps on its own (see llmtrain/train/module.py).
+    # Where DeepSpeed checks no gradient overflow itself (no ZeRO and no DeepSpeed bf16/fp16: fp32,
+    # or bf16 under autocast), the optimizer skips non-finite steps on its own (llmtrain/train/module.py).
     from llmtrain.train.ds_config import zero_stage
     from llmtrain.train.module import SkipNonFiniteAdamW
 
-    own_check = zero_stage(ds_config) == 0 and t.precision == "fp32"
+    own_check = zero_stage(ds_config) == 0 and not any(ds_config.get(k, {}).get("enabled") for k in ("bf16", "fp16"))
     adamw = SkipNonFiniteAdamW if own_check else torch.optim.AdamW
     optimizer = adamw(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -144,6 +144,15 @@ def clip_grad_norm_experts(params: list, max_norm: float, ep_group) -> torch.Ten
             if p.grad is not None:
                 p.grad.mul_(coef.to(p.grad.device))
     return norm
+
+
+def precision_in_use(engine) -> dict:
+    """What DeepSpeed itself reports it computes, accumulates and reduces gradients in (env.json)."""
+    model, accum = engine.get_data_types()
+    return {"model_dtype": str(model).removeprefix("torch."), "grad_accum_dtype": str(accum).removeprefix("torch."),
+            "grad_reduce_dtype": str(engine.communication_data_type).removeprefix("torch."),
+            "autocast": str(engine.torch_autocast_dtype()).removeprefix("torch.") if engine.torch_autocast_enabled()
+            else None, "optimizer": type(engine.optimizer).__name__}
 
 
 def data_parallel_rank(engine, rank: int) -> int:
