@@ -2,11 +2,15 @@
 over two ranks (ZeRO-0, ZeRO-1, ZeRO-2) give the same losses, gradient norms and routing, dropless
 and with a capacity; MoE metrics reach metrics.jsonl, TensorBoard and summary.json; an expert-
 parallel checkpoint consolidates, evaluates and exports; a rank killed with SIGKILL resumes
-exactly, expert weights and Adam moments included; layouts that cannot work are refused."""
+exactly, expert weights and Adam moments included; a checkpoint resumes on another expert-parallel
+layout from its layout-free state; layouts that cannot work are refused. Two ranks are started
+with torchrun (the same DeepSpeed job as under the deepspeed launcher, half the start-up) except
+where the test kills a rank under the deepspeed launcher."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -16,7 +20,9 @@ import pytest
 import torch
 
 from trainutil import (REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, read_metrics, run_deepspeed, run_python,
-                       train_losses)
+                       run_torchrun, train_losses)
+
+pytestmark = pytest.mark.slow  # every test here launches training processes
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 # 4 experts, top-2, a gated shared expert (exports as Qwen2-MoE); clipping at 0.2 is active from the
@@ -37,16 +43,17 @@ def records(run: Path, split: str | None) -> list[dict]:
 def layouts(token_data, tmp_path_factory):
     """The same MoE model for 4 steps on 1 process and on 2 ranks: experts split over both (ZeRO-0 with
     activation checkpointing, whose recomputed blocks must not count their routing twice, and
-    ZeRO-2) or each rank holding all of them (ZeRO-1)."""
+    ZeRO-2) or each rank holding all of them (ZeRO-1). Each checkpoints steps 1-3 too (for the
+    resumes on other layouts)."""
     tmp = tmp_path_factory.mktemp("moe_layouts")
-    common = [f"data.prefix={token_data}", *SMALL, *MOE, "train.max_steps=4"]
+    common = [f"data.prefix={token_data}", *SMALL, *MOE, "train.max_steps=4", "checkpoint.save_steps=[1,2,3]"]
     runs = {
         "single": run_python([PRETRAIN, "--run-dir", tmp / "single", *common]),
-        "ep2_zero0": run_deepspeed(2, *ds("zero0"), "--run-dir", tmp / "ep2_zero0", *common,
-                                   "parallel.expert_parallel_size=2", "train.activation_checkpointing=true"),
-        "ep2_zero2": run_deepspeed(2, *ds("zero2"), "--run-dir", tmp / "ep2_zero2", *common,
-                                   "parallel.expert_parallel_size=2"),
-        "dp2_zero1": run_deepspeed(2, *ds("zero1"), "--run-dir", tmp / "dp2_zero1", *common),
+        "ep2_zero0": run_torchrun(2, *ds("zero0"), "--run-dir", tmp / "ep2_zero0", *common,
+                                  "parallel.expert_parallel_size=2", "train.activation_checkpointing=true"),
+        "ep2_zero2": run_torchrun(2, *ds("zero2"), "--run-dir", tmp / "ep2_zero2", *common,
+                                  "parallel.expert_parallel_size=2"),
+        "dp2_zero1": run_torchrun(2, *ds("zero1"), "--run-dir", tmp / "dp2_zero1", *common),
     }
     for name, r in runs.items():
         assert r.returncode == 0, (name, r.stdout[-3000:], r.stderr[-3000:])
@@ -125,10 +132,52 @@ def test_expert_parallel_checkpoint_evaluates_and_exports(layouts, tmp_path):
     assert hf.config.num_experts == 4 and hf.config.shared_expert_intermediate_size > 0
 
 
+def rewind(run: Path, step: int) -> None:
+    """The run folder as a run killed right after its checkpoint at ``step`` leaves it."""
+    for d in (run / "checkpoints").glob("global_step*"):
+        if int(d.name.removeprefix("global_step")) > step:
+            shutil.rmtree(d)
+    (run / "checkpoints" / "latest").write_text(f"global_step{step}")
+    (run / "summary.json").unlink(missing_ok=True)
+
+
+def test_resume_on_another_expert_parallel_layout(layouts, token_data, tmp_path):
+    """The expert-parallel ZeRO-2 run, relaunched from its step-1 checkpoint on one process, that
+    one's step-2 checkpoint on expert parallel x2 without ZeRO, and that one's step-3 checkpoint on
+    data parallel x2 (ZeRO-1, every rank holding every expert): each goes on with the uninterrupted
+    run's losses, and the end state (every expert's weights and Adam moments) is the uninterrupted
+    run's, from the layout-free state (experts by the GPT's names, each rank writing its own)."""
+    from llmtrain.checkpoint.layout_free import read_state
+
+    run = tmp_path / "run"
+    shutil.copytree(layouts["ep2_zero2"], run)
+    reference = train_losses(run)
+    ref_state, ref_step = read_state(run / "checkpoints" / "global_step4", 2)
+    chain = [(1, lambda *a: run_python([PRETRAIN, *ds("zero0"), *a])),
+             (2, lambda *a: run_torchrun(2, *ds("zero0"), *a, "parallel.expert_parallel_size=2")),
+             (3, lambda *a: run_torchrun(2, *ds("zero1"), *a))]
+    common = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, *MOE, "train.max_steps=4",
+              "checkpoint.save_steps=[1,2,3]"]
+    for start, launch in chain:
+        rewind(run, start)
+        r = launch(*common)
+        assert r.returncode == 0, (start, r.stdout[-3000:], r.stderr[-3000:])
+        assert "from its layout-free state" in r.stdout + r.stderr, start
+        losses = train_losses(run)
+        for step in range(start + 1, 5):
+            assert losses[step] == pytest.approx(reference[step], abs=2e-5), (start, step)
+    state, step = read_state(run / "checkpoints" / "global_step4", 2)
+    assert step == ref_step == 4 and state.keys() == ref_state.keys()
+    assert ref_state["blocks.1.mlp.experts.up"]["weight"].shape == (4, 2 * 192, 64)
+    for name, fields in ref_state.items():
+        for f, t in fields.items():
+            assert torch.allclose(state[name][f], t, atol=1e-5, rtol=1e-4), (name, f)
+
+
 def test_capacity_factor_drops_the_same_tokens_on_every_layout(token_data, tmp_path):
     common = [f"data.prefix={token_data}", *SMALL, *MOE, "train.max_steps=3", "model.moe_capacity_factor=1.0"]
     a = run_python([PRETRAIN, "--run-dir", tmp_path / "single", *common])
-    b = run_deepspeed(2, *ds("zero2"), "--run-dir", tmp_path / "ep2", *common, "parallel.expert_parallel_size=2")
+    b = run_torchrun(2, *ds("zero2"), "--run-dir", tmp_path / "ep2", *common, "parallel.expert_parallel_size=2")
     assert a.returncode == 0 and b.returncode == 0, (a.stderr[-2000:], b.stderr[-2000:])
     ra, rb = records(tmp_path / "single", "moe"), records(tmp_path / "ep2", "moe")
     assert any(r["dropped_frac"] > 0 for r in ra)

@@ -187,3 +187,20 @@ def ep_key_to_gpt(key: str) -> tuple[str, int] | None:
     ('blocks.1.mlp.experts.up', 5). None for every other name (the same in both)."""
     m = EXPERT_KEY.match(key)
     return (f"{m.group(1)}.experts.{m.group(3)}", int(m.group(2))) if m else None
+
+
+def expert_places(module: nn.Module) -> dict[int, tuple[str, tuple[int, ...], int]]:
+    """Where each of this rank's expert weights sits in the GPT: {id(parameter): (the GPT's name,
+    the whole expert tensor's shape, the first element of the flattened GPT tensor it holds)}.
+    Local expert i of a rank at ``ep_rank`` is the GPT's expert ep_rank * E/ep + i, and one
+    expert's weights are a contiguous run of the GPT's [E, ...] tensor."""
+    out = {}
+    for prefix, m in module.named_modules():
+        if not isinstance(m, ExpertParallelMoE):
+            continue
+        for i, expert in enumerate(m.deepspeed_moe.experts.deepspeed_experts):
+            e = m.ep_rank * m.num_local_experts + i
+            for field in ("up", "down"):
+                p = getattr(expert, field)
+                out[id(p)] = (f"{prefix}.experts.{field}", (m.num_experts, *p.shape), e * p.numel())
+    return out
