@@ -232,7 +232,8 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        logits = F.linear(x.float(), self.router.weight.float())  # the router in fp32
+        with torch.autocast(x.device.type, enabled=False):  # the router in fp32, under autocast too
+            logits = F.linear(x.float(), self.router.weight.float())
         r = route(logits, self.top_k, self.normalise)
         if self.capacity_factor is not None and self.training:
             p = place_capacity(r, self.n_experts, self.capacity_factor)

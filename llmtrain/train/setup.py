@@ -109,10 +109,12 @@ def check_moe_layout(cfg: Config, ds: dict, ds_path: str, config_path: str, worl
         raise ConfigError(f"{ds_path}: ZeRO stage 3 with experts (model.moe_experts={cfg.model.moe_experts}): "
                           f"DeepSpeed does not support its MoE layers (which the experts are, for its engine) "
                           f"with ZeRO-3; use ds_configs/zero2.json (or zero0/zero1)")
-    if zero_stage(ds) == 0 and cfg.train.precision != "fp32":
-        raise ConfigError(f"{ds_path}: train.precision={cfg.train.precision} without ZeRO and with experts: "
-                          f"DeepSpeed's {cfg.train.precision} optimizer for ZeRO-0 leaves the experts out of the "
-                          f"gradient-clipping norm; use ds_configs/zero1.json or zero2.json (or fp32)")
+    deepspeed_half = any(ds.get(k, {}).get("enabled") for k in ("bf16", "fp16"))  # not bf16 under autocast
+    if zero_stage(ds) == 0 and deepspeed_half:
+        fix = "train.grad_accum_dtype=fp32 (autocast) or " if cfg.train.precision == "bf16" else ""
+        raise ConfigError(f"{ds_path}: train.precision={cfg.train.precision} without ZeRO and with experts runs "
+                          f"DeepSpeed's {cfg.train.precision} optimizer, which leaves the experts out of the "
+                          f"gradient-clipping norm; use {fix}ds_configs/zero1.json or zero2.json")
 
 
 def total_steps_of(cfg: Config) -> int:
