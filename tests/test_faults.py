@@ -40,6 +40,7 @@ def schedule_position(step_dir: Path) -> int:
     return torch.load(f, map_location="cpu", weights_only=False)["lr_scheduler"]["last_epoch"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_non_finite_steps_never_move_the_weights(token_data, tmp_path, layout):
     """An absurd LR blows the model up. Each non-finite step is skipped: the weights after it are
@@ -69,6 +70,7 @@ def test_non_finite_steps_never_move_the_weights(token_data, tmp_path, layout):
         assert schedule_position(ckpts / f"global_step{step}") == step, "the LR schedule follows the step"
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_breaks_exactness(token_data, tmp_path):
     """A relaunch with another global batch size, seed or data prefix, or of a run whose samples
     were read in an earlier order, is refused with one line naming the field or file (nothing in
@@ -101,6 +103,7 @@ def test_resume_refuses_what_breaks_exactness(token_data, tmp_path):
     assert json.loads((run / "data_manifest.json").read_text())["sample_order"] == 2
 
 
+@pytest.mark.slow
 def test_a_finished_run_launched_again_is_left_untouched(token_data, tmp_path):
     """Running the same command twice: the second says so in one line, exits 0, and changes no
     file of the finished run; on 2 ranks too."""

@@ -37,6 +37,7 @@ def test_the_package_finds_every_spec():
                                                            "qwen2_moe", "qwen3", "qwen3_moe"]
 
 
+@pytest.mark.slow
 def test_tables_and_configs_read_both_ways():
     seen = {}
     for cfg in option_sets():

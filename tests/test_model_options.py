@@ -37,6 +37,7 @@ OPTION_SETS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OPTION_SETS))
 def test_counts_flops_causality_and_cache(name):
     cfg = small(**OPTION_SETS[name])
@@ -186,6 +187,7 @@ TRAIN_OPTIONS = {  # every new option, in two runs: one process, and pipeline x2
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(TRAIN_OPTIONS))
 def test_new_options_train(layout, token_data, tmp_path):
     """A few real optimizer steps with the new options: the loss is finite and falls."""

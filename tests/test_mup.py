@@ -108,6 +108,7 @@ def test_exported_mup_model_gives_our_logits(opts, arch):
     assert bool(hf.config.tie_word_embeddings) == cfg.tie_embeddings  # the readout folded, ties kept
 
 
+@pytest.mark.slow
 def test_zero3_and_pipeline_train_with_mup_groups_and_export(token_data, tmp_path):
     """Two real 2-process launches (at once) of 2 steps each at twice the base width: ZeRO-3 and a 2-stage
     pipeline; both train (finite losses), and the ZeRO-3 run's checkpoint exports to GPT-2 with
@@ -136,6 +137,7 @@ def test_zero3_and_pipeline_train_with_mup_groups_and_export(token_data, tmp_pat
     assert rec["architecture"] == "GPT2LMHeadModel" and rec["max_abs_logit_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_coord_check_mup_flat_standard_grows(tmp_path):
     r = run_python([REPO / "launcher" / "coord_check.py", "--widths", "32", "64", "128", "--steps", "5", "--seeds",
                     "1", "--synthetic", "--out", tmp_path, "model.n_layer=2"])
