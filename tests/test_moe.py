@@ -233,6 +233,7 @@ def test_the_package_finds_the_moe_specs():
     assert [s.name for s in specs()][:3] == ["mixtral", "qwen2_moe", "qwen3_moe"]  # the narrowest layouts first
 
 
+@pytest.mark.slow  # builds transformers models: 2-18 s each
 @pytest.mark.parametrize("kw,arch", MOE_EXPORTS)
 def test_moe_exports_with_the_same_logits_and_imports_back(kw, arch):
     cfg = ModelConfig(**{**TINY, "n_layer": 4, **ROTARY, "moe_experts": 4, **kw})
@@ -344,6 +345,7 @@ def test_per_expert_fallback_equals_the_grouped_kernel(monkeypatch):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow  # about 5 s
 def test_one_expert_top_1_is_the_dense_model():
     """With one expert and top-1, the MoE block is the dense MLP it was copied from (the router's
     only choice weighs 1): the same logits, and the same gradient for the MLP weights."""
