@@ -52,6 +52,7 @@ def read_sweep(folder: Path) -> list[dict]:
             continue
         size = s_path.parent.name.split("_D")[0]
         pts.append({"run": s_path.parent.name, "size": size, "n_params": s["n_params"],
+                    "n_non_embedding": s["n_params_non_embedding"],
                     "n_active_non_embedding": s.get("n_params_active_non_embedding", s["n_params_non_embedding"]),
                     "tokens": s["tokens"], "flops": s["flops"], "valid_loss": s["final_valid_loss"],
                     "wall_time_s": s["wall_time_s"]})
@@ -89,7 +90,9 @@ def compare(dense_pts: list[dict], moe_pts: list[dict]) -> list[dict]:
             c_dense = dense_compute_for(m["valid_loss"], dense_pts)
             n_dense = d["n_active_non_embedding"]
             rows.append({"size": size, "n_dense": n_dense, "n_moe_active": m["n_active_non_embedding"],
-                         "n_moe_total": m["n_params"], "tokens_per_param": round(d["tokens"] / n_dense),
+                         "n_moe_total": m["n_params"],
+                         "n_moe_total_non_embedding": m["n_non_embedding"],
+                         "tokens_per_param": round(d["tokens"] / n_dense),
                          "tokens_dense": d["tokens"], "tokens_moe": m["tokens"], "flops_dense": d["flops"],
                          "flops_moe": m["flops"], "loss_dense": d["valid_loss"], "loss_moe": m["valid_loss"],
                          "gap": m["valid_loss"] - d["valid_loss"], "gap_rel": m["valid_loss"] / d["valid_loss"] - 1,
@@ -99,10 +102,10 @@ def compare(dense_pts: list[dict], moe_pts: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| shape | N dense (non-emb) | MoE active / total | D/N | loss dense | loss MoE | gap | gap % | "
+    out = ["| shape | N dense (non-emb) | MoE active / total (non-emb) | D/N | loss dense | loss MoE | gap | gap % | "
            "compute multiplier | wall time MoE / dense |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['size']} | {r['n_dense']:,} | {r['n_moe_active']:,} / {r['n_moe_total']:,} | "
+        out.append(f"| {r['size']} | {r['n_dense']:,} | {r['n_moe_active']:,} / {r['n_moe_total_non_embedding']:,} | "
                    f"{r['tokens_per_param']} | {r['loss_dense']:.3f} | {r['loss_moe']:.3f} | {r['gap']:+.3f} | "
                    f"{100 * r['gap_rel']:+.1f}% | {r['compute_multiplier']:.2f}x | {r['wall_ratio']:.2f} |")
     return "\n".join(out)
