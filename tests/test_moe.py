@@ -363,3 +363,19 @@ def test_one_expert_top_1_is_the_dense_model():
     moe(x, y).backward()
     assert torch.allclose(moe(x), dense(x), atol=1e-5)
     assert torch.allclose(moe.blocks[0].mlp.experts.up.grad[0], dense.blocks[0].mlp.up.weight.grad, atol=1e-6)
+
+
+@pytest.mark.slow  # about 5 s
+def test_generation_with_experts_is_the_same_with_and_without_the_kv_cache():
+    """Decoding one token at a time routes each new token alone: the same sampled tokens as
+    re-running the whole context, past seq_len too (a capacity factor does not apply outside
+    training). Random weights: sampled, not greedy (greedy repeats one token)."""
+    from llmtrain.eval.generate import sample
+
+    cfg = ModelConfig(**{**TINY, **ROTARY, "seq_len": 16, "moe_experts": 4, "moe_shared_experts": 1,
+                         "moe_capacity_factor": 1.0})
+    cfg.validate("test")
+    model = GPT(cfg, seed=3).eval()
+    a = sample(model, [1, 5, 9, 2], 16, temperature=1.0, seed=3, num_samples=2)
+    assert a == sample(model, [1, 5, 9, 2], 16, temperature=1.0, seed=3, num_samples=2, kv_cache=False)
+    assert len(a[0]) == 16 and len(set(a[0])) > 4
