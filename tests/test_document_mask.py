@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainutil import REPO, SMALL, assert_one_line_error, run_deepspeed, run_python, train_losses
+from trainutil import REPO, SMALL, assert_one_line_error, run_python, run_torchrun, train_losses
 
 from llmtrain.config import ModelConfig
 from llmtrain.model.gpt import GPT, Documents, document_attention, flex_document_attention
@@ -185,11 +185,11 @@ def test_document_masking_on_every_layout(short_docs, tmp_path):
     runs = {
         "single": lambda d: run_python([PRETRAIN, "--run-dir", d, *masked]),
         "unmasked": lambda d: run_python([PRETRAIN, "--run-dir", d, *common]),
-        "zero2": lambda d: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", d,
+        "zero2": lambda d: run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", d,
                                          *masked),
-        "zero3": lambda d: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", d,
+        "zero3": lambda d: run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", d,
                                          *masked, ckpt),
-        "pipe": lambda d: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", d,
+        "pipe": lambda d: run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", d,
                                         *masked, ckpt, "parallel.pipeline_stages=2", "checkpoint.save_final=true"),
     }
     losses = {}

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from trainutil import REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, run_python
+from trainutil import REPO, SMALL, assert_one_line_error, env, run_python, torchrun_cmd
 
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
@@ -46,7 +46,7 @@ def runs(token_data, tmp_path_factory):
     for name in ("zero3", "pipe"):
         launch, opts, _ = LAYOUTS[name]
         logs[name] = open(base / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(deepspeed_cmd(2, *launch, "--run-dir", base / name, *common, *opts), cwd=REPO,
+        procs[name] = subprocess.Popen(torchrun_cmd(2, *launch, "--run-dir", base / name, *common, *opts), cwd=REPO,
                                        env=env(), stdout=logs[name], stderr=subprocess.STDOUT)
     r = run_python([PRETRAIN, "--run-dir", base / "single", *common, *LAYOUTS["single"][1]])
     assert r.returncode == 0, r.stderr[-3000:]

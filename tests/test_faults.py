@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python, train_losses
+from trainutil import (REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python, run_torchrun,
+                       train_losses)
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
@@ -110,10 +111,10 @@ def test_a_finished_run_launched_again_is_left_untouched(token_data, tmp_path):
     for nproc in (1, 2):
         run = tmp_path / f"run{nproc}"
         args = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=3"]
-        first = run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(2, *args)
+        first = run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(2, *args)
         assert first.returncode == 0, first.stderr[-2000:]
         files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-        again = run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(2, *args)
+        again = run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(2, *args)
         assert again.returncode == 0, again.stderr[-2000:]
         assert "already finished at step 3" in again.stdout
         assert "Traceback" not in again.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python
+from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_python, run_torchrun
 
 from llmtrain.core.errors import ConfigError
 
@@ -70,7 +70,7 @@ def loop_run(layout: str, token_data: str, root: Path) -> tuple[Path, str]:
         run = root / layout
         args = [*ds, "--run-dir", run, f"data.prefix={token_data}", *SMALL, f"train.harness_tasks=[{CLOZE},{PPL}]",
                 f"train.harness_include_path=[{','.join(DIRS)}]", *overrides]
-        r = run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(nproc, *args)
+        r = run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(nproc, *args)
         assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
         _RUNS[layout] = (run, r.stdout)
     return _RUNS[layout]

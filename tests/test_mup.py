@@ -14,7 +14,7 @@ from llmtrain.config import Config, ModelConfig, load_config
 from llmtrain.core.errors import ConfigError
 from llmtrain.model import mup
 from llmtrain.model.gpt import GPT
-from trainutil import REPO, SMALL, deepspeed_cmd, env, read_metrics, run_python
+from trainutil import REPO, SMALL, env, read_metrics, run_python, torchrun_cmd
 
 BASE = ModelConfig(n_layer=2, d_model=32, n_head=4, seq_len=16, vocab_size=96)
 
@@ -120,7 +120,7 @@ def test_zero3_and_pipeline_train_with_mup_groups_and_export(token_data, tmp_pat
     procs, logs = {}, {}
     for name, launch in launches.items():
         logs[name] = open(tmp_path / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(deepspeed_cmd(2, *launch[:2], "--run-dir", tmp_path / name, *common,
+        procs[name] = subprocess.Popen(torchrun_cmd(2, *launch[:2], "--run-dir", tmp_path / name, *common,
                                                      *launch[2:]),
                                        cwd=REPO, env=env(), stdout=logs[name], stderr=subprocess.STDOUT)
     for name, p in procs.items():

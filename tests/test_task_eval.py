@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python
+from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_python, run_torchrun
 
 from llmtrain.config import ModelConfig
 from llmtrain.core.errors import ConfigError
@@ -197,7 +197,7 @@ def test_every_layout_logs_the_accuracy_of_its_own_weights(token_data, tmp_path,
     nproc, ds, overrides = LAYOUTS[layout]
     args = [*ds, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=2", "train.eval_interval=1",
             f"train.eval_tasks=[{task}]", *overrides]
-    r = run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(nproc, *args)
+    r = run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(nproc, *args)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     recs = [x for x in read_metrics(run) if x.get("split") == "task:mine"]
     assert [x["step"] for x in recs] == [1, 2]

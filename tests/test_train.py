@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from trainutil import (REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, free_port, read_metrics, run_deepspeed,
-                       run_python, train_losses)
+                       run_python, run_torchrun, train_losses)
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
@@ -95,11 +95,11 @@ def test_layouts_agree_on_the_same_model(token_data, tmp_path):
     common = [f"data.prefix=0.7 {token_data} 0.3 {token_data}", *SMALL, "train.max_steps=3"]
     runs = {
         "single": run_python([PRETRAIN, "--run-dir", tmp_path / "single", *common]),
-        "zero2": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "zero2",
+        "zero2": run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "zero2",
                                *common),
-        "zero3": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", tmp_path / "zero3",
+        "zero3": run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", tmp_path / "zero3",
                                *common),
-        "pipe": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", tmp_path / "pipe",
+        "pipe": run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", tmp_path / "pipe",
                               *common, "parallel.pipeline_stages=2", "train.activation_checkpointing=true"),
     }
     for name, r in runs.items():
