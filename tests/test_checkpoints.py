@@ -65,6 +65,7 @@ def mount_namespaces():
                     f"{r.stderr.strip()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_periodic_saves_keep_last_and_rank_0_decides_the_resume(token_data, tmp_path, layout, mount_namespaces):
     args = [*LAYOUTS[layout], f"data.prefix={token_data}", *SMALL, "train.max_steps=6", "model.dropout=0.1",

@@ -19,6 +19,7 @@ def run_cmd(cmd, timeout=600):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_torchrun_and_accelerate_match_the_deepspeed_launcher(token_data, tmp_path):
     common = [f"data.prefix={token_data}", *SMALL, "train.max_steps=3", "model.dropout=0.1"]
     ds = run_deepspeed(2, "--run-dir", tmp_path / "ds", *common)
@@ -41,6 +42,7 @@ def test_torchrun_and_accelerate_match_the_deepspeed_launcher(token_data, tmp_pa
             assert got[step] == pytest.approx(ref[step], abs=1e-6), (name, step)
 
 
+@pytest.mark.slow
 def test_pretrain_script_runs_from_another_folder(token_data, tmp_path):
     """The launcher finds configs/ and ds_configs/ beside itself, wherever it is started from."""
     r = subprocess.run([sys.executable, str(PRETRAIN), "--run-dir", str(tmp_path / "run"), f"data.prefix={token_data}",

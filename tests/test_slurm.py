@@ -33,6 +33,7 @@ def reference(token_data, tmp_path_factory):
     return run, losses
 
 
+@pytest.mark.slow
 def test_a_job_shorter_than_its_run_requeues_and_finishes_with_the_same_losses(slurm, token_data, reference,
                                                                                tmp_path):
     """sbatch --time=1 --signal=B:TERM@45: each attempt is stopped before its limit (by Slurm's
@@ -86,6 +87,7 @@ def test_a_job_shorter_than_its_run_requeues_and_finishes_with_the_same_losses(s
     assert attempts(run)[-1].endswith(": finished") and len(attempts(run)) == len(log) + 1
 
 
+@pytest.mark.slow
 def test_a_save_slower_than_the_signal_lead_is_waited_for(slurm, token_data, tmp_path):
     """Slurm's own time-limit signal (--signal=B:TERM@45 of a 1-minute job) while every save
     takes 20 s longer (as a big model's on a slow shared filesystem): the batch script keeps the
@@ -116,6 +118,7 @@ def test_a_save_slower_than_the_signal_lead_is_waited_for(slurm, token_data, tmp
     assert step + 1 in train_losses(run), "the resumed run goes on at the next step"
 
 
+@pytest.mark.slow
 def test_srun_one_task_per_rank_gives_the_deepspeed_launchers_losses(slurm, token_data, reference, tmp_path):
     """srun -n 2 python launcher/pretrain.py: each task finds its rank, the world size and the
     first node's address in Slurm's variables."""
@@ -130,6 +133,7 @@ def test_srun_one_task_per_rank_gives_the_deepspeed_launchers_losses(slurm, toke
         assert got[step] == pytest.approx(ref[step], abs=1e-6), step
 
 
+@pytest.mark.slow
 def test_a_run_that_keeps_failing_is_not_requeued_forever(slurm, token_data, reference, tmp_path):
     """A checkpoint that cannot be read (a rank's optimizer shard cut short): each attempt fails
     with one line naming the traceback's file in the run folder; after LLMTRAIN_REQUEUE_LIMIT (1
@@ -169,6 +173,7 @@ def unzstd(path) -> bytes:
         return zstandard.ZstdDecompressor().stream_reader(fh).read()
 
 
+@pytest.mark.slow
 def test_clean_stages_as_slurm_arrays_and_a_preempted_task_resumes(slurm, tmp_path):
     """bash data_prep/slurm/clean.sbatch IN OUT: the four stages as dependent arrays. The filter
     task is preempted once it has finished one of its two inputs: it requeues itself, skips that

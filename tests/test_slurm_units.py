@@ -32,6 +32,7 @@ def test_srun_tasks_map_to_torch_ranks():
     assert launcher_env(uneven)["LOCAL_WORLD_SIZE"] == "3"
 
 
+@pytest.mark.slow
 def test_torch_launchers_and_the_batch_shell_are_left_alone():
     # deepspeed, torchrun and accelerate set RANK themselves (also when they run inside an srun task)
     assert launcher_env({**SRUN_TASK, "RANK": "0", "WORLD_SIZE": "2"}) == {}
