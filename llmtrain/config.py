@@ -223,8 +223,9 @@ class CheckpointConfig:
     # With init_from a consolidated file or an imported model: the step to start at (its
     # schedule position; 0 for fine-tuning); None: the step the file records.
     init_step: Optional[int] = None
-    # A resume refuses a changed data.prefix, train.global_batch_size or train.seed (the data
-    # position would no longer be exact); true accepts the change and goes on from the step.
+    # A resume refuses a changed data.prefix, train.global_batch_size or train.seed, or a changed
+    # data stage before its checkpoint (the data position would no longer be exact); true accepts
+    # the change and goes on from the step.
     allow_data_change: bool = False
     # Beside each DeepSpeed checkpoint, the layout-free state (fp32 weights, Adam moments and step
     # by parameter name; checkpoint/layout_free.py): a relaunch on another number of ranks, ZeRO

@@ -5,7 +5,10 @@ token); window j of it is tokens[j*T : j*T + T + 1] (inputs and shifted targets)
 visits every window once in a fresh order: a seeded permutation of the window indices
 (``WindowPermutation``), computed for the samples asked for, never stored.
 
-Because the sample for global index g is a pure function of (g, seed), the data position of a
+Several datasets are mixed by ``BlendedSamples``; a mixture that changes during the run (data
+stages) is ``StagedSamples``, one blend per stage.
+
+Because the sample for global index g is a pure function of (g, seed, stages), the data position of a
 run is just the number of samples it has consumed: resuming at step s reads exactly the
 samples an uninterrupted run would have read, and every rank computes its own share without
 communication. Nothing is built at start-up and nothing grows with the corpus: a rank's memory
