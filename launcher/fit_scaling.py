@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--window-dex", type=float, default=0.5,
                     help="isoflop: parabola fitted to points within this many log10 units of the minimum")
     ap.add_argument("--metric", help="task: the metric to predict: SPLIT/FIELD of the runs' metrics.jsonl "
-                    "(task:NAME/acc_norm) or a CSV column")
+                    "(task:NAME/acc_norm, harness:TASK/acc) or a CSV column")
     ap.add_argument("--loss-metric", metavar="SPLIT/FIELD",
                     help="run folders: a logged quantity read in place of the validation loss (e.g. valid/loss)")
     ap.add_argument("--target", action="append", default=[], metavar="N,D",

@@ -183,6 +183,10 @@ class TrainConfig:
     profile_steps: list[int] = field(default_factory=list)  # [a, b]: torch.profiler trace of steps a..b-1
     # multiple-choice JSONL files ({"context", "choices", "label"} a line) scored at each evaluation (acc, acc_norm)
     eval_tasks: list[str] = field(default_factory=list)
+    # lm-evaluation-harness tasks scored at each evaluation (the harness extra: pip install -e '.[harness]'), found
+    # in the folders of task YAMLs of harness_include_path, else among lm-eval's own; logged as "split": "harness:TASK"
+    harness_tasks: list[str] = field(default_factory=list)
+    harness_include_path: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         _choice(where, "train.schedule", self.schedule, ("cosine", "wsd", "constant"))

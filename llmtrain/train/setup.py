@@ -65,6 +65,11 @@ def validate(config: str | None = None, overrides: list[str] = (), deepspeed_con
         from llmtrain.eval.tasks import load_tasks
 
         load_tasks(cfg.train.eval_tasks)
+    if cfg.train.harness_tasks:  # lm-eval installed, every task found and its data readable, before any folder
+        from llmtrain.eval.harness import load_tasks as load_harness_tasks
+
+        load_harness_tasks(cfg.train.harness_tasks, cfg.train.harness_include_path or None, "train.harness_tasks",
+                           quiet=True)
     if cfg.data.prefix is None and prepare_sample is None:
         raise ConfigError(f"{config_path}: data.prefix is not set; set it to token data made by "
                           f"data_prep/tokenize_corpus.py, or use launcher/pretrain.py for the bundled corpus")

@@ -99,6 +99,8 @@ class JsonlAndTensorBoard(Callback):
         final.update({f"valid:{name}/loss": v for name, v in (summary.get("valid_loss_by_source") or {}).items()})
         for name, r in (summary.get("tasks") or {}).items():
             final.update({f"task:{name}/acc": r["acc"], f"task:{name}/acc_norm": r["acc_norm"]})
+        for name, r in (summary.get("harness") or {}).items():
+            final.update({f"harness:{name}/{k}": v for k, v in r.items()})
         self.sink.log_hparams(hparams, final)
 
     def close(self, t) -> None:
