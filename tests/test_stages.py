@@ -163,6 +163,7 @@ def second(token_data, tmp_path_factory) -> str:
     return str(out / "whatsnew")
 
 
+@pytest.mark.slow
 def test_the_data_of_a_staged_run(token_data, second, tmp_path):
     cfg = load_config(None, [f"data.prefix={token_data}", *SMALL, "train.max_steps=10",
                              f"data.stages=[{{at: 0.3, prefix: '0.5 {token_data} 0.5 {second}'}}, "
@@ -194,6 +195,7 @@ def _train_shards(prefix: str) -> list[str]:
     return split_shards(prefix, read_manifest(prefix)[0], "train")
 
 
+@pytest.mark.slow
 def test_bad_stage_data_is_one_line_naming_the_key(token_data, second, tmp_path):
     other = tmp_path / "other"  # the same text under another tokenizer
     tok = tmp_path / "tok.json"
@@ -301,6 +303,10 @@ def test_a_sweep_cools_down_on_other_mixtures(tmp_path):
         plan_of(sweep_yaml(tmp_path / "cos.yaml", "b", schedule="cosine"))
     with pytest.raises(ConfigError, match="cooldown_prefix label 'a b'"):
         plan_of(sweep_yaml(tmp_path / "lab.yaml", {"a b": "x"}))
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_missing_cooldown_dataset_is_one_line(tmp_path):
     r = run_python([REPO / "launcher" / "sweep.py", "--config", sweep_yaml(tmp_path / "miss.yaml", "0.5 x/y 0.5 z"),
                     "--dry-run"])
     assert_one_line_error(r, "x/y_manifest.json: data manifest not found")
@@ -381,6 +387,7 @@ def staged_run(token_data, second, tmp_path_factory):
     return tmp, overrides, expected_rows(overrides, range(STEPS))
 
 
+@pytest.mark.slow
 def test_a_staged_run_reads_its_stages_and_reports_each_source(staged_run, token_data, second):
     tmp, overrides, expected = staged_run
     run = tmp / "ref"
@@ -422,6 +429,7 @@ def test_a_staged_run_reads_its_stages_and_reports_each_source(staged_run, token
         x["tokens_by_source"]["whatsnew"] for x in train]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout,at", [("zero0_x1", 4), ("zero2_x2", 2), ("zero3_x2", 4), ("pipe_x2", 2)])
 def test_resume_across_the_boundary_on_every_layout(staged_run, layout, at, monkeypatch):
     """The run killed right after its checkpoint one step before the boundary (2) or one after (4),
@@ -447,6 +455,7 @@ def test_resume_across_the_boundary_on_every_layout(staged_run, layout, at, monk
         assert all(losses[s] == ref[s] for s in range(at + 1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_a_changed_stage_before_the_checkpoint_is_refused(staged_run, token_data, tmp_path):
     tmp, overrides, _ = staged_run
     run = tmp_path / "run"
@@ -459,6 +468,7 @@ def test_a_changed_stage_before_the_checkpoint_is_refused(staged_run, token_data
     assert {f: (run / f).read_bytes() for f in before} == before
 
 
+@pytest.mark.slow
 def test_a_branch_cools_down_on_another_dataset_from_its_branch_point(staged_run, token_data, second, monkeypatch):
     """A WSD branch from the run's checkpoint at step 2 (what launcher/sweep.py starts with
     cooldown_prefix): it reads the second dataset alone from its first step, with the trunk's
