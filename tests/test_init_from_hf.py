@@ -4,6 +4,7 @@ tokenised with the folder's own tokenizer (a Llama with 8 heads, 2 KV heads and
 <|end_of_text|>)."""
 from __future__ import annotations
 
+import pytest
 import gzip
 import json
 
@@ -17,6 +18,7 @@ from test_import_hf import _configs, _tokenizer  # noqa: E402
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
 
+@pytest.mark.slow
 def test_init_from_a_transformers_folder(tmp_path):
     hf = tmp_path / "llama"
     model = transformers.LlamaForCausalLM(_configs()["llama"]).eval()
