@@ -59,7 +59,8 @@ def peak_flops(device: torch.device, precision: str, configured: float | None) -
 
 class MetricsLogger:
     """Writes each record to RUN/metrics.jsonl (one JSON object a line, flushed) and its
-    numeric fields to TensorBoard under train/ or valid/ by the record's split."""
+    numeric fields to TensorBoard under train/ or valid/ by the record's split (a list of numbers
+    as a histogram)."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -75,6 +76,10 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")
         if self.tb is not None:
+            for k, v in record.items():  # a list of numbers (per-expert loads): a histogram
+                if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
+                    self.tb.add_histogram(f"{record.get('split', 'train')}/{k}", torch.tensor(v, dtype=torch.float64),
+                                          record["step"])
             for tag, v in scalars(record).items():
                 self.tb.add_scalar(tag, v, record["step"])
 
