@@ -17,12 +17,11 @@ Adam's moments at the same point (the consolidate-then-init_from way round) is o
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from trainutil import REPO, SMALL, assert_one_line_error, run_python, run_torchrun, train_losses
+from trainutil import REPO, SMALL, assert_one_line_error, rewind, run_python, run_torchrun, train_losses
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
@@ -47,16 +46,6 @@ FAST = ["train.peak_flops=1e12"]  # no matmul measurement for MFU at each start
 def launch(nproc: int, ds: str, *args):
     args = ["--deepspeed_config", REPO / "ds_configs" / ds, *args]
     return run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(nproc, *args)
-
-
-def rewind(run: Path, step: int) -> None:
-    """The run folder as a run killed right after its checkpoint at ``step`` leaves it."""
-    ckpts = run / "checkpoints"
-    for d in ckpts.glob("global_step*"):
-        if int(d.name.removeprefix("global_step")) > step:
-            shutil.rmtree(d)
-    (ckpts / "latest").write_text(f"global_step{step}")
-    (run / "summary.json").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from trainutil import REPO, SAMPLE, SMALL, assert_one_line_error, env, free_port, read_metrics, run_python, train_losses
+from trainutil import (REPO, SAMPLE, SMALL, assert_one_line_error, env, free_port, read_metrics, rewind, run_python,
+                       train_losses)
 
 from llmtrain.config import load_config
 from llmtrain.core.errors import ConfigError
@@ -358,16 +359,6 @@ def expected_rows(overrides: list[str], steps) -> dict[int, set[str]]:
 def digest(row: np.ndarray) -> str:
     """As tests/sample_probe.py digests a row of inputs."""
     return hashlib.sha1(row.astype("int64").tobytes()).hexdigest()[:16]
-
-
-def rewind(run: Path, step: int) -> None:
-    """The run folder as a run killed right after its checkpoint at ``step`` leaves it."""
-    ckpts = run / "checkpoints"
-    for d in ckpts.glob("global_step*"):
-        if int(d.name.removeprefix("global_step")) > step:
-            shutil.rmtree(d)
-    (ckpts / "latest").write_text(f"global_step{step}")
-    (run / "summary.json").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,16 @@ def torchrun_cmd(nproc: int, *args, port: int | None = None) -> list[str]:
 def run_torchrun(nproc: int, *args, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run(torchrun_cmd(nproc, *args), cwd=REPO, env=env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def rewind(run: Path, step: int) -> None:
+    """The run folder as a run killed right after its checkpoint at ``step`` leaves it."""
+    ckpts = run / "checkpoints"
+    for d in ckpts.glob("global_step*"):
+        if int(d.name.removeprefix("global_step")) > step:
+            shutil.rmtree(d)
+    (ckpts / "latest").write_text(f"global_step{step}")
+    (run / "summary.json").unlink(missing_ok=True)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
