@@ -167,7 +167,7 @@ def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
             f"{config_path}: model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
             f"({tok_path}); remove model.vocab_size to take it from the tokenizer"
         )
-    T, seed = cfg.model.seq_len, cfg.train.seed
+    T, seed = cfg.train.seq_len, cfg.train.seed  # the window trained, at most the model's positions
     train, valid = [], []
     for i, (p, m) in enumerate(zip(prefixes, manifests)):
         shards = [IndexedDataset(s) for s in split_shards(p, m, "train")]

@@ -237,7 +237,7 @@ def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> li
         base = dict(size=size, n_layer=L, d_model=d, n_head=h, n_params=counts["n_params"],
                     n_params_non_embedding=counts["n_params_non_embedding"], n_basis=N, global_batch_size=G,
                     warmup_steps=warmup)
-        fpt = flops_per_token(mcfg)
+        fpt = flops_per_token(mcfg, seq_len)
         for lr0, suffix in lr_values:
             lr = lr0 * (float(hp["lr_ref_params"]) / N) ** float(hp["lr_exponent"])
             runs += _size_runs(sw, base, steps_list, tokens_per_step, fpt, lr, suffix,
@@ -314,8 +314,9 @@ def resolve(path: str, sweep_path: str) -> str:
 
 
 def seq_len_and_model(sw: dict) -> tuple[int, ModelConfig, str]:
+    """(the window trained, train.seq_len; the base model; the base config's path)."""
     from llmtrain.config import load_config
 
     base = resolve(sw["base"], sw["_path"])
     cfg = load_config(base, [o for o in sw.get("overrides", []) if o.startswith(("model.", "train.", "data."))])
-    return cfg.model.seq_len, cfg.model, base
+    return cfg.train.seq_len, cfg.model, base

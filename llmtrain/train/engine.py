@@ -18,6 +18,54 @@ def enable_activation_checkpointing(blocks) -> None:
         checkpoint(blk)
 
 
+def _no_match(cfg: Config, src: str) -> ConfigError:
+    return ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from}: no matching weight for {src}; "
+                       f"the file is from another model shape")
+
+
+def build_partitioned(cfg: Config, ds_config: dict, state: dict | None):
+    """ZeRO-3: the GPT built under ``deepspeed.zero.Init``, each module's parameters partitioned
+    over the ranks as soon as the module is made, so no rank ever holds the whole model. Then
+    each piece in turn (the embedding, one block, the head) is gathered, set on rank 0 (the
+    position-seeded initialisation, or its tensors of the consolidated ``state``, which only
+    rank 0 needs to hold) and scattered back into the partitions: the same weights as every
+    other layout, with at most one piece whole at a time."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from llmtrain.model.gpt import GPT, init_weights, piece_seed
+    from llmtrain.train.dist import broadcast_object
+
+    rank0 = dist.get_rank() == 0
+    # every rank raises the same error, before the collectives of the build
+    bad = broadcast_object(mismatched_weight(cfg, state) if rank0 and state is not None else None)
+    if bad is not None:
+        raise _no_match(cfg, bad)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = GPT(cfg.model, seed=cfg.train.seed, init=False)
+    for i, (prefix, piece) in enumerate(model.pieces()):
+        params = dict(piece.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0), torch.no_grad():
+            if not rank0:
+                continue
+            if state is None:
+                init_weights(piece, cfg.model, piece_seed(cfg.train.seed, i))
+                continue
+            for name, p in params.items():
+                p.copy_(state.pop(prefix + name))  # copied: rank 0 lets go of it
+    return model
+
+
+def mismatched_weight(cfg: Config, state: dict) -> str | None:
+    """The first GPT weight that ``state`` lacks or holds in another shape (shapes from a model
+    on the meta device, which allocates nothing); None when every weight matches."""
+    from llmtrain.model.gpt import GPT
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in GPT(cfg.model, init=False).state_dict().items()}
+    return next((k for k, s in shapes.items() if k not in state or state[k].shape != s), None)
+
+
 def load_weights(model, state: dict, cfg: Config, pipeline: bool) -> None:
     """Copy a consolidated GPT state dict into the model (or this rank's pipeline stages)."""
     from llmtrain.model.pipeline import pipeline_key_to_gpt
@@ -28,8 +76,7 @@ def load_weights(model, state: dict, cfg: Config, pipeline: bool) -> None:
             if src is None or name.endswith(("rope_cos", "rope_sin")):
                 continue
             if src not in state or state[src].shape != t.shape:
-                raise ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from}: no matching weight for {src}; "
-                                  f"the file is from another model shape")
+                raise _no_match(cfg, src)
             t.copy_(state[src])
 
 
@@ -40,10 +87,15 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
     GPT state dict to start from, at schedule position ``start_step``."""
     import deepspeed
 
+    from llmtrain.train.ds_config import zero_stage
     from llmtrain.train.schedule import lr_multiplier
 
     pipeline = cfg.parallel.pipeline_stages > 1
-    if pipeline:
+    if zero_stage(ds_config) == 3:
+        model = build_partitioned(cfg, ds_config, init_state)
+        if cfg.train.activation_checkpointing:
+            enable_activation_checkpointing(model.blocks)
+    elif pipeline:
         from llmtrain.model.pipeline import gpt_pipeline
 
         model = gpt_pipeline(cfg.model, cfg.parallel.pipeline_stages, seed=cfg.train.seed,
@@ -54,7 +106,7 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
         model = GPT(cfg.model, seed=cfg.train.seed)
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model.blocks)
-    if init_state is not None:
+    if init_state is not None and zero_stage(ds_config) != 3:
         load_weights(model, init_state, cfg, pipeline)
     from llmtrain.model.mup import mup_param_groups
 
@@ -63,7 +115,6 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
     # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop.
     # Where DeepSpeed checks no gradient overflow itself (fp32 without ZeRO), the optimizer skips
     # non-finite steps on its own (see llmtrain/train/module.py).
-    from llmtrain.train.ds_config import zero_stage
     from llmtrain.train.module import SkipNonFiniteAdamW
 
     own_check = zero_stage(ds_config) == 0 and t.precision == "fp32"

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import socket
@@ -31,6 +32,7 @@ from llmtrain.core.paths import REPO_ROOT
 from llmtrain.data.dataset import DataBundle, load_data, padded_vocab
 from llmtrain.train.callbacks import Callback, StopOnSignal, default_callbacks
 from llmtrain.train.dist import broadcast_object, env_int, init_distributed, set_cpu_threads
+from llmtrain.train.ds_config import zero_stage
 from llmtrain.train.start import Start, decide_start, model_from_hf_folder
 from llmtrain.train.trainer import Trainer
 
@@ -59,8 +61,9 @@ def validate(config: str | None = None, overrides: list[str] = (), deepspeed_con
     or OSError: one line naming the file and the fix)."""
     from llmtrain.train.ds_config import load_ds_json
 
-    cfg = load_config(config, overrides)
     config_path = config or "configs/tiny.yaml"
+    cfg = load_config(config, overrides,
+                      before_validate=lambda c: model_from_hf_folder(c, list(overrides), config_path))
     if cfg.train.eval_tasks:  # every task file read and checked now, before any run folder is written
         from llmtrain.eval.tasks import load_tasks
 
@@ -69,7 +72,6 @@ def validate(config: str | None = None, overrides: list[str] = (), deepspeed_con
         raise ConfigError(f"{config_path}: data.prefix is not set; set it to token data made by "
                           f"data_prep/tokenize_corpus.py, or use launcher/pretrain.py for the bundled corpus")
     user_ds, ds_path = load_ds_json(deepspeed_config)
-    model_from_hf_folder(cfg, list(overrides), config_path)
     ds_config = check_layout(cfg, user_ds, ds_path, config_path, world or env_int("WORLD_SIZE", 1))
     data = load_data(cfg, cfg.data.prefix, config_path) if cfg.data.prefix is not None else None
     return RunSpec(cfg, ds_config, config_path, data, run_dir, prepare_sample)
@@ -91,7 +93,7 @@ def total_steps_of(cfg: Config) -> int:
     """train.max_steps, or fewer when train.max_tokens is reached first."""
     steps = cfg.train.max_steps
     if cfg.train.max_tokens:
-        steps = min(steps, math.ceil(cfg.train.max_tokens / (cfg.train.global_batch_size * cfg.model.seq_len)))
+        steps = min(steps, math.ceil(cfg.train.max_tokens / (cfg.train.global_batch_size * cfg.train.seq_len)))
     return steps
 
 
@@ -103,7 +105,6 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     import torch.distributed as dist
 
     from llmtrain.model.gpt import count_params, flops_per_token
-    from llmtrain.train.ds_config import zero_stage
     from llmtrain.train.engine import build_engine, data_parallel_rank
     from llmtrain.train.loader import BatchPlan
     from llmtrain.train.metrics import peak_flops
@@ -126,7 +127,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
 
     run_dir = resolve_run_dir(spec.run_dir, cfg)
     total_steps = total_steps_of(cfg)
-    start = decide_start(cfg, run_dir, data, total_steps)
+    start = decide_start_on(rank, zero_stage(spec.ds_config) == 3, cfg, run_dir, data, total_steps)
     if start.kind == "finished":
         say(f"{run_dir}: this run already finished at step {start.step} (summary.json); nothing to do. Raise "
             f"train.max_steps to train on, or use a new --run-dir")
@@ -146,7 +147,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     module = train_module(engine, cfg.parallel.pipeline_stages > 1, dp_world, masked)
     t = Trainer(cfg, run_dir, engine, module, data, callbacks, rank=rank, world=world, device=device,
                 total_steps=total_steps, plan=plan, param_counts=count_params(cfg.model),
-                flops_per_token=flops_per_token(cfg.model), peak_flops=peak)
+                flops_per_token=flops_per_token(cfg.model, cfg.train.seq_len), peak_flops=peak)
 
     # Training randomness (dropout) starts from a known state whatever set-up consumed: a
     # per-rank seed, so data-parallel replicas draw different masks. Resume restores it.
@@ -164,6 +165,27 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
         say(describe(t, stage, threads))
     t.module.train()
     return t, start
+
+
+def decide_start_on(rank: int, partitioned: bool, cfg: Config, run_dir: Path, data: DataBundle,
+                    total_steps: int) -> Start:
+    """decide_start on every rank; under ZeRO-3 (``partitioned``) on rank 0 alone, which then holds
+    the only copy of checkpoint.init_from's weights and fills every rank's partitions from it
+    (engine.build_partitioned): the other ranks get the decision without the tensors, or rank 0's
+    error to raise."""
+    if not partitioned:
+        return decide_start(cfg, run_dir, data, total_steps)
+    start = told = None
+    if rank == 0:
+        try:
+            start = decide_start(cfg, run_dir, data, total_steps)
+            told = dataclasses.replace(start, state=None)
+        except Exception as e:  # every rank stops with rank 0's error
+            told = e
+    told = broadcast_object(told)
+    if isinstance(told, Exception):
+        raise told
+    return start if rank == 0 else told
 
 
 def run_training(spec_args: dict, prepare_sample: PrepareSample | None = None) -> int:
@@ -235,7 +257,9 @@ def describe(t: Trainer, stage: int, threads: int | None) -> str:
     cfg, counts, plan = t.cfg, t.param_counts, t.plan
     m = cfg.model
     return (f"model: {counts['n_params'] / 1e6:.2f}M params ({counts['n_params_non_embedding'] / 1e6:.2f}M "
-            f"non-embedding), {m.n_layer}L d{m.d_model} h{m.n_head} T{m.seq_len} V{m.vocab_size}; {t.world} rank(s), "
+            f"non-embedding), {m.n_layer}L d{m.d_model} h{m.n_head} T{cfg.train.seq_len}"
+            + (f" (of {m.seq_len} positions)" if cfg.train.seq_len != m.seq_len else "")
+            + f" V{m.vocab_size}; {t.world} rank(s), "
             f"ZeRO-{stage}, {cfg.parallel.pipeline_stages} stage(s), micro {plan.micro} x accum {plan.gas} x dp "
             f"{t.world // cfg.parallel.pipeline_stages} = {cfg.train.global_batch_size} seqs/step; {t.total_steps} "
             f"steps ({t.total_steps * t.tokens_per_step / 1e6:.2f}M tokens); device {t.device}"

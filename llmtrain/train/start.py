@@ -74,7 +74,7 @@ def decide_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int)
                               f"consolidate the step folder (python launcher/consolidate.py)")
         return Start("branch", init)
     step = cfg.checkpoint.init_step if cfg.checkpoint.init_step is not None else int(meta.get("step") or 0)
-    tokens = (step * cfg.train.global_batch_size * cfg.model.seq_len if cfg.checkpoint.init_step is not None
+    tokens = (step * cfg.train.global_batch_size * cfg.train.seq_len if cfg.checkpoint.init_step is not None
               else int(meta.get("tokens") or 0))
     return Start("weights", init, state, step, tokens)
 
@@ -92,8 +92,11 @@ def model_from_hf_folder(cfg: Config, overrides: list[str], where: str) -> None:
     given = {o.split("=", 1)[0].strip()[len("model."):] for o in overrides if o.strip().startswith("model.")}
     for key, value in folder.items():
         if key in given and key != "dropout" and getattr(cfg.model, key) != value:
+            fix = (f"; to train on shorter windows set train.seq_len={getattr(cfg.model, key)} instead"
+                   if key == "seq_len" else "")
             raise ConfigError(f"model.{key}={getattr(cfg.model, key)} (command line) conflicts with {source} "
-                              f"({key}={value}), the model checkpoint.init_from starts from; remove the override")
+                              f"({key}={value}), the model checkpoint.init_from starts from; remove the override"
+                              + fix)
         if key != "dropout" or key not in given:
             setattr(cfg.model, key, value)
     cfg.model.validate(where)

@@ -31,7 +31,7 @@ class TaskEval(PeriodicEval):
 
         tok, eod = load_tokenizer(t.data.tokenizer_path, manifest_eod_token(t.data.manifests))
         pipeline = t.cfg.parallel.pipeline_stages > 1
-        seq_len = t.cfg.model.seq_len
+        seq_len = t.cfg.train.seq_len  # the training window
         self.scorer = TaskScorer(self.tasks, tok, eod, seq_len, t.plan.micro, width=seq_len if pipeline else None,
                                  dp_rank=t.plan.dp_rank, dp_world=t.world // t.cfg.parallel.pipeline_stages)
         calls = torch.tensor([float(self.scorer.n_calls)], device=t.device)
@@ -39,7 +39,7 @@ class TaskEval(PeriodicEval):
         if t.rank == 0:
             n = sum(len(task.examples) for task in self.tasks)
             cut = self.scorer.truncated
-            cut = f"; {cut} rows on rank 0 cut from the left to seq_len" if cut else ""
+            cut = f"; {cut} rows on rank 0 cut from the left to train.seq_len" if cut else ""
             print(f"tasks: {', '.join(task.name for task in self.tasks)} ({n} examples; {self.scorer.n_calls} "
                   f"forward calls per rank per evaluation{cut})", flush=True)
 
