@@ -278,20 +278,29 @@ def estimate_seconds(run: RunSpec, seq_len: int, rate_flops: float, assumed_mfu:
     return run.compute_steps * per_step / (rate_flops * assumed_mfu)
 
 
-def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_mfu: float, nproc: int) -> str:
-    head = ("| run | L | d | N | N non-emb | D (tokens) | D/N | steps | FLOPs 6ND | lr | from | est. time |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_mfu: float, nproc: int,
+                 memory: list | None = None) -> str:
+    """The plan as a Markdown table; ``memory``: each run's MemoryPlan (llmtrain/scaling/memory.py),
+    shown as memory per rank, whether it fits and the largest micro-batch that does."""
+    head = ("| run | L | d | N | N non-emb | D (tokens) | D/N | steps | FLOPs 6ND | lr | from | est. time |"
+            + (" mem/rank | fits | max micro |" if memory else "") + "\n"
+            + "|---" * (12 + (3 if memory else 0)) + "|")
     rows, total = [head], 0.0
-    for r in runs:
+    for i, r in enumerate(runs):
         t = estimate_seconds(r, seq_len, rate_flops * nproc, assumed_mfu)
         total += t
         src = f"{r.init_from}@{r.init_step}" if r.init_from else "-"
         rows.append(
             f"| {r.name} | {r.n_layer} | {r.d_model} | {r.n_params:,} | {r.n_params_non_embedding:,} | {r.tokens:,} | "
             f"{r.tokens / r.n_basis:.1f} | {r.steps} | {r.flops:.2e} | {r.lr:.2e} | {src} | {_fmt_time(t)} |"
+            + (f" {memory[i].total / 2**30:.2f} GiB | {'yes' if memory[i].fits else 'NO'} | "
+               f"{memory[i].max_micro_batch or '-'} |" if memory else "")
         )
     rows.append(f"\n{len(runs)} runs; estimated total {_fmt_time(total)} at {assumed_mfu:.0%} of "
                 f"{rate_flops / 1e9:,.0f} GFLOP/s per process x {nproc} (measured matmul rate)")
+    if memory:
+        rows.append(f"memory per rank against {memory[0].budget / 2**30:.2f} GiB ({memory[0].budget_source}); "
+                    f"python launcher/pretrain.py --dry-run with a run's overrides shows its parts")
     return "\n".join(rows)
 
 

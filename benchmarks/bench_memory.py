@@ -1,0 +1,263 @@
+"""The memory plan (llmtrain/scaling/memory.py) against measured memory on CPU.
+
+    python benchmarks/bench_memory.py activations [--out FILE]   # in one process, the profiler's peak
+    python benchmarks/bench_memory.py runs [--out FILE]          # real launches: peak RSS per rank
+    python benchmarks/bench_memory.py zero3-rss [--out FILE]     # ZeRO-3 x2 built partitioned vs one process
+
+**activations**: for each model option set, micro-batch and precision, with and without
+activation checkpointing (as the trainer applies it), one forward and backward of the GPT on
+CPU after a first one (so the gradients already exist): the peak of the bytes allocated above
+the state before it, from torch.profiler's memory events (every allocation and free of the CPU
+allocator, in order), against ``activation_bytes`` of the plan.
+
+**runs**: ``launcher/pretrain.py`` launched for real (ZeRO-0 x1, ZeRO-2 x2, ZeRO-3 x2, pipeline
+x2, each with and without activation checkpointing) on a 30M-parameter GPT; each rank logs its
+peak RSS (``mem_rss_gb``, getrusage) in metrics.jsonl. The same launch of a 1-layer d64 model
+gives the process's own baseline (torch, DeepSpeed, gloo, the data); measured = peak RSS -
+baseline, against the plan's total per rank. RSS also holds what the allocator keeps after
+freeing, so it can only exceed what was allocated at once.
+
+**zero3-rss**: peak RSS per rank of a >= 100M-parameter GPT: one process (ZeRO-0, and ZeRO-3 x1)
+against ZeRO-3 x2 (built under deepspeed.zero.Init), each less the same baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llmtrain.config import Config
+from llmtrain.core.paths import REPO_ROOT
+from llmtrain.core.tasks import free_port
+
+PRETRAIN = REPO_ROOT / "launcher" / "pretrain.py"
+MiB = 1024 ** 2
+
+# model option sets for the activation check: (name, model overrides)
+OPTION_SETS = [
+    ("gpt2-style", ["model.n_layer=4", "model.d_model=256", "model.n_head=4", "model.vocab_size=4096"]),
+    ("llama-style", ["model.n_layer=4", "model.d_model=256", "model.n_head=8", "model.n_kv_head=2",
+                     "model.pos_encoding=rotary", "model.norm=rmsnorm", "model.mlp=swiglu", "model.vocab_size=4096",
+                     "model.tie_embeddings=false"]),
+    ("wide-vocab", ["model.n_layer=2", "model.d_model=128", "model.n_head=4", "model.vocab_size=32768"]),
+    ("deep-narrow-vocab", ["model.n_layer=8", "model.d_model=384", "model.n_head=6", "model.vocab_size=512",
+                           "model.parallel_residual=true", "model.qk_norm=true"]),
+    ("dropout-docmask", ["model.n_layer=4", "model.d_model=256", "model.n_head=4", "model.vocab_size=4096",
+                         "model.dropout=0.1", "model.document_mask_token=7", "model.pos_encoding=sinusoidal"]),
+    ("mup-zloss-rms", ["model.n_layer=4", "model.d_model=256", "model.n_head=4", "model.vocab_size=4096",
+                       "model.parametrization=mup", "model.mup_base_width=128", "model.z_loss=1e-4",
+                       "model.norm=rmsnorm", "model.qk_norm=true"]),
+]
+
+
+def config(overrides: list[str]) -> Config:
+    from llmtrain.config import load_config
+
+    return load_config(None, overrides)
+
+
+def peak_allocated(fn) -> int:
+    """Peak bytes allocated (above the start) while ``fn`` runs, from the profiler's memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak
+
+
+def measure_activations(cfg: Config, micro: int) -> int:
+    from llmtrain.model.gpt import GPT
+    from llmtrain.train.engine import enable_activation_checkpointing
+
+    model = GPT(cfg.model, seed=0)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.train.precision]
+    model = model.to(dtype)
+    if cfg.train.activation_checkpointing:
+        enable_activation_checkpointing(model.blocks)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.model.vocab_size, (micro, cfg.train.seq_len + 1), generator=g)
+
+    def step():
+        model(x[:, :-1], x[:, 1:]).backward()
+
+    step()  # the gradients exist from here on, as in training
+    return peak_allocated(step)
+
+
+def planned_activations(cfg: Config, micro: int) -> int:
+    from llmtrain.scaling.memory import Layout, activation_bytes, stage_params
+
+    ds = {"train_micro_batch_size_per_gpu": micro, "zero_optimization": {"stage": 0}}
+    lay = Layout.of(cfg, ds, 1)
+    return activation_bytes(cfg, lay, stage_params(cfg)[0], micro, cfg.train.activation_checkpointing, "cpu")
+
+
+def activations(args) -> list[dict]:
+    torch.set_num_threads(1)
+    rows = []
+    for name, model in OPTION_SETS:
+        for precision in ("fp32", "bf16"):
+            for ckpt in (False, True):
+                for micro, T in ((2, 128), (4, 256)):
+                    cfg = config([*model, f"model.seq_len={T}", f"train.precision={precision}",
+                                  f"train.activation_checkpointing={str(ckpt).lower()}"])
+                    measured = measure_activations(cfg, micro)
+                    planned = planned_activations(cfg, micro)
+                    row = {"model": name, "precision": precision, "checkpointing": ckpt, "micro": micro, "T": T,
+                           "measured_mib": measured / MiB, "planned_mib": planned / MiB,
+                           "planned_over_measured": planned / measured}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+def token_data(work: Path) -> str:
+    """The bundled corpus tokenised with a 4096-token BPE (data_prep's scripts), once."""
+    prefix = work / "tok" / "sample"
+    if not Path(f"{prefix}_manifest.json").is_file():
+        tok = work / "tok" / "tokenizer.json"
+        tok.parent.mkdir(parents=True, exist_ok=True)
+        sample = REPO_ROOT / "data" / "sample"
+        for cmd in ([REPO_ROOT / "data_prep" / "train_tokenizer.py", "--input", sample, "--vocab-size", "4096",
+                     "--output", tok],
+                    [REPO_ROOT / "data_prep" / "tokenize_corpus.py", "--input", sample, "--tokenizer", tok,
+                     "--output-prefix", prefix, "--valid-fraction", "0.02"]):
+            subprocess.run([sys.executable, *map(str, cmd)], check=True, capture_output=True)
+    return str(prefix)
+
+
+COMMON = ["train.max_steps=3", "train.log_interval=1", "train.eval_interval=0", "train.eval_batches=1",
+          "checkpoint.save_final=false", "log.tensorboard=false", "train.warmup_steps=1", "train.peak_flops=1e11"]
+MODEL_30M = ["model.n_layer=8", "model.d_model=512", "model.n_head=8", "model.seq_len=256", "model.vocab_size=4096"]
+MODEL_BASELINE = ["model.n_layer=1", "model.d_model=64", "model.n_head=4", "model.seq_len=256", "model.vocab_size=4096"]
+RUN_LAYOUTS = [  # name, processes, DeepSpeed config, extra overrides
+    ("zero0_x1", 1, "zero0.json", []),
+    ("zero2_x2", 2, "zero2.json", []),
+    ("zero3_x2", 2, "zero3.json", []),
+    ("pipe_x2", 2, "zero1.json", ["parallel.pipeline_stages=2"]),
+]
+
+
+def peak_rss_gib(pid: int) -> float | None:
+    """The kernel's high-water mark of a process's resident memory (VmHWM), in GiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        return None
+    return None
+
+
+def launch(run_dir: Path, nproc: int, ds: str, overrides: list[str]) -> list[float]:
+    """Peak RSS (GiB) of each rank of a real launch: VmHWM of every rank process (the deepspeed
+    launcher's children with --local_rank), read every 0.1 s until it exits."""
+    import psutil
+
+    cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), str(PRETRAIN),
+           "--run-dir", str(run_dir), "--deepspeed_config", str(REPO_ROOT / "ds_configs" / ds), *overrides,
+           "train.threads=1"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    log = open(run_dir.with_suffix(".log"), "w")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    peaks: dict[int, float] = {}
+    while proc.poll() is None:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if any(a.startswith("--local_rank") for a in p.cmdline()):
+                    rank = next(int(a.split("=")[1]) for a in p.cmdline() if a.startswith("--local_rank="))
+                    hwm = peak_rss_gib(p.pid)
+                    if hwm is not None:
+                        peaks[rank] = max(peaks.get(rank, 0.0), hwm)
+            except (psutil.Error, StopIteration, ValueError):
+                pass
+        time.sleep(0.1)
+    log.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"{run_dir}: exit {proc.returncode}; see {run_dir.with_suffix('.log')}")
+    return [peaks[r] for r in sorted(peaks)]
+
+
+def planned_total(overrides: list[str], nproc: int, ds: str) -> dict:
+    from llmtrain.scaling.memory import plan_memory
+    from llmtrain.train.ds_config import build_ds_config, load_ds_json
+
+    cfg = config(overrides)
+    user, path = load_ds_json(REPO_ROOT / "ds_configs" / ds)
+    ds_cfg = build_ds_config(cfg, user, path, "bench", nproc // cfg.parallel.pipeline_stages)
+    return plan_memory(cfg, ds_cfg, nproc, budget=1 << 40, device_type="cpu").to_json()
+
+
+def runs(args) -> list[dict]:
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_memory_"))
+    data = token_data(work)
+    rows = []
+    base_common = [f"data.prefix={data}", *COMMON, "train.global_batch_size=8", "train.micro_batch_size=4"]
+    for name, nproc, ds, extra in RUN_LAYOUTS:
+        baseline = launch(work / f"{name}_baseline", nproc, ds, [*base_common, *MODEL_BASELINE, *extra])
+        for ckpt in ("false", "true"):
+            ov = [*base_common, *MODEL_30M, *extra, f"train.activation_checkpointing={ckpt}"]
+            rss = launch(work / f"{name}_{ckpt}", nproc, ds, ov)
+            plan = planned_total([o for o in ov if not o.startswith("data.")], nproc, ds)
+            measured = max(r - b for r, b in zip(rss, baseline)) * 1024  # MiB
+            planned = plan["per_rank"]["total_bytes"] / MiB
+            row = {"layout": name, "checkpointing": ckpt == "true", "rss_gib": rss, "baseline_gib": baseline,
+                   "measured_mib": measured, "planned_mib": planned, "planned_over_measured": planned / measured,
+                   "plan": plan["per_rank"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def zero3_rss(args) -> list[dict]:
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_memory_"))
+    data = token_data(work)
+    model = ["model.n_layer=12", "model.d_model=768", "model.n_head=12", "model.seq_len=128", "model.vocab_size=4096"]
+    common = [f"data.prefix={data}", *COMMON, "train.max_steps=2", "train.global_batch_size=2",
+              "train.micro_batch_size=1"]
+    rows = []
+    for name, nproc, ds in (("zero0_x1", 1, "zero0.json"), ("zero3_x1", 1, "zero3.json"),
+                            ("zero3_x2", 2, "zero3.json")):
+        baseline = launch(work / f"rss_{name}_baseline", nproc, ds, [*common, *MODEL_BASELINE[:-1],
+                                                                     "model.seq_len=128"])
+        t0 = time.time()
+        rss = launch(work / f"rss_{name}", nproc, ds, [*common, *model])
+        plan = planned_total([*COMMON, *model, "train.global_batch_size=2", "train.micro_batch_size=1"], nproc, ds)
+        row = {"layout": name, "rss_gib": rss, "baseline_gib": baseline,
+               "above_baseline_mib": [(r - b) * 1024 for r, b in zip(rss, baseline)],
+               "planned_mib": plan["per_rank"]["total_bytes"] / MiB, "wall_s": time.time() - t0}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["activations", "runs", "zero3-rss"])
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--work", default=None, help="folder for the data and run folders (default: a temp folder)")
+    args = ap.parse_args()
+    rows = {"activations": activations, "runs": runs, "zero3-rss": zero3_rss}[args.what](args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
