@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu-memory", default=None,
                    help="with --dry-run: memory per GPU, e.g. 80GiB (default: the visible device's)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # options may come after the overrides
 
 
 def dry_run(args) -> int:
@@ -62,10 +62,10 @@ def dry_run(args) -> int:
 
     rank, launched = int(os.environ.get("RANK", 0)), os.environ.get("WORLD_SIZE")
     try:
-        if launched and args.world_size and args.world_size != int(launched):
+        if launched and args.world_size is not None and args.world_size != int(launched):
             raise ConfigError(f"--world-size {args.world_size} contradicts the launcher's {launched} processes; "
                               f"drop --world-size under a launcher")
-        world = int(launched or args.world_size or 1)
+        world = int(launched) if launched else (1 if args.world_size is None else args.world_size)
         if world < 1:
             raise ConfigError(f"--world-size must be >= 1 (got {world})")
         budget = parse_bytes(args.gpu_memory) if args.gpu_memory else None
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.dry_run:
         return dry_run(args)
-    if args.json or args.world_size or args.gpu_memory:
+    if args.json or args.world_size is not None or args.gpu_memory:
         print("error: --json, --world-size and --gpu-memory go with --dry-run", file=sys.stderr)
         return 2
     return run_training(dict(config=args.config, overrides=args.overrides, deepspeed_config=args.deepspeed_config,
