@@ -207,10 +207,9 @@ def gib(n: int) -> str:
 def stage_params(cfg: Config) -> list[StageParams]:
     """The parameters of each pipeline stage (one entry without a pipeline), counted on a GPT built
     on the meta device, grouped as the optimizer groups them (llmtrain.model.mup.mup_param_groups).
-    Stages take blocks as DeepSpeed's partition_method="type:Block" does; with tied embeddings the
-    last stage holds the embedding module too."""
-    from deepspeed.runtime.utils import partition_balanced
-
+    Stages take blocks as DeepSpeed's partition_method="type:Block" does when the stages divide the
+    blocks (the config requires it): L / P blocks each, the embedding on the first stage, the head
+    (and with tied embeddings the embedding module again) on the last."""
     from llmtrain.model.gpt import GPT
     from llmtrain.model.mup import mup_param_groups
 
@@ -220,15 +219,14 @@ def stage_params(cfg: Config) -> list[StageParams]:
     for gi, g in enumerate(mup_param_groups(model, cfg)):
         for p in g["params"]:
             group_of[id(p)] = gi
-    pieces = model.pieces()  # embed, blocks..., head
+    pieces = model.pieces()  # embed (0), blocks (1..L), head (L + 1)
     P, L = cfg.parallel.pipeline_stages, cfg.model.n_layer
-    if P == 1:
-        owned = [list(range(len(pieces)))]
-    else:
-        layer_pieces = list(range(len(pieces))) + ([0] if cfg.model.tie_embeddings else [])  # the tied output layer
-        weights = [1 if 1 <= i <= L and j <= L else 0 for j, i in enumerate(layer_pieces)]
-        parts = partition_balanced(weights=weights, num_parts=P)
-        owned = [sorted(set(layer_pieces[parts[s]:parts[s + 1]])) for s in range(P)]
+    per = L // P
+    owned = [list(range(1 + s * per, 1 + (s + 1) * per)) for s in range(P)]
+    owned[0].insert(0, 0)
+    owned[-1].append(L + 1)
+    if P > 1 and cfg.model.tie_embeddings:
+        owned[-1].insert(0, 0)  # the tied output projection is the embedding module
     out = []
     for s, idx in enumerate(owned):
         groups: dict[int, list[int]] = {}
