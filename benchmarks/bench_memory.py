@@ -10,6 +10,10 @@ CPU after a first one (so the gradients already exist): the peak of the bytes al
 the state before it, from torch.profiler's memory events (every allocation and free of the CPU
 allocator, in order), against ``activation_bytes`` of the plan.
 
+Every launch runs with MALLOC_MMAP_THRESHOLD_=131072: glibc then hands freed blocks of 128 KiB or
+more back to the OS at once instead of keeping them in its heap (where a build that allocates a
+module whole and frees it after partitioning leaves holes), so resident memory tracks live memory.
+
 **runs**: ``launcher/pretrain.py`` launched for real (ZeRO-0 x1, ZeRO-2 x2, ZeRO-3 x2, pipeline
 x2, each with and without activation checkpointing) on a 30M-parameter GPT; each rank logs its
 peak RSS (``mem_rss_gb``, getrusage) in metrics.jsonl. The same launch of a 1-layer d64 model
@@ -37,7 +41,6 @@ from llmtrain.config import Config
 from llmtrain.core.paths import REPO_ROOT
 from llmtrain.core.tasks import free_port
 
-PRETRAIN = REPO_ROOT / "launcher" / "pretrain.py"
 MiB = 1024 ** 2
 
 # model option sets for the activation check: (name, model overrides)
@@ -101,7 +104,7 @@ def planned_activations(cfg: Config, micro: int) -> int:
     from llmtrain.scaling.memory import Layout, activation_bytes, stage_params
 
     ds = {"train_micro_batch_size_per_gpu": micro, "zero_optimization": {"stage": 0}}
-    lay = Layout.of(cfg, ds, 1)
+    lay = Layout.of(cfg, ds, 1, "cpu")
     return activation_bytes(cfg, lay, stage_params(cfg)[0], micro, cfg.train.activation_checkpointing, "cpu")
 
 
@@ -165,33 +168,58 @@ def peak_rss_gib(pid: int) -> float | None:
     return None
 
 
-def launch(run_dir: Path, nproc: int, ds: str, overrides: list[str]) -> list[float]:
-    """Peak RSS (GiB) of each rank of a real launch: VmHWM of every rank process (the deepspeed
-    launcher's children with --local_rank), read every 0.1 s until it exits."""
-    import psutil
+class Launch:
+    """One real launch of launcher/pretrain.py (from ``repo``: this checkout, or another one to
+    compare with) under the deepspeed launcher. ``peaks``: each rank's VmHWM (GiB), read every
+    0.1 s until it exits; ``built``: the same when rank 0 prints "run folder:" (the engine built,
+    no step taken yet)."""
 
-    cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), str(PRETRAIN),
-           "--run-dir", str(run_dir), "--deepspeed_config", str(REPO_ROOT / "ds_configs" / ds), *overrides,
-           "train.threads=1"]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    log = open(run_dir.with_suffix(".log"), "w")
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    peaks: dict[int, float] = {}
-    while proc.poll() is None:
-        for p in psutil.Process(proc.pid).children(recursive=True):
+    def __init__(self, run_dir: Path, nproc: int, ds: str, overrides: list[str], repo: Path = REPO_ROOT):
+        import psutil
+        import threading
+
+        cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()),
+               str(repo / "launcher" / "pretrain.py"), "--run-dir", str(run_dir), "--deepspeed_config",
+               str(REPO_ROOT / "ds_configs" / ds), *overrides, "train.threads=1"]
+        # glibc returns freed blocks of >= 128 KiB to the OS at once (instead of keeping them in its
+        # heap, where interleaved frees leave holes), so the resident memory tracks what is live
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(repo), "MALLOC_MMAP_THRESHOLD_": "131072"}
+        self.peaks: dict[int, float] = {}
+        self.built: list[float] | None = None
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+
+        def read():
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("run folder:") and self.built is None:
+                    self.poll(psutil, proc.pid)
+                    self.built = [self.peaks[r] for r in sorted(self.peaks)]
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        while proc.poll() is None:
+            self.poll(psutil, proc.pid)
+            time.sleep(0.1)
+        reader.join(timeout=10)
+        run_dir.with_suffix(".log").write_text("".join(lines))
+        if proc.returncode != 0:
+            raise SystemExit(f"{run_dir}: exit {proc.returncode}; see {run_dir.with_suffix('.log')}")
+        self.rss = [self.peaks[r] for r in sorted(self.peaks)]
+
+    def poll(self, psutil, pid: int) -> None:
+        for p in psutil.Process(pid).children(recursive=True):
             try:
-                if any(a.startswith("--local_rank") for a in p.cmdline()):
-                    rank = next(int(a.split("=")[1]) for a in p.cmdline() if a.startswith("--local_rank="))
-                    hwm = peak_rss_gib(p.pid)
-                    if hwm is not None:
-                        peaks[rank] = max(peaks.get(rank, 0.0), hwm)
+                rank = next(int(a.split("=")[1]) for a in p.cmdline() if a.startswith("--local_rank="))
+                hwm = peak_rss_gib(p.pid)
+                if hwm is not None:
+                    self.peaks[rank] = max(self.peaks.get(rank, 0.0), hwm)
             except (psutil.Error, StopIteration, ValueError):
                 pass
-        time.sleep(0.1)
-    log.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"{run_dir}: exit {proc.returncode}; see {run_dir.with_suffix('.log')}")
-    return [peaks[r] for r in sorted(peaks)]
+
+
+def launch(run_dir: Path, nproc: int, ds: str, overrides: list[str]) -> list[float]:
+    return Launch(run_dir, nproc, ds, overrides).rss
 
 
 def planned_total(overrides: list[str], nproc: int, ds: str) -> dict:
@@ -225,25 +253,39 @@ def runs(args) -> list[dict]:
     return rows
 
 
+MODEL_105M = ["model.n_layer=8", "model.d_model=1024", "model.n_head=16", "model.seq_len=128",
+              "model.vocab_size=4096"]
+
+
 def zero3_rss(args) -> list[dict]:
+    """Peak RSS per rank of a 105M-parameter GPT (fp32): one process (ZeRO-0 and ZeRO-3 x1) and
+    ZeRO-3 x2, each at the engine's build and over the run, less the baseline of the same launch
+    with a 1-layer d64 model; with --repo also the same launches of another checkout (before
+    deepspeed.zero.Init)."""
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_memory_"))
     data = token_data(work)
-    model = ["model.n_layer=12", "model.d_model=768", "model.n_head=12", "model.seq_len=128", "model.vocab_size=4096"]
     common = [f"data.prefix={data}", *COMMON, "train.max_steps=2", "train.global_batch_size=2",
-              "train.micro_batch_size=1"]
+              "train.micro_batch_size=1", "checkpoint.save_final=false"]
+    repos = [("this", REPO_ROOT)] + ([("base", Path(args.repo).resolve())] if args.repo else [])
     rows = []
-    for name, nproc, ds in (("zero0_x1", 1, "zero0.json"), ("zero3_x1", 1, "zero3.json"),
-                            ("zero3_x2", 2, "zero3.json")):
-        baseline = launch(work / f"rss_{name}_baseline", nproc, ds, [*common, *MODEL_BASELINE[:-1],
-                                                                     "model.seq_len=128"])
-        t0 = time.time()
-        rss = launch(work / f"rss_{name}", nproc, ds, [*common, *model])
-        plan = planned_total([*COMMON, *model, "train.global_batch_size=2", "train.micro_batch_size=1"], nproc, ds)
-        row = {"layout": name, "rss_gib": rss, "baseline_gib": baseline,
-               "above_baseline_mib": [(r - b) * 1024 for r, b in zip(rss, baseline)],
-               "planned_mib": plan["per_rank"]["total_bytes"] / MiB, "wall_s": time.time() - t0}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for tag, repo in repos:
+        for name, nproc, ds in (("zero0_x1", 1, "zero0.json"), ("zero3_x1", 1, "zero3.json"),
+                                ("zero3_x2", 2, "zero3.json")):
+            base = Launch(work / f"rss_{tag}_{name}_baseline", nproc, ds,
+                          [*common, *MODEL_BASELINE[:-1], "model.seq_len=128"], repo)
+            t0 = time.time()
+            la = Launch(work / f"rss_{tag}_{name}", nproc, ds, [*common, *MODEL_105M], repo)
+            plan = planned_total([*COMMON, *MODEL_105M, "train.global_batch_size=2", "train.micro_batch_size=1"],
+                                 nproc, ds)
+            row = {"code": tag, "layout": name, "rss_gib": la.rss, "built_gib": la.built,
+                   "baseline_gib": base.rss, "baseline_built_gib": base.built,
+                   "run_above_baseline_mib": [(r - b) * 1024 for r, b in zip(la.rss, base.rss)],
+                   "built_above_baseline_mib": [(r - b) * 1024 for r, b in zip(la.built, base.built)],
+                   "planned_mib": plan["per_rank"]["total_bytes"] / MiB,
+                   "planned_states_mib": (plan["per_rank"]["total_bytes"] - plan["per_rank"]["activations_bytes"])
+                   / MiB, "wall_s": time.time() - t0}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -252,6 +294,8 @@ def main() -> int:
     ap.add_argument("what", choices=["activations", "runs", "zero3-rss"])
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--work", default=None, help="folder for the data and run folders (default: a temp folder)")
+    ap.add_argument("--repo", default=None, help="zero3-rss: also launch this other checkout (e.g. a worktree of "
+                    "the commit before deepspeed.zero.Init) with the same arguments")
     args = ap.parse_args()
     rows = {"activations": activations, "runs": runs, "zero3-rss": zero3_rss}[args.what](args)
     if args.out:

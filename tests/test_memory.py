@@ -25,7 +25,9 @@ CASES = {  # name: (overrides, DeepSpeed JSON)
     "zero2_fp32_odd": (ODD, {"zero_optimization": {"stage": 2}}),
     "zero2_bf16": (TINY + BF16, {"zero_optimization": {"stage": 2}}),
     "zero3_fp32_odd": (ODD, {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 5000}}),
-    "zero3_bf16": (TINY + BF16, {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}),
+    # in the setting of DeepSpeed's ZeRO-3 estimator: no persistent parameters, one layer gathered at a time
+    "zero3_bf16": (TINY + BF16, {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                                                       "stage3_max_reuse_distance": 0}}),
     "pipe_zero1_fp32": (TINY + PIPE, {"zero_optimization": {"stage": 1}}),
     "pipe_zero0_bf16": (TINY + PIPE + BF16, {"zero_optimization": {"stage": 0}}),
 }

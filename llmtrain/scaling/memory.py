@@ -11,8 +11,9 @@
   DeepSpeed's own rules: ZeRO-1/2 flatten each optimizer group and pad it to a multiple of
   2 x data-parallel ranks, ZeRO-3 pads each parameter to a multiple of the ranks. The element
   counts come from the model built on the meta device (nothing is allocated, whatever its size);
-- communication buffers (gradient buckets; ZeRO-3's prefetch bucket), counted with the
-  parameters' memory under ``buffers_bytes``;
+- communication buffers (gradient buckets; ZeRO-3's prefetch bucket; without ZeRO, the copy of
+  the gradients DeepSpeed flattens for their all-reduce), counted with the parameters' memory
+  under ``buffers_bytes``;
 - activations per micro-batch of ``train.seq_len`` tokens: what each block saves for its
   backward pass (the whole set, or only its input under activation checkpointing, plus one
   block recomputed), the head, and the peak of the fp32 loss at the start of the backward pass
@@ -36,6 +37,7 @@ from llmtrain.config import Config
 GiB = 1024 ** 3
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
+ALLREDUCE_BUCKET = 500_000_000  # elements DeepSpeed flattens per gradient all-reduce without ZeRO (fixed)
 LOSS_BYTES_PER_LOGIT = 12  # fp32 log-softmax saved + its gradient + the logits' gradient, at the backward's start
 Z_LOSS_BYTES_PER_LOGIT = 8  # z-loss: the fp32 logits logsumexp saves, and its gradient (measured on CPU)
 
@@ -56,11 +58,14 @@ class Layout:
     contiguous_gradients: bool
     prefetch_bucket: int
     persistence_threshold: int
+    max_live: int  # ZeRO-3: parameters kept gathered at most (stage3_max_live_parameters)
+    reuse_distance: int  # ZeRO-3: a parameter used again within this many is kept gathered
     micro: int
     gas: int  # gradient accumulation steps
+    lazy_buffers: bool = False  # CPU: a bucket's pages are resident only once written
 
     @classmethod
-    def of(cls, cfg: Config, ds: dict, world: int) -> Layout:
+    def of(cls, cfg: Config, ds: dict, world: int, device_type: str = "cuda") -> Layout:
         z = ds.get("zero_optimization") or {}
         stage = int(z.get("stage", 0))
         lp = BYTES[cfg.train.precision]
@@ -77,8 +82,15 @@ class Layout:
             contiguous_gradients=bool(z.get("contiguous_gradients", True)),
             prefetch_bucket=int(float(z.get("stage3_prefetch_bucket_size", 5e7))),
             persistence_threshold=int(float(z.get("stage3_param_persistence_threshold", 1e5))),
-            micro=micro, gas=max(1, cfg.train.global_batch_size // (micro * dp)),
+            max_live=int(float(z.get("stage3_max_live_parameters", 1e9))),
+            reuse_distance=int(float(z.get("stage3_max_reuse_distance", 1e9))),
+            micro=micro, gas=max(1, cfg.train.global_batch_size // (micro * dp)), lazy_buffers=device_type != "cuda",
         )
+
+    def bucket(self, elements: int, numel: int) -> int:
+        """Elements of a communication bucket that take memory: all on a GPU; on CPU only what the
+        gradients of ``numel`` parameters fill."""
+        return min(elements, numel) if self.lazy_buffers else elements
 
 
 @dataclass
@@ -267,11 +279,20 @@ def zero3_partition(n: int, dp: int) -> int:
     return -(-n // dp)
 
 
+def gathered_params(sp: StageParams, lay: Layout) -> int:
+    """ZeRO-3: parameters gathered whole at once. A parameter is released after its module ran
+    unless it is used again within stage3_max_reuse_distance parameters (the backward pass uses it
+    again after about twice the parameters behind it), up to stage3_max_live_parameters: with
+    DeepSpeed's defaults (1e9 each) a model under 5e8 parameters stays gathered through the step."""
+    return max(sp.largest_module, min(sp.numel, lay.max_live, lay.reuse_distance // 2))
+
+
 def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
     """Bytes of model states on data-parallel rank ``rank`` holding ``sp``, by part (see the module
     doc). Part names: params16 (the parameters in the compute precision), grads16, grads32 (the
     fp32 gradients the step reads), master (fp32 master weights), moments (AdamW's two), and
-    ZeRO-3's persistent, gathered and gathered_grads; buckets (communication buffers)."""
+    ZeRO-3's persistent, gathered (gathered_params) and gathered_grads (the gradient of the largest
+    module, before its reduce-scatter); buckets (communication buffers)."""
     lp, acc, N = lay.lp, lay.acc, lay.dp
     numel = sp.numel
     st = States()
@@ -283,6 +304,7 @@ def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
             st.add("grads", "grads32", 4 * numel)
             st.add("optimizer", "master", 4 * numel)
         st.add("optimizer", "moments", 8 * numel)
+        st.add("buffers", "allreduce_flat", lp * min(numel, ALLREDUCE_BUCKET))  # the gradients flattened for it
         return st
     if lay.zero in (0, 1, 2):  # ZeRO-1/2, and the pipeline's bf16 optimizer (ZeRO-1-like partitions)
         flats = [flat_partition(g, N) for g in sp.groups]
@@ -300,20 +322,21 @@ def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
         st.add(opt, "master", 4 * part)
         st.add(opt, "moments", 8 * part)
         if lay.contiguous_gradients and (lay.zero == 2 or (lay.zero == 1 and lay.stages > 1)):
-            st.add("buffers", "buckets", lp * lay.reduce_bucket * (2 if lay.overlap_comm and lay.zero == 2 else 1))
+            st.add("buffers", "buckets", lp * lay.bucket(lay.reduce_bucket, numel)
+                   * (2 if lay.overlap_comm and lay.zero == 2 else 1))
         return st
     # ZeRO-3: every parameter padded to a multiple of the ranks and partitioned
     sizes = [n for g in sp.groups for n in g]
     part = sum(zero3_partition(n, N) for n in sizes)
     st.add("host" if lay.offload_params else "params", "params16", lp * part)
     st.add("params", "persistent", lp * sum(n for n in sizes if n <= lay.persistence_threshold))
-    st.add("params", "gathered", lp * sp.largest_module)  # the module running, gathered whole
+    st.add("params", "gathered", lp * gathered_params(sp, lay))
     st.add("grads", "gathered_grads", lp * sp.largest_module)  # its gradient, before the reduce-scatter
     st.add("host" if lay.offload_optimizer else "grads", "grads16", acc * part)
     st.add("host" if lay.offload_optimizer else "grads", "grads32", 4 * part)
     st.add(opt, "master", 4 * part)  # a copy even of fp32 partitions (measured: DeepSpeed 0.19, CPU)
     st.add(opt, "moments", 8 * part)
-    st.add("buffers", "buckets", (lp * lay.reduce_bucket if lay.contiguous_gradients else 0)
+    st.add("buffers", "buckets", (lp * lay.bucket(lay.reduce_bucket, numel) if lay.contiguous_gradients else 0)
            + lp * min(lay.prefetch_bucket, numel))
     return st
 
@@ -426,7 +449,7 @@ def plan_memory(cfg: Config, ds_config: dict, world: int, budget: int | None = N
     if cfg.model.vocab_size is None:
         raise ValueError("model.vocab_size must be set to plan memory (the data's tokenizer gives it)")
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    lay = Layout.of(cfg, ds_config, world)
+    lay = Layout.of(cfg, ds_config, world, device_type)
     source = "--gpu-memory"
     if budget is None:
         budget, source = device_budget(device_type, local_ranks or world)
