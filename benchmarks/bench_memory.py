@@ -21,8 +21,13 @@ gives the process's own baseline (torch, DeepSpeed, gloo, the data); measured = 
 baseline, against the plan's total per rank. RSS also holds what the allocator keeps after
 freeing, so it can only exceed what was allocated at once.
 
-**zero3-rss**: peak RSS per rank of a >= 100M-parameter GPT: one process (ZeRO-0, and ZeRO-3 x1)
-against ZeRO-3 x2 (built under deepspeed.zero.Init), each less the same baseline.
+**zero3-rss**: peak RSS per rank of a 105M-parameter GPT: one process (ZeRO-0, and ZeRO-3 x1)
+against ZeRO-3 x2 (built under deepspeed.zero.Init), each less the same launch's baseline, once
+the engine is built (model states, no step yet) and over the run; ``--repo`` also launches another
+checkout (the commit before deepspeed.zero.Init).
+
+**zero3-build**: 2 ranks build the 105M GPT the two ways, whole on every rank (as before) or
+partitioned (deepspeed.zero.Init, a piece gathered at a time); each rank's peak RSS above its start.
 """
 from __future__ import annotations
 
@@ -289,15 +294,68 @@ def zero3_rss(args) -> list[dict]:
     return rows
 
 
+def vm_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build_rank(how: str) -> None:
+    """One rank of ``zero3-build``: the 105M GPT built as ZeRO-3 builds it now (partitioned under
+    deepspeed.zero.Init, each piece initialised while gathered) or as every rank built it before
+    (the whole model, which DeepSpeed then partitions); prints this rank's peak RSS above its start."""
+    from llmtrain.config import load_config
+    from llmtrain.train.dist import init_distributed
+
+    rank, _, _, _ = init_distributed()
+    torch.set_num_threads(1)
+    cfg = load_config(None, [*MODEL_105M, "train.global_batch_size=2"])
+    ds = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1,
+          **json.loads((REPO_ROOT / "ds_configs" / "zero3.json").read_text())}
+    start = vm_mib("VmRSS")
+    if how == "partitioned":
+        from llmtrain.train.engine import build_partitioned
+
+        build_partitioned(cfg, ds, None)
+    else:
+        from llmtrain.model.gpt import GPT
+
+        GPT(cfg.model, seed=cfg.train.seed)
+    print(json.dumps({"rank": rank, "how": how, "start_mib": start, "peak_above_start_mib": vm_mib("VmHWM") - start,
+                      "resident_above_start_mib": vm_mib("VmRSS") - start}), flush=True)
+
+
+def zero3_build(args) -> list[dict]:
+    rows = []
+    for how in ("whole", "partitioned"):
+        cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), str(Path(__file__).resolve()),
+               "_build_rank", how]
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "MALLOC_MMAP_THRESHOLD_": "131072"}
+        r = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        found = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith('{"rank"')]
+        if r.returncode != 0 or len(found) != 2:
+            raise SystemExit(f"zero3-build {how}: exit {r.returncode}\n{r.stderr[-3000:]}")
+        for row in sorted(found, key=lambda x: x["rank"]):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> int:
+    argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the deepspeed launcher adds it
+    if argv and argv[0] == "_build_rank":  # a rank of zero3-build, under the launcher
+        build_rank(argv[1])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["activations", "runs", "zero3-rss"])
+    ap.add_argument("what", choices=["activations", "runs", "zero3-rss", "zero3-build"])
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--work", default=None, help="folder for the data and run folders (default: a temp folder)")
     ap.add_argument("--repo", default=None, help="zero3-rss: also launch this other checkout (e.g. a worktree of "
                     "the commit before deepspeed.zero.Init) with the same arguments")
     args = ap.parse_args()
-    rows = {"activations": activations, "runs": runs, "zero3-rss": zero3_rss}[args.what](args)
+    modes = {"activations": activations, "runs": runs, "zero3-rss": zero3_rss, "zero3-build": zero3_build}
+    rows = modes[args.what](args)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0

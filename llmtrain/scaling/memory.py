@@ -329,15 +329,16 @@ def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
     sizes = [n for g in sp.groups for n in g]
     part = sum(zero3_partition(n, N) for n in sizes)
     st.add("host" if lay.offload_params else "params", "params16", lp * part)
-    st.add("params", "persistent", lp * sum(n for n in sizes if n <= lay.persistence_threshold))
-    st.add("params", "gathered", lp * gathered_params(sp, lay))
+    if N > 1:  # on one rank the partition is the parameter: nothing is gathered
+        st.add("params", "persistent", lp * sum(n for n in sizes if n <= lay.persistence_threshold))
+        st.add("params", "gathered", lp * gathered_params(sp, lay))
     st.add("grads", "gathered_grads", lp * sp.largest_module)  # its gradient, before the reduce-scatter
     st.add("host" if lay.offload_optimizer else "grads", "grads16", acc * part)
     st.add("host" if lay.offload_optimizer else "grads", "grads32", 4 * part)
     st.add(opt, "master", 4 * part)  # a copy even of fp32 partitions (measured: DeepSpeed 0.19, CPU)
     st.add(opt, "moments", 8 * part)
     st.add("buffers", "buckets", (lp * lay.bucket(lay.reduce_bucket, numel) if lay.contiguous_gradients else 0)
-           + lp * min(lay.prefetch_bucket, numel))
+           + (lp * min(lay.prefetch_bucket, numel) if N > 1 else 0))
     return st
 
 
