@@ -120,13 +120,32 @@ class StageParams:
 @dataclass
 class States:
     """Bytes of one rank's model states, by part: ``parts`` maps a name to (role, bytes), where role
-    is params, grads, optimizer or buffers (on the accelerator) or host (offloaded)."""
+    is params, grads, optimizer or buffers (on the accelerator) or host (offloaded), and ``phase``
+    maps it to when it is alive: "always"; "backward" (made during the backward pass, as the
+    activations are freed: gradients, buckets) or "step" (made after it: the step's fp32
+    gradients, the all-reduce's copy). With gradient accumulation the gradients of the earlier
+    micro-batches are alive beside the activations of the next (``accumulating``)."""
 
     parts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    phase: dict[str, str] = field(default_factory=dict)
+    accumulating: bool = False
 
-    def add(self, role: str, name: str, nbytes: int) -> None:
+    def add(self, role: str, name: str, nbytes: int, phase: str = "always") -> None:
         if nbytes:
             self.parts[name] = (role, int(nbytes))
+            self.phase[name] = phase
+
+    def of_phase(self, phase: str) -> int:
+        return sum(n for k, (r, n) in self.parts.items() if r != "host" and self.phase[k] == phase)
+
+    def peak_with(self, activations: int) -> int:
+        """The peak on the accelerator with ``activations`` at the start of the backward pass: the
+        states always alive, plus the larger of the activations (with the gradients kept from
+        earlier micro-batches) and what the backward pass and the step make as they go."""
+        kept = (self.parts["grads16"][1] if self.accumulating and self.phase.get("grads16") == "backward"
+                and self.parts["grads16"][0] != "host" else 0)
+        later = self.of_phase("backward") + self.of_phase("step") - kept
+        return self.of_phase("always") + kept + max(activations, later)
 
     def role(self, role: str) -> int:
         return sum(n for r, n in self.parts.values() if r == role)
@@ -157,7 +176,9 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
-        return self.states.total + self.activations
+        """The peak per rank: model states, and the larger of the activations (the backward pass)
+        and the parts made at the step (the step's fp32 gradients, the all-reduce's copy)."""
+        return self.states.peak_with(self.activations)
 
     @property
     def fits(self) -> bool:
@@ -295,16 +316,16 @@ def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
     module, before its reduce-scatter); buckets (communication buffers)."""
     lp, acc, N = lay.lp, lay.acc, lay.dp
     numel = sp.numel
-    st = States()
+    st = States(accumulating=lay.gas > 1)
     opt = "host" if lay.offload_optimizer else "optimizer"
     if lay.zero == 0 and not (lay.stages > 1 and lp == 2):
         st.add("params", "params16", lp * numel)
-        st.add("grads", "grads16", lp * numel)
+        st.add("grads", "grads16", lp * numel, "backward")
         if lp != 4:  # DeepSpeed's fp16 optimizer: fp32 master copies, fp32 gradients made at the step
-            st.add("grads", "grads32", 4 * numel)
+            st.add("grads", "grads32", 4 * numel, "step")
             st.add("optimizer", "master", 4 * numel)
         st.add("optimizer", "moments", 8 * numel)
-        st.add("buffers", "allreduce_flat", lp * min(numel, ALLREDUCE_BUCKET))  # the gradients flattened for it
+        st.add("buffers", "allreduce_flat", lp * min(numel, ALLREDUCE_BUCKET), "step")  # flattened for it
         return st
     if lay.zero in (0, 1, 2):  # ZeRO-1/2, and the pipeline's bf16 optimizer (ZeRO-1-like partitions)
         flats = [flat_partition(g, N) for g in sp.groups]
@@ -314,16 +335,16 @@ def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
             st.add("grads", "grads32", acc * flat)  # BF16_Optimizer's flat gradient accumulator, whole
         elif lay.zero == 1 or not lay.offload_optimizer:  # ZeRO-1: whole gradients; ZeRO-2: those in the partition
             st.add("grads", "grads16", lp * (numel if lay.zero == 1 else
-                                             sum(params_in_partition(g, N, rank) for g in sp.groups)))
+                                             sum(params_in_partition(g, N, rank) for g in sp.groups)), "backward")
         else:  # ZeRO-2 offload: one parameter's gradient at a time on its way to the host
-            st.add("grads", "grads16", lp * sp.largest_param)
+            st.add("grads", "grads16", lp * sp.largest_param, "backward")
         if lay.zero > 0:
-            st.add("host" if lay.offload_optimizer else "grads", "grads32", 4 * part)
+            st.add("host" if lay.offload_optimizer else "grads", "grads32", 4 * part, "step")
         st.add(opt, "master", 4 * part)
         st.add(opt, "moments", 8 * part)
         if lay.contiguous_gradients and (lay.zero == 2 or (lay.zero == 1 and lay.stages > 1)):
-            st.add("buffers", "buckets", lp * lay.bucket(lay.reduce_bucket, numel)
-                   * (2 if lay.overlap_comm and lay.zero == 2 else 1))
+            n_buffers = 2 if lay.overlap_comm and lay.zero == 2 else 1  # filled in turn
+            st.add("buffers", "buckets", lp * lay.bucket(n_buffers * lay.reduce_bucket, numel), "backward")
         return st
     # ZeRO-3: every parameter padded to a multiple of the ranks and partitioned
     sizes = [n for g in sp.groups for n in g]
@@ -332,13 +353,15 @@ def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
     if N > 1:  # on one rank the partition is the parameter: nothing is gathered
         st.add("params", "persistent", lp * sum(n for n in sizes if n <= lay.persistence_threshold))
         st.add("params", "gathered", lp * gathered_params(sp, lay))
-    st.add("grads", "gathered_grads", lp * sp.largest_module)  # its gradient, before the reduce-scatter
-    st.add("host" if lay.offload_optimizer else "grads", "grads16", acc * part)
-    st.add("host" if lay.offload_optimizer else "grads", "grads32", 4 * part)
+    st.add("grads", "gathered_grads", lp * sp.largest_module, "backward")  # a gradient before its reduce-scatter
+    st.add("host" if lay.offload_optimizer else "grads", "grads16", acc * part)  # allocated with the optimizer
+    st.add("host" if lay.offload_optimizer else "grads", "grads32", 4 * part, "step")
     st.add(opt, "master", 4 * part)  # a copy even of fp32 partitions (measured: DeepSpeed 0.19, CPU)
     st.add(opt, "moments", 8 * part)
-    st.add("buffers", "buckets", (lp * lay.bucket(lay.reduce_bucket, numel) if lay.contiguous_gradients else 0)
-           + (lp * min(lay.prefetch_bucket, numel) if N > 1 else 0))
+    if lay.contiguous_gradients:
+        st.add("buffers", "buckets", lp * lay.bucket(lay.reduce_bucket, numel), "backward")
+    if N > 1:
+        st.add("buffers", "prefetch", lp * min(lay.prefetch_bucket, numel))
     return st
 
 
@@ -466,18 +489,18 @@ def plan_memory(cfg: Config, ds_config: dict, world: int, budget: int | None = N
     def fullest(micro: int, checkpointing: bool = ckpt) -> tuple[int, int]:
         """(stage, its activations) of the stage whose total is largest."""
         a = acts(micro, checkpointing)
-        s = max(range(len(stages)), key=lambda i: states[i].total + a[i])
+        s = max(range(len(stages)), key=lambda i: states[i].peak_with(a[i]))
         return s, a[s]
 
     def total(micro: int) -> int:
         s, a = fullest(micro)
-        return states[s].total + a
+        return states[s].peak_with(a)
 
     top, act = fullest(lay.micro)
     fitting = [b for b in divisors(cfg.train.global_batch_size // max(1, lay.dp)) if total(b) <= budget]
     rows = [{"stage": sp.stage, "blocks": sp.n_blocks, "params": sp.numel,
              "in_flight": in_flight_micro_batches(sp, lay), "states_bytes": st.total, "activations_bytes": a,
-             "total_bytes": st.total + a} for sp, st, a in zip(stages, states, acts(lay.micro))]
+             "total_bytes": st.peak_with(a)} for sp, st, a in zip(stages, states, acts(lay.micro))]
     return MemoryPlan(lay, states[top], act, fullest(lay.micro, False)[1], fullest(lay.micro, True)[1], ckpt,
                       int(budget), source, max(fitting) if fitting else None, rows)
 
