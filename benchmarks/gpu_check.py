@@ -568,7 +568,9 @@ def markdown(out: dict) -> list[str]:
     for name, m in (out.get("memory") or {}).items():
         if isinstance(m, dict) and "planned_gib" in m:
             meas, ratio = m.get("measured_gib"), m.get("planned_over_measured")
-            rows.append(f"| memory plan {name} | {'pass' if ratio and abs(ratio - 1) <= MEMORY_TOL else 'FAIL'} | "
+            verdict = ("plan only (CPU)" if out.get("smoke") else
+                       "pass" if ratio and abs(ratio - 1) <= MEMORY_TOL else "FAIL")
+            rows.append(f"| memory plan {name} | {verdict} | "
                         f"planned {m['planned_gib']:.2f} GiB, max_memory_allocated "
                         f"{f'{meas:.2f} GiB' if meas else '-'}, ratio {f'{ratio:.3f}' if ratio else '-'} |")
     d = out.get("document_training")

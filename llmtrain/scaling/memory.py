@@ -5,15 +5,14 @@
 - model states, as DeepSpeed 0.19 allocates them for the layout (ZeRO stage, CPU offload of the
   optimizer and of the parameters, pipeline stages, precision): the parameters in the compute
   precision (ZeRO-3: each parameter's partition, the parameters under the persistence threshold
-  whole, and the largest module gathered); the gradients (whole, or the rank's partition, plus
-  the fp32 partition made for the step); the optimizer (fp32 master partition, unless the
-  parameters are fp32 and ZeRO-3 shares them, and AdamW's two moments). Partition sizes follow
-  DeepSpeed's own rules: ZeRO-1/2 flatten each optimizer group and pad it to a multiple of
-  2 x data-parallel ranks, ZeRO-3 pads each parameter to a multiple of the ranks. The element
-  counts come from the model built on the meta device (nothing is allocated, whatever its size);
+  whole, and the parameters gathered at once); the gradients (whole, or the rank's partition,
+  plus the fp32 partition made for the step); the optimizer (the fp32 master partition and
+  AdamW's two moments). Partition sizes follow DeepSpeed's own rules: ZeRO-1/2 flatten each
+  optimizer group and pad it to a multiple of 2 x data-parallel ranks, ZeRO-3 pads each
+  parameter to a multiple of the ranks. The element counts come from the model built on the
+  meta device (nothing is allocated, whatever its size);
 - communication buffers (gradient buckets; ZeRO-3's prefetch bucket; without ZeRO, the copy of
-  the gradients DeepSpeed flattens for their all-reduce), counted with the parameters' memory
-  under ``buffers_bytes``;
+  the gradients DeepSpeed flattens for their all-reduce), shown with the parameters;
 - activations per micro-batch of ``train.seq_len`` tokens: what each block saves for its
   backward pass (the whole set, or only its input under activation checkpointing, plus one
   block recomputed), the head, and the peak of the fp32 loss at the start of the backward pass
@@ -22,9 +21,13 @@
   document mask) add their (T x T) matrices. A pipeline stage keeps as many micro-batches in
   flight as DeepSpeed's 1F1B schedule: min(stages - stage, accumulation steps).
 
-Not counted: the CUDA context and the allocator's fragmentation (a few hundred MiB to a few GiB
-on a GPU), temporary buffers of a collective, and torch.compile's workspace. ``fits`` compares
-the total with the budget, so leave that margin when choosing ``--gpu-memory``.
+The total is the peak, not the sum: the states alive through the step, plus the larger of the
+activations (with the gradients of earlier micro-batches under accumulation) and what the
+backward pass and the step make as the activations are freed (gradients, buckets, the step's
+fp32 gradients). Not counted: the CUDA context and the allocator's fragmentation (a few hundred
+MiB to a few GiB on a GPU), a collective's own temporaries, torch.compile's workspace; leave
+that margin in ``--gpu-memory``. Checked against DeepSpeed's real allocations and estimators
+(tests/test_memory.py) and measured memory (benchmarks/bench_memory.py, gpu_check.py).
 """
 from __future__ import annotations
 
