@@ -15,10 +15,10 @@ more back to the OS at once instead of keeping them in its heap (where a build t
 module whole and frees it after partitioning leaves holes), so resident memory tracks live memory.
 
 **runs**: ``launcher/pretrain.py`` launched for real (ZeRO-0 x1, ZeRO-2 x2, ZeRO-3 x2, pipeline
-x2, each with and without activation checkpointing) on a 30M-parameter GPT; each rank logs its
-peak RSS (``mem_rss_gb``, getrusage) in metrics.jsonl. The same launch of a 1-layer d64 model
-gives the process's own baseline (torch, DeepSpeed, gloo, the data); measured = peak RSS -
-baseline, against the plan's total per rank. RSS also holds what the allocator keeps after
+x2, each with and without activation checkpointing) on a 27M-parameter GPT: each rank's peak
+RSS (the kernel's VmHWM, read every 0.1 s). The same launch of a 2-layer d64 model gives the
+process's own baseline (torch, DeepSpeed, gloo, the data); measured = peak RSS - baseline,
+against the plan's total per rank. RSS also holds what the allocator keeps after
 freeing, so it can only exceed what was allocated at once.
 
 **zero3-rss**: peak RSS per rank of a 105M-parameter GPT: one process (ZeRO-0, and ZeRO-3 x1)
@@ -153,7 +153,7 @@ def token_data(work: Path) -> str:
 COMMON = ["train.max_steps=3", "train.log_interval=1", "train.eval_interval=0", "train.eval_batches=1",
           "checkpoint.save_final=false", "log.tensorboard=false", "train.warmup_steps=1", "train.peak_flops=1e11"]
 MODEL_30M = ["model.n_layer=8", "model.d_model=512", "model.n_head=8", "model.seq_len=256", "model.vocab_size=4096"]
-MODEL_BASELINE = ["model.n_layer=1", "model.d_model=64", "model.n_head=4", "model.seq_len=256", "model.vocab_size=4096"]
+MODEL_BASELINE = ["model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.seq_len=256", "model.vocab_size=4096"]
 RUN_LAYOUTS = [  # name, processes, DeepSpeed config, extra overrides
     ("zero0_x1", 1, "zero0.json", []),
     ("zero2_x2", 2, "zero2.json", []),
@@ -243,6 +243,8 @@ def runs(args) -> list[dict]:
     rows = []
     base_common = [f"data.prefix={data}", *COMMON, "train.global_batch_size=8", "train.micro_batch_size=4"]
     for name, nproc, ds, extra in RUN_LAYOUTS:
+        if args.only and name not in args.only:
+            continue
         baseline = launch(work / f"{name}_baseline", nproc, ds, [*base_common, *MODEL_BASELINE, *extra])
         for ckpt in ("false", "true"):
             ov = [*base_common, *MODEL_30M, *extra, f"train.activation_checkpointing={ckpt}"]
@@ -265,7 +267,7 @@ MODEL_105M = ["model.n_layer=8", "model.d_model=1024", "model.n_head=16", "model
 def zero3_rss(args) -> list[dict]:
     """Peak RSS per rank of a 105M-parameter GPT (fp32): one process (ZeRO-0 and ZeRO-3 x1) and
     ZeRO-3 x2, each at the engine's build and over the run, less the baseline of the same launch
-    with a 1-layer d64 model; with --repo also the same launches of another checkout (before
+    with a 2-layer d64 model; with --repo also the same launches of another checkout (before
     deepspeed.zero.Init)."""
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_memory_"))
     data = token_data(work)
@@ -351,6 +353,7 @@ def main() -> int:
     ap.add_argument("what", choices=["activations", "runs", "zero3-rss", "zero3-build"])
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--work", default=None, help="folder for the data and run folders (default: a temp folder)")
+    ap.add_argument("--only", nargs="*", default=None, help="runs: only these layouts (zero0_x1 zero2_x2 ...)")
     ap.add_argument("--repo", default=None, help="zero3-rss: also launch this other checkout (e.g. a worktree of "
                     "the commit before deepspeed.zero.Init) with the same arguments")
     args = ap.parse_args()
