@@ -44,7 +44,12 @@ setup(
         # (bounded: a new major, or a new minor of a 0.x package or of the linter, may change what
         # the tests rely on; CI installs today's releases inside these bounds in a fresh venv)
         "test": ["pytest>=8,<10", "ruff>=0.17.6,<0.18", "megatron-core>=0.12,<0.17", "transformers>=4.40,<6",
-                 "warcio>=1.7,<2", "wandb>=0.16,<1"],
+                 "warcio>=1.7,<2", "wandb>=0.16,<1", "ray>=2.9,<3", "lm_eval>=0.4.13,<0.5"],
+        # data_prep's Ray executor (clean.py / tokenize_corpus.py --executor ray)
+        "ray": ["ray>=2.9,<3"],
+        # lm-evaluation-harness: evaluate.py --harness-tasks and train.harness_tasks (llmtrain/eval/harness.py
+        # subclasses its TemplateLM and calls its evaluator: bounded to the 0.4 series it was written against)
+        "harness": ["lm_eval>=0.4.13,<0.5"],
         # the optional Weights & Biases sink (log.wandb=true)
         "wandb": ["wandb"],
         # benchmarks/bench_clean.py compares against datatrove

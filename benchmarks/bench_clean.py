@@ -4,19 +4,23 @@
 1. Throughput against datatrove, side by side in one run, on the same input and with the
    same number of worker processes: readers + language ID (lid.176, English, 0.65) +
    Gopher repetition + Gopher quality + C4 (FineWeb's settings) + FineWeb quality, all
-   with the same thresholds; JSONL in, JSONL out. ``--rounds`` runs of each, alternating
-   which goes first, each in a fresh process; reports the medians of wall and CPU seconds
+   with the same thresholds; JSONL in, JSONL out. ``--rounds`` runs of each, the order
+   rotating every round, each in a fresh process (``--before CHECKOUT`` adds ours as another
+   checkout has it, to measure a change side by side); reports the medians of wall and CPU seconds
    (the process and its workers) and the keep/drop agreement per source.
 2. Peak memory per task (the RSS of the task's process tree, sampled every 50 ms) of each
    stage (filter, buckets, clusters, write; every stage as ``--tasks`` tasks), at two corpus
    sizes.
 
-Input of the comparison: with ``--real``, real documentation pages (the Debian reference in
-six languages, the Python 3.11 docs, the Rust docs; see REAL_SOURCES), their text extracted
-once; otherwise synthetic but realistic web-like documents made by re-mixing the paragraphs
-of the bundled sample corpus (data/sample/corpus.jsonl.gz, prose of the Python docs): clean
-prose pages, pages with boilerplate lines (menus, cookie notices, "read more"), spam with
-repeated lines, list-like pages, short stubs, code-heavy pages, and exact and near copies.
+Input of the comparison: with ``--real``, real pages that Debian packages ship
+(benchmarks/real_pages/make_pages.py; provenance and licences in its NOTICE): documentation (the
+Debian reference in six languages, the Python 3.11 docs) and prose (the Debian Administrator's
+Handbook, the history of Debian, the Debian FAQ, the Securing Debian manual, Python's "What's New"
+release notes), their text extracted once; otherwise synthetic but realistic web-like
+documents made by re-mixing the paragraphs of the bundled sample corpus
+(data/sample/corpus.jsonl.gz, prose of the Python docs): clean prose pages, pages with
+boilerplate lines (menus, cookie notices, "read more"), spam with repeated lines, list-like
+pages, short stubs, code-heavy pages, and exact and near copies.
 
     python benchmarks/bench_clean.py [--real] [--compare-mb 40] [--rounds 5] [--memory-mb 50 200] [--workers 2]
 
@@ -242,60 +246,14 @@ def run_datatrove(inp: str, out: str, workers: int, n_files: int) -> dict:
     return {"seconds": dt, "cpu_seconds": dc, "kept": kept}
 
 
-REAL_SOURCES = {  # HTML that ships in Debian packages and toolchains: apt-get install debian-reference-{en,de,
-    # fr,es,it,ja} python3.11-doc; the Rust docs come with rustup's rust-docs component
-    "debian-reference": ("/usr/share/debian-reference", "*.html"),
-    "python-docs": ("/usr/share/doc/python3.11/html", "**/*.html"),
-    "rust-docs": (os.path.expanduser("~/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/share/doc/rust/html"),
-                  "**/*.html"),
-}
-
-
 def make_real_corpus(folder: str, megabytes: float, n_files: int = 8, seed: int = 0) -> dict:
-    """JSONL of real documentation pages, their main text extracted (resiliparse) once, so that
-    both pipelines get the same text: the Debian reference in six languages (en, de, fr, es,
-    it, ja; long pages), the Python 3.11 docs and the Rust docs, mixed in equal shares of
-    bytes where each source has enough. Ids are ``<source>[.<lang>]:<path>``."""
-    import glob
+    """Real pages from Debian packages, documentation and prose (benchmarks/real_pages/make_pages.py:
+    the sources, their licences in its NOTICE), their main text extracted once so that every
+    pipeline reads the same text."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "real_pages"))
+    from make_pages import build
 
-    from llmtrain_prep.cleaning.html import HtmlExtractor
-
-    ex = HtmlExtractor()
-    rng = random.Random(seed)
-    found = {k: sorted(glob.glob(os.path.join(root, pat), recursive=True)) for k, (root, pat) in REAL_SOURCES.items()}
-    found = {k: v for k, v in found.items() if v}
-    if not found:
-        raise SystemExit("no real HTML found: apt-get install debian-reference-en python3.11-doc (see REAL_SOURCES)")
-    budget = megabytes * 1e6 / len(found)
-    docs = []
-    for name, pages in found.items():
-        rng.shuffle(pages)
-        size = 0
-        for p in pages:
-            if size >= budget:
-                break
-            if os.path.basename(p).startswith(("index", "genindex", "search", "py-modindex", "all.")):
-                continue
-            with open(p, encoding="utf-8", errors="replace") as fh:
-                text = ex(fh.read())
-            if len(text) < 200:
-                continue
-            lang = p.rsplit(".", 2)[-2] if name == "debian-reference" else ""
-            src = f"{name}.{lang}" if lang else name
-            docs.append({"id": f"{src}:{os.path.relpath(p, REAL_SOURCES[name][0])}", "text": text})
-            size += len(text.encode("utf-8"))
-    rng.shuffle(docs)
-    os.makedirs(folder, exist_ok=True)
-    total = 0
-    fhs = [open(os.path.join(folder, f"part-{k:03d}.jsonl"), "w", encoding="utf-8") for k in range(n_files)]
-    for i, d in enumerate(docs):
-        line = json.dumps(d, ensure_ascii=False) + "\n"
-        fhs[i % n_files].write(line)
-        total += len(line.encode("utf-8"))
-    for fh in fhs:
-        fh.close()
-    lens = sorted(len(d["text"]) for d in docs)
-    return {"bytes": total, "docs": len(docs), "max_chars": lens[-1], "median_chars": lens[len(lens) // 2]}
+    return build(folder, megabytes, n_files, seed)
 
 
 def _source(doc_id: str) -> str:
@@ -310,9 +268,36 @@ def run_one(args) -> None:
     print("RESULT " + json.dumps(res))
 
 
+def _alias_path(checkout: str, work: str) -> str:
+    """A folder that makes ``llmtrain`` and ``llmtrain_prep`` import from another checkout (put it
+    first on PYTHONPATH): how the code before a change is run beside the code after it."""
+    alias = os.path.join(work, "before_path")
+    os.makedirs(alias, exist_ok=True)
+    for name, sub in (("llmtrain", "llmtrain"), ("llmtrain_prep", "data_prep")):
+        link = os.path.join(alias, name)
+        if os.path.islink(link):
+            os.unlink(link)
+        os.symlink(os.path.join(os.path.abspath(checkout), sub), link)
+    return alias
+
+
+def _agreement(ids: list[str], a: set, b: set) -> dict:
+    per_source = {}
+    for src in sorted({_source(i) for i in ids}):
+        mine = [i for i in ids if _source(i) == src]
+        same = sum((i in a) == (i in b) for i in mine)
+        per_source[src] = {"documents": len(mine), "kept_ours": sum(i in a for i in mine),
+                           "kept_datatrove": sum(i in b for i in mine), "same_decision": same / len(mine)}
+    return {"kept_jaccard": len(a & b) / max(1, len(a | b)),
+            "same_decision_all_docs": sum((i in a) == (i in b) for i in ids) / len(ids),
+            "only_ours": sorted(a - b)[:50], "only_datatrove": sorted(b - a)[:50], "per_source": per_source}
+
+
 def compare(args, work: str) -> dict:
-    """Both pipelines on the same input, ``--rounds`` times each, alternating which goes first,
-    every run in a fresh process; medians of wall and CPU seconds; agreement per source."""
+    """The pipelines on the same input, ``--rounds`` times each, the order rotating every round,
+    every run in a fresh process; medians of wall and CPU seconds, and the median over rounds of
+    each round's ratio; agreement with datatrove per source. With ``--before CHECKOUT``, ours as
+    that checkout has it runs as a third contender ("before")."""
     import statistics
 
     inp = os.path.join(work, "compare_in")
@@ -323,48 +308,58 @@ def compare(args, work: str) -> dict:
         info = make_corpus(inp, args.compare_mb, n_files=args.files, seed=1)
     ids = []
     for f in sorted(os.listdir(inp)):
-        with open(os.path.join(inp, f), encoding="utf-8") as fh:
-            ids.extend(json.loads(line)["id"] for line in fh)
+        if f.endswith(".jsonl"):
+            with open(os.path.join(inp, f), encoding="utf-8") as fh:
+                ids.extend(json.loads(line)["id"] for line in fh)
+    names = ["datatrove", "ours"] + (["before"] if args.before else [])
+    env = {"before": {**os.environ, "PYTHONPATH": _alias_path(args.before, work)}} if args.before else {}
     print(f"compare: {info['bytes'] / 1e6:.1f} MB, {info['docs']} documents, {args.files} files, "
-          f"{args.workers} workers, {args.rounds} alternating rounds", flush=True)
-    runs: dict[str, list] = {"datatrove": [], "ours": []}
+          f"{args.workers} workers, {args.rounds} rounds of {', '.join(names)} (order rotating)", flush=True)
+    runs: dict[str, list] = {n: [] for n in names}
     kept: dict[str, set] = {}
     for r in range(args.rounds):
-        for name in (("datatrove", "ours") if r % 2 == 0 else ("ours", "datatrove")):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             out = os.path.join(work, f"compare_out_{name}")
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, os.path.abspath(__file__), "--run-one", name, "--input", inp, "--out", out,
-                   "--workers", str(args.workers), "--files", str(args.files)]
-            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            which = "datatrove" if name == "datatrove" else "ours"
+            cmd = [sys.executable, os.path.abspath(__file__), "--run-one", which,
+                   "--input", inp, "--out", out, "--workers", str(args.workers), "--files", str(args.files)]
+            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env.get(name))
             line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
             if p.returncode != 0 or not line:
                 raise SystemExit(f"{name} failed: {p.stderr[-3000:]}")
             res = json.loads(line[-1][len("RESULT "):])
             kept[name] = set(res.pop("kept"))
             runs[name].append(res)
-            print(f"  round {r + 1} {name}: {res['seconds']:.1f}s wall, {res['cpu_seconds']:.1f}s CPU, "
+            print(f"  round {r + 1} {name}: {res['seconds']:.1f}s wall, {res['cpu_seconds']:.2f}s CPU, "
                   f"kept {len(kept[name])}", flush=True)
     med = {n: {k: statistics.median(x[k] for x in v) for k in ("seconds", "cpu_seconds")} for n, v in runs.items()}
-    a, b = kept["ours"], kept["datatrove"]
-    per_source = {}
-    for src in sorted({_source(i) for i in ids}):
-        mine = [i for i in ids if _source(i) == src]
-        same = sum((i in a) == (i in b) for i in mine)
-        per_source[src] = {"documents": len(mine), "kept_ours": sum(i in a for i in mine),
-                           "kept_datatrove": sum(i in b for i in mine), "same_decision": same / len(mine)}
+
+    def ratio(slow: str, fast: str, key: str) -> dict:
+        per_round = [a[key] / b[key] for a, b in zip(runs[slow], runs[fast])]
+        return {"of_medians": med[slow][key] / med[fast][key], "median_of_rounds": statistics.median(per_round),
+                "rounds": per_round}
+
     summary = {
         "input_mb": info["bytes"] / 1e6, "documents": info["docs"], "workers": args.workers, "rounds": args.rounds,
-        "corpus": "real" if args.real else "synthetic", "median": med, "runs": runs,
+        "corpus": "real" if args.real else "synthetic", "corpus_info": info, "median": med, "runs": runs,
         "speedup_wall": med["datatrove"]["seconds"] / med["ours"]["seconds"],
         "speedup_cpu": med["datatrove"]["cpu_seconds"] / med["ours"]["cpu_seconds"],
-        "kept_jaccard": len(a & b) / max(1, len(a | b)),
-        "same_decision_all_docs": sum((i in a) == (i in b) for i in ids) / len(ids),
-        "only_ours": sorted(a - b)[:50], "only_datatrove": sorted(b - a)[:50], "per_source": per_source,
+        "ratios": {f"{s}/{f}": {k: ratio(s, f, k) for k in ("seconds", "cpu_seconds")}
+                   for s, f in [("datatrove", "ours")] + ([("datatrove", "before"), ("before", "ours")]
+                                                          if args.before else [])},
+        **_agreement(ids, kept["ours"], kept["datatrove"]),
     }
-    print(f"  median speed-up {summary['speedup_wall']:.2f}x wall, {summary['speedup_cpu']:.2f}x CPU; kept-set "
-          f"agreement (Jaccard) {summary['kept_jaccard']:.4f}; same decision on "
+    if args.before:
+        summary["before_agreement"] = _agreement(ids, kept["before"], kept["datatrove"])
+        summary["before_vs_ours_same_kept"] = kept["before"] == kept["ours"]
+    for pair, v in summary["ratios"].items():
+        print(f"  {pair}: CPU {v['cpu_seconds']['of_medians']:.2f}x (ratio of medians), "
+              f"{v['cpu_seconds']['median_of_rounds']:.2f}x (median of rounds); wall "
+              f"{v['seconds']['of_medians']:.2f}x", flush=True)
+    print(f"  agreement with datatrove: kept-set Jaccard {summary['kept_jaccard']:.4f}; same decision on "
           f"{summary['same_decision_all_docs']:.4f}", flush=True)
-    for src, v in per_source.items():
+    for src, v in summary["per_source"].items():
         print(f"    {src}: {v['documents']} docs, same decision {v['same_decision']:.4f} "
               f"(kept: ours {v['kept_ours']}, datatrove {v['kept_datatrove']})", flush=True)
     return summary
@@ -387,9 +382,9 @@ def memory(args, work: str) -> list[dict]:
         for stage in TASK_STAGES:
             peaks, secs = [], []
             for i in range(args.tasks):
-                cmd = [sys.executable, "-m", "data_prep.clean", *([inp] if stage == "filter" else []), "--output", out,
-                       "--stage", stage, "--task-index", str(i), "--num-tasks", str(args.tasks), "--workers", "1",
-                       "--quiet"]
+                cmd = [sys.executable, "-m", "llmtrain_prep.clean", *([inp] if stage == "filter" else []),
+                       "--output", out, "--stage", stage, "--task-index", str(i), "--num-tasks", str(args.tasks),
+                       "--workers", "1", "--quiet"]
                 t = time.time()
                 proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 mon = TreeRSS(proc.pid)
@@ -422,9 +417,12 @@ def main():
     ap.add_argument("--work", default="/tmp/bench_clean")
     ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--real", action="store_true",
-                    help="compare on real documentation pages in six languages (see REAL_SOURCES) instead of the "
-                         "synthetic corpus")
-    ap.add_argument("--rounds", type=int, default=5, help="runs of each pipeline, alternating which goes first")
+                    help="compare on real pages from Debian packages, documentation and prose in six languages "
+                         "(benchmarks/real_pages/make_pages.py) instead of the synthetic corpus")
+    ap.add_argument("--rounds", type=int, default=5, help="runs of each pipeline, the order rotating every round")
+    ap.add_argument("--before", metavar="CHECKOUT",
+                    help="also run ours as the checkout CHECKOUT has it (e.g. a `git worktree` of the commit before a "
+                         "change), side by side")
     ap.add_argument("--run-one", choices=("ours", "datatrove"), help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)

@@ -1,9 +1,10 @@
 """Benchmark the Chinchilla approach-3 fit: the 4,500-start grid and 1,000 bootstrap refits on
 Hoffmann et al.'s data (Epoch AI's CSV, 5 highest-loss rows dropped, 240 points).
 
-Ours: llmtrain.scaling.fit (all starts as one batched L-BFGS with the analytic gradient, the best
-5 distinct end points polished by scipy L-BFGS-B; bootstrap replicates batched as weights, each
-from the full fit's optimum and the grid points of its 3 best distinct local optima).
+Ours: llmtrain.scaling.optim on the grid of llmtrain.scaling.laws.chinchilla (all starts as one
+batched L-BFGS with the analytic gradient, the best 5 distinct end points polished by scipy
+L-BFGS-B; bootstrap replicates batched as weights, each from the full fit's optimum and the grid
+points of its 3 best distinct local optima).
 
 Baseline, measured side by side: what Epoch's script does, one scipy.optimize.minimize
 (L-BFGS-B, numerical gradient) per start, objective with scipy.special.logsumexp and huber.
@@ -13,7 +14,7 @@ The baseline is timed on a random subset of starts (and of bootstrap refits, eac
     python benchmarks/bench_fit.py [--subset 300] [--boot-subset 25] [--full] [--write FILE]
         (FILE: the section of benchmarks/BENCHMARKS.md)
 
-With --task: the task-level fits (llmtrain.scaling.task) on Gadre et al. 2024's released per-model
+With --task: the task-level fits (llmtrain.scaling.laws.task) on Gadre et al. 2024's released per-model
 results (tests/data/scaling/gadre2024_models.csv): the exponential form Err = eps - k exp(-gamma L) on
 their six-model fitting set, against a refit by their own code, and the two-step prediction of their
 two held-out large RedPajama models from the models below 1B parameters.
@@ -35,14 +36,9 @@ from benchutil import cpu_description  # benchmarks/ is this script's folder
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-from llmtrain.scaling.fit import (
-    HUBER_DELTA,
-    bootstrap_lse,
-    bootstrap_starts,
-    chinchilla_grid,
-    chinchilla_params,
-    fit_lse,
-)
+from llmtrain.scaling.bootstrap import resample_counts
+from llmtrain.scaling.laws import chinchilla
+from llmtrain.scaling.optim import HUBER_DELTA, bootstrap_starts, fit_lse, refit_lse
 from llmtrain.scaling.sources import drop_highest_loss, read_csv
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "scaling"
@@ -88,7 +84,9 @@ def machine() -> str:
 def task_section(boot: int) -> str:
     import csv
 
-    from llmtrain.scaling.task import fit_metric, fit_task, predict_metric
+    from llmtrain.scaling.laws import task
+    from llmtrain.scaling.laws.task import fit_metric, predict_metric
+    from llmtrain.scaling.points import Points
 
     with open(GADRE_CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -117,8 +115,6 @@ def task_section(boot: int) -> str:
 
     held = {r["name"]: r for r in rows if r["name"] in GADRE_NOTEBOOK}
     small = [r for r in rows if r["dataset"] == "rpj" and float(r["params"]) < 1e9]
-    from llmtrain.scaling.fit import Points
-
     N = np.array([float(r["params"]) for r in small])
     D = np.array([float(r["tokens"]) for r in small])
     pts = Points(N, D, 6 * N * D, np.array([float(r["loss_c4_val"]) for r in small]))
@@ -130,35 +126,34 @@ def task_section(boot: int) -> str:
     t0 = time.perf_counter()
     for split in SPLITS:
         y = np.array([float(r[split]) for r in small])
-        res = fit_task(pts, y, n_boot=boot, seed=0, targets=targets)
-        for p, n in zip(res["predictions"], names):
+        res = task.fit(pts, y, n_boot=boot, seed=0, targets=targets)
+        for p, n in zip(res.predictions, names):
             obs = float(held[n][split])
             cells = []
             for f in ("sigmoid", "exponential"):
                 v = p[f]
-                cells += [f"{v['value']:.4f} ({v['ci_low']:.4f}-{v['ci_high']:.4f})",
-                          f"{abs(v['value'] - obs) / obs:.2%}"]
+                cells += [f"{v.value:.4f} ({v.ci_low:.4f}-{v.ci_high:.4f})", f"{abs(v.value - obs) / obs:.2%}"]
             nb = f"{GADRE_NOTEBOOK[n][1]:.2f}%" if split == "err_avg_subset" else "-"
             label = f"{held[n]['model']}, {float(held[n]['tokens_per_param']):g} tokens/param"
             lines.append(f"| {label} | {SPLITS[split]} | {obs:.4f} | {' | '.join(cells)} | {nb} |")
             print(lines[-1], flush=True)
             obs_l = float(held[n]["loss_c4_val"])
-            alone = [predict_metric(f, res["metric_laws"][f]["_theta"], obs_l) for f in ("sigmoid", "exponential")]
+            alone = [predict_metric(f, res.metric_laws[f].theta, obs_l) for f in ("sigmoid", "exponential")]
             step2_lines.append(f"{label}, {SPLITS[split]}: sigmoid {alone[0]:.4f} "
                                f"({abs(alone[0] - obs) / obs:.2%} off), exponential {alone[1]:.4f} "
                                f"({abs(alone[1] - obs) / obs:.2%} off)")
             if split == "err_avg_subset":
                 lo = p["loss"]
-                loss_lines.append(f"{label}: {lo['value']:.4f} ({lo['ci_low']:.4f}-{lo['ci_high']:.4f}) against "
-                                  f"{obs_l:.4f}, {abs(lo['value'] - obs_l) / obs_l:.2%} off (their notebook: "
+                loss_lines.append(f"{label}: {lo.value:.4f} ({lo.ci_low:.4f}-{lo.ci_high:.4f}) against "
+                                  f"{obs_l:.4f}, {abs(lo.value - obs_l) / obs_l:.2%} off (their notebook: "
                                   f"{GADRE_NOTEBOOK[n][0]:.2f}%)")
-        lp = res["parameters"]
+        lp = res.parameters
     t_two = time.perf_counter() - t0
     table2 = "\n".join(lines)
-    exp = {k: lp[f"exponential.{k}"]["value"] for k in ("k", "gamma", "eps")}
+    exp = {k: lp[f"exponential.{k}"].value for k in ("k", "gamma", "eps")}
     return f"""## Task-level fits
 
-What: `fit_scaling.py --method task` (`llmtrain.scaling.task`) on the per-model results released with
+What: `fit_scaling.py --method task` (`llmtrain.scaling.laws.task`) on the per-model results released with
 Gadre et al. 2024 (mlfoundations/scaling at a003c49, MIT; 104 models, C4 validation loss, mean top-1
 error over 46 tasks and over their 17-task subset; `tests/data/scaling/gadre2024_models.csv`, its README
 gives the provenance). Rerun: `python benchmarks/bench_fit.py --task --boot {boot}`.
@@ -212,7 +207,7 @@ def main() -> int:
     pts = drop_highest_loss(read_csv(Path(args.csv)), 5).points
     X = np.column_stack([np.log(pts.N), np.log(pts.D)])
     y = np.log(pts.L)
-    grid = chinchilla_grid()
+    grid = chinchilla.grid()
     info = machine()
     print(info, flush=True)
 
@@ -223,16 +218,16 @@ def main() -> int:
         fit = fit_lse(X, y, grid)
         times.append(time.perf_counter() - t0)
     t_grid = float(np.median(times))
-    est = {k: float(v) for k, v in chinchilla_params(fit.theta).items()}
+    est = {k: float(v) for k, v in chinchilla.params(fit.theta).items()}
     print(f"ours: grid of {len(grid)} starts in {t_grid:.2f}s (median of {args.repeats}: "
           f"{', '.join(f'{t:.2f}' for t in times)}); objective {fit.f:.10g}; E {est['E']:.4f} alpha "
           f"{est['alpha']:.4f} beta {est['beta']:.4f}", flush=True)
 
     # ours: bootstrap
     t0 = time.perf_counter()
-    thetas, _ = bootstrap_lse(X, y, fit, args.boot, seed=0, n_starts=4)
+    thetas, _ = refit_lse(X, y, fit, resample_counts(len(y), args.boot, seed=0), n_starts=4)
     t_boot = time.perf_counter() - t0
-    se = {k: float(np.std(v, ddof=1)) for k, v in chinchilla_params(thetas).items()}
+    se = {k: float(np.std(v, ddof=1)) for k, v in chinchilla.params(thetas).items()}
     print(f"ours: {args.boot} bootstrap refits (4 starts each) in {t_boot:.2f}s; se E {se['E']:.3f} A {se['A']:.1f} "
           f"B {se['B']:.1f} alpha {se['alpha']:.4f} beta {se['beta']:.4f}", flush=True)
 
@@ -246,7 +241,7 @@ def main() -> int:
     t_base = t_sub * len(grid) / n_sub
     # ours on the same subset, for a like-for-like objective comparison
     sub_f = fit_lse(X, y, sub).f
-    bp = {k: float(v) for k, v in chinchilla_params(bx).items()}
+    bp = {k: float(v) for k, v in chinchilla.params(bx).items()}
     print(f"baseline: {n_sub} starts in {t_sub:.1f}s -> {len(grid)} starts {'took' if n_sub == len(grid) else '~'}"
           f"{t_base:.0f}s; best objective on those starts {bf:.10g} (ours on the same starts {sub_f:.10g}); "
           f"E {bp['E']:.4f} alpha {bp['alpha']:.4f} beta {bp['beta']:.4f}", flush=True)
@@ -266,7 +261,7 @@ def main() -> int:
     grid_base = ('all starts' if n_sub == len(grid) else
                  f'{n_sub} random starts timed: {t_sub:.1f} s, extrapolated')
     table = "\n".join([
-        "| | ours (`llmtrain.scaling.fit`) | baseline: one `scipy.optimize.minimize` (L-BFGS-B, numerical gradient) "
+        "| | ours (`llmtrain.scaling.optim`) | baseline: one `scipy.optimize.minimize` (L-BFGS-B, numerical gradient) "
         "per start | speed-up |",
         "|---|---|---|---|",
         f"| 4,500-start grid fit | {t_grid:.2f} s (median of {args.repeats}) | "

@@ -419,7 +419,6 @@ def main() -> None:
     if cfg.model.vocab_size is None:
         cfg.model.vocab_size = padded_vocab(data.vocab_size)
     total_steps = args.warmup + args.rounds * args.steps + args.profile
-    data.train.prepare(total_steps * cfg.train.global_batch_size)
     user, ds_path = load_ds_json(None)
     ds_config = build_ds_config(cfg, user, ds_path, "bench_train", 1)
     peak = max(measure_matmul_flops(seconds=0.3) for _ in range(3))

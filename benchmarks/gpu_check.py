@@ -22,8 +22,12 @@ tokenizer.json; the model's vocabulary is padded to 50,304). Checks:
    the dense mask (outputs and gradients, bf16, grouped-query heads, T=2048), their forward +
    backward times beside plain causal flash SDPA; then the training path with the mask, eager
    and train.compile=true, whose first-step losses must agree.
-
-5. The memory plan (llmtrain/scaling/memory.py, what ``launcher/pretrain.py --dry-run`` prints)
+5. In-process on the flex path: a pipeline stage (a real PipelineModule on a one-rank group)
+   builds one block mask per micro-batch, not one per block; task evaluation calls the model in
+   at most 4 fixed shapes (micro x seq_len tokens each) whatever the examples' lengths, so the
+   compiled kernel compiles in the first evaluation and never after, and its scores equal each
+   row's run alone on the CPU.
+6. The memory plan (llmtrain/scaling/memory.py, what ``launcher/pretrain.py --dry-run`` prints)
    against ``torch.cuda.max_memory_allocated`` (the ``mem_allocated_gb`` of metrics.jsonl, the
    peak since start) of the check-1 runs (ZeRO 0-3, bf16, fp32) and of one more ZeRO-0 bf16 run
    with activation checkpointing: each planned total per rank within MEMORY_TOL of the measured
@@ -36,6 +40,7 @@ longer fits is reported as not run, and fails the check).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -499,6 +504,121 @@ def check_document_kernel(smoke: bool, out: dict) -> bool:
     return res["ok"]
 
 
+@contextlib.contextmanager
+def one_rank_group():
+    """torch.distributed with this process as the only rank (a PipelineModule needs a group);
+    the environment is restored after, so later launches pick their own ports."""
+    import torch
+
+    from llmtrain.train.dist import init_distributed
+
+    saved = dict(os.environ)
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    init_distributed()
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def check_mask_once_and_task_shapes(work: Path, smoke: bool, clock: Clock, out: dict) -> bool:
+    """In-process, on the flex-attention path (GPU, document masking): (a) a pipeline stage holding
+    the embedding and every block builds one block mask per micro-batch (forward and backward),
+    not one per block; (b) task evaluation calls the model in at most SHAPES fixed shapes of
+    micro x seq_len tokens whatever the examples' lengths, so the compiled flex kernel compiles
+    in the first evaluation and never again, and its scores equal those of each row run alone
+    on the CPU (SDPA with the dense mask, fp32)."""
+    import torch
+    import torch.nn.attention.flex_attention as fa
+    from torch._dynamo.utils import counters
+
+    import llmtrain.model.pipeline as pipeline
+    from llmtrain.config import ModelConfig
+    from llmtrain.eval.tasks import SHAPES, TaskScorer, batch_scores, load_task
+    from llmtrain.model.gpt import GPT, lm_loss
+    from llmtrain.tokenizer import load_tokenizer
+
+    dev = torch.device("cpu" if smoke else "cuda")
+    res = out.setdefault("mask_once_task_shapes", {})
+    if clock.left() < 90:  # three kernel compilations on a GPU: about a minute
+        res.update(ok=False, error=f"not run: {clock.left():.0f} s of the budget left")
+        return False
+    built = []
+    real_create = fa.create_block_mask
+
+    def counting_create(*a, **kw):
+        built.append(1)
+        return real_create(*a, **kw)
+
+    try:
+        tok_path = work / "data" / "tokenizer.json"
+        tok, eod = load_tokenizer(str(tok_path), "<|endoftext|>")
+        L, T, micro = (2, 64, 2) if smoke else (6, 512, 8)
+        cfg = ModelConfig(n_layer=L, d_model=64 if smoke else 256, n_head=4, seq_len=T, vocab_size=512,
+                          pos_encoding="rotary", norm="rmsnorm", mlp="swiglu", document_mask_token=eod)
+        fa.create_block_mask = counting_create
+        g = torch.Generator().manual_seed(0)
+        with one_rank_group():  # (a) a real PipelineModule stage, forward + backward of 2 micro-batches
+            stage = pipeline.gpt_pipeline(cfg, num_stages=1, seed=1).to(dev)
+            for _ in range(2):
+                ids = torch.randint(0, 512, (micro, T + 1), generator=g)
+                ids[torch.rand(micro, T + 1, generator=g) < 1 / 64] = eod
+                ids = ids.to(dev)
+                lm_loss(stage(ids[:, :-1]), ids[:, 1:]).backward()
+        res["stage_block_masks_per_micro_batch"] = len(built) / 2
+        res["stage_blocks"] = L
+        ok = smoke or len(built) == 2  # on CPU the dense mask is used: no block mask to count
+
+        # (b) task evaluation: the shipped task's first examples, every length
+        task = load_task(REPO_ROOT / "data" / "tasks" / "python_docs_cloze.jsonl")
+        task.examples = task.examples[:48]
+        model = GPT(cfg, seed=2).eval()
+        ref = GPT(cfg, seed=2).eval()  # the CPU reference: each row alone, SDPA with the dense mask
+        model.to(dev)
+        shapes = []
+
+        @torch.no_grad()
+        def logits(x):
+            shapes.append(tuple(x.shape))
+            return model(x)
+
+        sc = TaskScorer([task], tok, eod, T, micro)  # built once, as the trainer does, and run at every evaluation
+        torch._dynamo.reset()  # forget earlier checks' kernels: count this one's compilations only
+        before = counters["stats"]["unique_graphs"]
+        sc.run(logits, dev)  # the first evaluation compiles the kernel once per shape
+        graphs = counters["stats"]["unique_graphs"]
+        res["compiled_in_first_evaluation"] = graphs - before
+        sc.run(logits, dev)
+        sc.run(logits, dev)
+        res["recompiles_after_first_evaluation"] = counters["stats"]["unique_graphs"] - graphs
+        res["shapes"] = sorted(set(shapes))
+        ok &= len(res["shapes"]) <= SHAPES and all(b * w == micro * T for b, w in res["shapes"])
+        ok &= res["recompiles_after_first_evaluation"] == 0
+        ok &= smoke or res["compiled_in_first_evaluation"] >= 1  # the compiled kernel ran, not an eager fallback
+        worst = 0.0
+        with torch.no_grad():
+            for b in sc.batches[:2]:
+                got = batch_scores(model(b.x.to(dev)), b).cpu()
+                for i, r in enumerate(b.rows):
+                    row = sc.rows[r]
+                    alone = torch.tensor(row.tokens)[None]
+                    lp = torch.log_softmax(ref(alone[:, :-1]).float(), dim=-1)[0]
+                    n = row.n_cont
+                    want = lp[-n:].gather(-1, alone[0, -n:, None]).sum()
+                    worst = max(worst, abs(float(got[i]) - float(want)))
+        res["max_abs_score_diff"] = worst
+        ok &= worst <= 1e-3
+        res["ok"] = bool(ok)
+    except Exception as e:  # reported, not raised: the other checks still run
+        res.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
+    finally:
+        fa.create_block_mask = real_create
+    print(f"[gpu_check] mask once, task shapes: {res}", flush=True)
+    return res["ok"]
+
+
 def check_document_training(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out: dict) -> bool:
     model = MODEL_SMOKE if smoke else MODEL_CHECK
     micro = 4 if smoke else 8
@@ -578,6 +698,15 @@ def markdown(out: dict) -> list[str]:
         rows.append(f"| document mask training, eager / compile | "
                     f"{'pass' if out['checks'].get('document_training') else 'FAIL'} | "
                     f"losses {(d.get('eager') or {}).get('losses')} / {(d.get('compile') or {}).get('losses')} |")
+    m = out.get("mask_once_task_shapes")
+    if m:
+        verdict = "pass" if m.get("ok") else "FAIL"
+        rows.append(f"| block mask once per micro-batch; task eval in fixed shapes | {verdict} | "
+                    f"{m.get('stage_block_masks_per_micro_batch')} block masks per micro-batch for a stage of "
+                    f"{m.get('stage_blocks')} blocks; task shapes {m.get('shapes')}, compiled in the first evaluation "
+                    f"{m.get('compiled_in_first_evaluation')}, after it {m.get('recompiles_after_first_evaluation')}; "
+                    f"max score diff vs each row alone on CPU "
+                    f"{m.get('max_abs_score_diff')} {m.get('error', '')} |")
     rows += ["", "| model | compile | tokens/s | MFU | peak memory | device |", "|---|---|---|---|---|---|"]
     for name, r in out.get("throughput", {}).items():
         if not isinstance(r, dict):
@@ -633,6 +762,7 @@ def check_all(args) -> int:
                                                       "compile" not in args.skip)
     if "docmask" not in args.skip:
         out["checks"]["document_training"] = check_document_training(work, data, nproc, args.smoke, clock, out)
+        out["checks"]["mask_once_task_shapes"] = check_mask_once_and_task_shapes(work, args.smoke, clock, out)
     out["wall_s"] = time.perf_counter() - clock.t0
     Path(args.out).write_text(json.dumps(out, indent=1))
     print("\n".join(markdown(out)))

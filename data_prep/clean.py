@@ -17,7 +17,10 @@ One machine: ``--stage all`` (the default) runs everything, over ``--workers`` p
 Many machines: run the stages in order (``--stage list`` prints them), each as N independent
 tasks (``--task-index/--num-tasks``, or a Slurm array: SLURM_ARRAY_TASK_ID /
 SLURM_ARRAY_TASK_COUNT), all writing the same ``--output`` on a shared file system; a stage
-starts when every task of the one before has finished (data_prep/slurm/clean.sbatch):
+starts when every task of the one before has finished (data_prep/slurm/clean.sbatch). Or
+``--executor ray``: every task of every stage asked for runs on a Ray cluster (``--ray-address``,
+else a local one of ``--workers`` CPUs), ``--num-tasks`` (default: --workers) key ranges for
+buckets and clusters:
 
     filter    extraction and filters, per input file; each kept document's dedup keys
     buckets   exact and MinHash band buckets, split by key range
@@ -36,12 +39,13 @@ import logging
 import os
 import sys
 
+from llmtrain.core.errors import ConfigError
 from llmtrain_prep.cleaning.config import load_config
 from llmtrain_prep.cleaning.pipeline import (TASK_STAGES, canonical, expand, read_manifest, run_buckets, run_clusters,
-                                         run_filter, run_write)
+                                             run_every_task, run_filter, run_write)
+from llmtrain_prep.executors import EXECUTORS, make_executor
 from llmtrain_prep.readers import DEFAULT_TEXT_KEY, InputError, add_input_args, reader_options
-from llmtrain.core.errors import ConfigError
-from llmtrain.core.tasks import task_from_env
+from llmtrain_prep.runner import Task
 
 log = logging.getLogger("llmtrain_prep.clean")
 
@@ -65,6 +69,12 @@ def parse_args(argv=None):
                    help="this task's index (default: $SLURM_ARRAY_TASK_ID or 0)")
     p.add_argument("--num-tasks", type=int, default=None,
                    help="number of tasks (default: $SLURM_ARRAY_TASK_COUNT or 1)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this task's share here, over --workers processes (a Slurm array task included); "
+                        "ray: every task on a Ray cluster (pip install 'llmtrain[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="with --executor ray: the cluster to join (default: $RAY_ADDRESS, else a local cluster of "
+                        "--workers CPUs)")
     p.add_argument("--quiet", action="store_true", help="only warnings")
     add_input_args(p)
     return p.parse_args(argv)
@@ -72,11 +82,54 @@ def parse_args(argv=None):
 
 def _check_inputs(args) -> None:
     """Later stages need no INPUT; when one is given it must be the list the filter tasks used."""
-    man = read_manifest(os.path.join(args.output, "work"))
+    man = read_manifest(args.output)
     given = sorted(canonical(f) for f in expand(args.inputs))
     if given != sorted(man["inputs"]):
         raise InputError(f"{args.output}: the INPUT list differs from the one the filter tasks used; "
                          "give the same inputs or none")
+
+
+def _run_local(args, cfg) -> dict | None:
+    """This task's share of the stage asked for (all four in turn with --stage all)."""
+    t = Task.from_args(args.task_index, args.num_tasks)
+    ti, nt = t.index, t.count
+    if args.stage == "all" and nt > 1:
+        raise InputError(f"--num-tasks {nt} needs one stage at a time: --stage filter on each task, then "
+                         f"{', '.join(TASK_STAGES[1:])} in turn (see --stage list)")
+    if args.stage in ("all", "filter"):
+        if not args.inputs:
+            raise InputError("no INPUT given; name files or folders to clean")
+        res = run_filter(expand(args.inputs), args.output, cfg, workers=args.workers, task_index=ti, num_tasks=nt)
+        log.info(f"filter: {res['processed']} shards processed, {res['skipped']} skipped (done before)")
+    elif args.inputs:
+        _check_inputs(args)
+    if args.stage in ("all", "buckets"):
+        run_buckets(args.output, cfg, ti, nt)
+    if args.stage in ("all", "clusters"):
+        run_clusters(args.output, cfg, ti, nt)
+    if args.stage in ("all", "write"):
+        return run_write(args.output, cfg, ti, nt, workers=args.workers)
+    return None
+
+
+def _run_ray(args, cfg) -> dict | None:
+    """Every task of the stage(s) asked for, on a Ray cluster."""
+    if args.task_index is not None:
+        raise InputError("--executor ray runs every task itself; leave out --task-index")
+    stages = list(TASK_STAGES) if args.stage == "all" else [args.stage]
+    files = None
+    if "filter" in stages:
+        if not args.inputs:
+            raise InputError("no INPUT given; name files or folders to clean")
+        files = expand(args.inputs)
+    elif args.inputs:
+        _check_inputs(args)
+    parts = args.num_tasks or args.workers
+    if parts < 1:
+        raise InputError(f"--num-tasks {parts} must be >= 1")
+    with make_executor("ray", args.workers, args.ray_address) as executor:
+        results = run_every_task(stages, args.output, cfg, executor, files, parts)
+    return results["write"].finished if "write" in results else None
 
 
 def main(argv=None) -> int:
@@ -100,24 +153,10 @@ def main(argv=None) -> int:
         if read:
             overrides["read"] = read
         cfg = load_config(args.config, overrides)
-        ti, nt = task_from_env(args.task_index, args.num_tasks)
-        if args.stage == "all" and nt > 1:
-            raise InputError(f"--num-tasks {nt} needs one stage at a time: --stage filter on each task, then "
-                             f"{', '.join(TASK_STAGES[1:])} in turn (see --stage list)")
-        report = None
-        if args.stage in ("all", "filter"):
-            if not args.inputs:
-                raise InputError("no INPUT given; name files or folders to clean")
-            res = run_filter(expand(args.inputs), args.output, cfg, workers=args.workers, task_index=ti, num_tasks=nt)
-            log.info(f"filter: {res['processed']} shards processed, {res['skipped']} skipped (done before)")
-        elif args.inputs:
-            _check_inputs(args)
-        if args.stage in ("all", "buckets"):
-            run_buckets(args.output, cfg, ti, nt)
-        if args.stage in ("all", "clusters"):
-            run_clusters(args.output, cfg, ti, nt)
-        if args.stage in ("all", "write"):
-            report = run_write(args.output, cfg, ti, nt, workers=args.workers)
+        if args.executor == "ray":
+            report = _run_ray(args, cfg)
+        else:
+            report = _run_local(args, cfg)
         if report is not None:
             st = {s["stage"]: s for s in report["stages"]}
             print(json.dumps({"documents_in": st["read"]["docs_in"], "documents_out": report["documents_out"],

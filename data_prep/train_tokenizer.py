@@ -4,7 +4,7 @@
         [--eod-token '<|endoftext|>'] [--text-key text] [--hf-config C] [--hf-split S]
 
 Inputs: JSONL(.gz/.zst), Parquet, datasets save_to_disk folders and hf:NAME (see
-data_prep/readers.py). Byte-level: every string, in any script, encodes without unknown tokens
+data_prep/readers/). Byte-level: every string, in any script, encodes without unknown tokens
 and decodes back to exactly itself (no normalizer, no added prefix space). --eod-token (default
 ``<|endoftext|>``) is the special end-of-document token (id 0); data_prep/tokenize_corpus.py
 appends it to every document (pass it the same --eod-token). The tokenizer.json is written under
@@ -24,7 +24,7 @@ from llmtrain_prep.readers import (
     add_input_args,
     check_input,
     expand_inputs,
-    iter_documents,
+    read_documents,
     reader_options,
 )
 from llmtrain.tokenizer import EOD_TOKEN
@@ -38,7 +38,7 @@ def _documents(files: list[str], progress_every: float, stats: dict, reader: dic
     start = time.time()
     last = start
     for path in files:
-        docs = iter_documents(path, **reader)
+        docs = read_documents(path, **reader)
         for doc in docs:
             if max_documents is not None and stats["documents"] >= max_documents:
                 close = getattr(docs, "close", None)
@@ -46,8 +46,8 @@ def _documents(files: list[str], progress_every: float, stats: dict, reader: dic
                     close()
                 return
             stats["documents"] += 1
-            stats["characters"] += len(doc["text"])
-            yield doc["text"]
+            stats["characters"] += len(doc.text)
+            yield doc.text
             now = time.time()
             if progress_every and now - last >= progress_every:
                 last = now

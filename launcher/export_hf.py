@@ -4,7 +4,7 @@
 
 The checkpoint may also be a consolidated file or a folder written by launcher/import_hf.py.
 The architecture (GPT-2, Llama, Qwen3, GPT-NeoX or StableLM) is chosen from the model's options; see
-llmtrain/checkpoint/hf_export.py for the table and what is refused.
+llmtrain/checkpoint/hf/ (one spec per architecture) for the table and what is refused.
 """
 import argparse
 import sys
@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", help="tokenizer.json (default: the one the run was trained with)")
     ap.add_argument("--force", action="store_true", help="replace an existing --output folder")
     args = ap.parse_args(argv)
-    from llmtrain.checkpoint.hf_export import export
+    from llmtrain.checkpoint.hf import export
 
     export(args.checkpoint, args.output, tokenizer=args.tokenizer, force=args.force)
     return 0

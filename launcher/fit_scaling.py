@@ -6,6 +6,7 @@
         --loss-col loss --c-col flops
     python launcher/fit_scaling.py runs/sweeps/NAME --method task --metric task:NAME/acc_norm --out fit \\
         --target 1e9,2e10 --bootstrap 1000
+    python launcher/fit_scaling.py runs/sweeps/NAME --method chinchilla --out fit --target 1e9,2e10 --bootstrap 1000
 
 SOURCE: a sweep folder (its run folders), one run folder, or a CSV. Methods:
   chinchilla  approach 3: L = E + A/N^alpha + B/D^beta, Huber on log loss, 4,500-start grid
@@ -13,6 +14,9 @@ SOURCE: a sweep folder (its run folders), one run folder, or a CSV. Methods:
   kaplan      L(N), L(D), L(C) each E + (X_c/X)^alpha_X on the loss frontiers
   task        a downstream metric in two steps: L(N, D) as chinchilla, then the metric from L,
               sigmoid (Bhagia et al. 2024) and exponential Err = eps - k exp(-gamma L) (Gadre et al. 2024)
+--target N,D (repeatable) predicts at N parameters and D tokens under every method, with bootstrap
+intervals: chinchilla the loss; kaplan each frontier's loss (loss_N, loss_D, loss_C at C = 6ND);
+isoflop the compute-optimal N_opt, D_opt at C = 6ND and N / N_opt; task the loss and the metric.
 Metrics of run folders are SPLIT/FIELD: the FIELD of metrics.jsonl records with "split": SPLIT,
 e.g. {"step": S, "tokens": T, "split": "task:NAME", "acc": a, "acc_norm": b} is task:NAME/acc_norm.
 Writes OUT/fit.json and PNG plots. Bad input: one line on stderr, exit status 2.
@@ -26,25 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from llmtrain.scaling.fit import FitError, fit_chinchilla, fit_isoflop, fit_kaplan
-from llmtrain.scaling.task import FORMS, fit_task
-from llmtrain.scaling.sources import SourceError, best_of_duplicates, drop_highest_loss, load
 from llmtrain.core.files import atomic_write_json
-
-
-def _plain(o):
-    """JSON-ready copy: numpy to Python, keys starting with '_' (internal arrays) left out."""
-    if isinstance(o, dict):
-        return {k: _plain(v) for k, v in o.items() if not str(k).startswith("_")}
-    if isinstance(o, (list, tuple)):
-        return [_plain(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _plain(o.tolist())
-    if isinstance(o, np.generic):
-        o = o.item()
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    return o
+from llmtrain.scaling.laws import chinchilla, isoflop, kaplan, task
+from llmtrain.scaling.points import FitError
+from llmtrain.scaling.results import jsonable
+from llmtrain.scaling.sources import SourceError, best_of_duplicates, drop_highest_loss, load
 
 
 def main(argv=None) -> int:
@@ -72,12 +62,12 @@ def main(argv=None) -> int:
     ap.add_argument("--window-dex", type=float, default=0.5,
                     help="isoflop: parabola fitted to points within this many log10 units of the minimum")
     ap.add_argument("--metric", help="task: the metric to predict: SPLIT/FIELD of the runs' metrics.jsonl "
-                    "(task:NAME/acc_norm) or a CSV column")
+                    "(task:NAME/acc_norm, harness:TASK/acc) or a CSV column")
     ap.add_argument("--loss-metric", metavar="SPLIT/FIELD",
                     help="run folders: a logged quantity read in place of the validation loss (e.g. valid/loss)")
     ap.add_argument("--target", action="append", default=[], metavar="N,D",
-                    help="task: predict the metric for N parameters and D tokens (repeatable)")
-    ap.add_argument("--forms", nargs="+", choices=list(FORMS), default=list(FORMS),
+                    help="predict at N parameters and D tokens (repeatable; see above for what each method predicts)")
+    ap.add_argument("--forms", nargs="+", choices=list(task.FORMS), default=list(task.FORMS),
                     help="task: the metric-from-loss forms to fit (default both)")
     ap.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
                     help="CSV: keep the rows that match (=, !=, <, <=, >, >=; repeatable), e.g. dataset=rpj")
@@ -92,9 +82,6 @@ def main(argv=None) -> int:
         if args.metric and args.method != "task":
             raise SourceError(f"--metric {args.metric}: only --method task predicts a metric; to fit another "
                               "logged loss in place of the validation loss use --loss-metric")
-        if args.target and args.method != "task":
-            raise SourceError("--target N,D: only --method task predicts at given sizes; the others take "
-                              "--target-flops")
         targets = [_target(t) for t in args.target]
         if args.bootstrap < 0:
             raise SourceError(f"--bootstrap {args.bootstrap}: must be >= 0")
@@ -114,15 +101,16 @@ def main(argv=None) -> int:
         if args.bootstrap:
             print(f"fitting, then {args.bootstrap} bootstrap refits ...", flush=True)
         t0 = time.perf_counter()
-        kw = dict(n_boot=args.bootstrap, seed=args.seed, target_flops=args.target_flops, level=args.ci_level)
+        kw = dict(n_boot=args.bootstrap, seed=args.seed, target_flops=args.target_flops, targets=targets,
+                  level=args.ci_level)
         if args.method == "chinchilla":
-            res = fit_chinchilla(pts, **kw)
+            res = chinchilla.fit(pts, **kw)
         elif args.method == "task":
-            res = fit_task(pts, pts.M, targets=targets, forms=args.forms, **kw)
+            res = task.fit(pts, pts.M, forms=args.forms, **kw)
         elif args.method == "isoflop":
-            res = fit_isoflop(pts, tol_dex=args.flops_tol_dex, window_dex=args.window_dex, **kw)
+            res = isoflop.fit(pts, tol_dex=args.flops_tol_dex, window_dex=args.window_dex, **kw)
         else:
-            res = fit_kaplan(pts, **kw)
+            res = kaplan.fit(pts, **kw)
         elapsed = time.perf_counter() - t0
     except (SourceError, FitError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -152,7 +140,7 @@ def main(argv=None) -> int:
         "dropped": ld.dropped,
         "unfinished_runs_skipped": ld.unfinished,
         "notes": ld.notes,
-        **res,
+        **res.to_json(),
         "elapsed_s": round(elapsed, 3),
         "plots": plots,
         "points": [{"label": lab, "N": float(n), "D": float(d), "C": float(c), "loss": float(lo)}
@@ -162,7 +150,7 @@ def main(argv=None) -> int:
         doc["metric"] = args.metric
         for p, m in zip(doc["points"], pts.M):
             p["metric"] = float(m)
-    atomic_write_json(out / "fit.json", _plain(doc))
+    atomic_write_json(out / "fit.json", jsonable(doc))
     print(summary(doc), flush=True)
     print(f"wrote {out / 'fit.json'}" + (f" and {', '.join(plots)}" if plots else ""))
     return 0
@@ -192,7 +180,7 @@ def summary(doc: dict) -> str:
     lines += [fmt(k, v) for k, v in doc["parameters"].items()]
     for p in doc.get("predictions", []):
         lines.append(f"predicted at N = {p['N']:.4g}, D = {p['D']:.4g} ({p['how']}):")
-        lines += [fmt(k, p[k]) for k in ("loss", *doc["forms"])]
+        lines += [fmt(k, v) for k, v in p.items() if isinstance(v, dict)]
     co = doc.get("compute_optimal")
     if co:
         lines.append(f"compute-optimal at C = {co['flops']:.3g}:")

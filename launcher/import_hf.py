@@ -1,11 +1,11 @@
-"""Import a Hugging Face transformers model folder (GPT-2, Llama, Mistral, GPT-NeoX/Pythia) as
+"""Import a Hugging Face transformers model folder (GPT-2, Llama, Mistral, Qwen3, GPT-NeoX/Pythia) as
 this project's GPT: a folder that export_hf.py, generate.py, evaluate.py and
 checkpoint.init_from all take.
 
     python launcher/import_hf.py HF_DIR --output OUT [--force]
 
 The logits are checked against transformers (fp32, max difference <= 1e-4) before anything is
-written; see llmtrain/checkpoint/hf_import.py.
+written; see llmtrain/checkpoint/hf/ (one spec per architecture, read both ways).
 """
 import argparse
 import sys
@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     ap.add_argument("--output", required=True, help="the folder to write (must not exist unless --force)")
     ap.add_argument("--force", action="store_true", help="replace an existing --output folder")
     args = ap.parse_args(argv)
-    from llmtrain.checkpoint.hf_import import import_hf
+    from llmtrain.checkpoint.hf import import_hf
 
     import_hf(args.hf_dir, args.output, force=args.force)
     return 0

@@ -157,6 +157,11 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    # Under bf16: the dtype gradients are accumulated in over micro-batches and reduced in across
+    # data-parallel ranks. fp32 (default) on every layout; bf16 halves that memory and traffic at a
+    # cost in precision (DeepSpeed's own default).
+    grad_accum_dtype: str = "fp32"  # fp32 | bf16
+    grad_reduce_dtype: str = "fp32"  # fp32 | bf16
     seed: int = 1234
     eval_interval: int = 100
     eval_batches: int = 8
@@ -169,10 +174,19 @@ class TrainConfig:
     profile_steps: list[int] = field(default_factory=list)  # [a, b]: torch.profiler trace of steps a..b-1
     # multiple-choice JSONL files ({"context", "choices", "label"} a line) scored at each evaluation (acc, acc_norm)
     eval_tasks: list[str] = field(default_factory=list)
+    # lm-evaluation-harness tasks scored at each evaluation (the harness extra: pip install -e '.[harness]'), found
+    # in the folders of task YAMLs of harness_include_path, else among lm-eval's own; logged as "split": "harness:TASK"
+    harness_tasks: list[str] = field(default_factory=list)
+    harness_include_path: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         _choice(where, "train.schedule", self.schedule, ("cosine", "wsd", "constant"))
         _choice(where, "train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        for key in ("grad_accum_dtype", "grad_reduce_dtype"):
+            _choice(where, f"train.{key}", getattr(self, key), ("fp32", "bf16"))
+            if getattr(self, key) == "bf16" and self.precision != "bf16":
+                raise ConfigError(f"{where}: train.{key}=bf16 needs train.precision=bf16 (got {self.precision}); "
+                                  f"remove it or set train.precision=bf16")
         if self.max_steps <= 0:
             raise ConfigError(f"{where}: train.max_steps must be > 0 (got {self.max_steps})")
         if self.global_batch_size <= 0:
@@ -207,6 +221,10 @@ class CheckpointConfig:
     # A resume refuses a changed data.prefix, train.global_batch_size or train.seed (the data
     # position would no longer be exact); true accepts the change and goes on from the step.
     allow_data_change: bool = False
+    # Beside each DeepSpeed checkpoint, the layout-free state (fp32 weights, Adam moments and step
+    # by parameter name; checkpoint/layout_free.py): a relaunch on another number of ranks, ZeRO
+    # stage or pipeline layout resumes from it. Off: only the same layout can resume.
+    layout_free: bool = True
 
 
 @dataclass

@@ -214,6 +214,57 @@ def test_truncated_gzip_jsonl_keeps_earlier_lines(tmp_path):
     assert [d["id"] for d in docs] == [str(i) for i in range(len(docs))]
 
 
+def test_adapter_maps_fields_to_text_id_and_metadata(tmp_path):
+    """An Adapter names the text and id fields and carries other fields as metadata, the same
+    for JSONL and Parquet; more required fields (a response) are read in the same pass."""
+    from llmtrain_prep.readers import Adapter, Field, read_documents
+
+    rows = [{"content": "first page", "url": "https://a/1", "date": "2024-01-02", "n": 1},
+            {"content": "second page", "url": "https://a/2", "n": 2}]
+    write_jsonl(tmp_path / "r.jsonl", rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in ("content", "url", "date", "n")}),
+                   tmp_path / "r.parquet")
+    adapter = Adapter(Field("content"), "url", metadata=("date",))
+    for name in ("r.jsonl", "r.parquet"):
+        docs = list(read_documents(str(tmp_path / name), adapter=adapter))
+        assert [(d.text, d.id, d.meta) for d in docs] == [("first page", "https://a/1", {"date": "2024-01-02"}),
+                                                          ("second page", "https://a/2", {})]
+        assert docs[0].source == str(tmp_path / name)
+    pairs = Adapter(Field("content", "--prompt-key"), None, {"response": Field("url", "--response-key")})
+    docs = list(read_documents(str(tmp_path / "r.jsonl"), adapter=pairs))
+    assert [(d.text, d.meta["response"], d.id) for d in docs] == [("first page", "https://a/1", "r.jsonl:1"),
+                                                                    ("second page", "https://a/2", "r.jsonl:2")]
+    no_response = Adapter(Field("content", "--prompt-key"), None, {"response": Field("date", "--response-key")})
+    with pytest.raises(readers.InputError, match=r"r.jsonl:2: no string field 'date'.*--response-key"):
+        list(read_documents(str(tmp_path / "r.jsonl"), adapter=no_response))
+    with pytest.raises(readers.InputError, match=r"r.parquet: row 2: 'date' is empty.*--response-key"):
+        list(read_documents(str(tmp_path / "r.parquet"), adapter=no_response))
+
+
+def test_word_splitter_shortcut_matches_the_rules():
+    """The shortcut for the commonest pieces (a word with one mark before or after it) gives what
+    the full rules give, on every piece of the bundled corpus and on edge cases."""
+    from llmtrain_prep.cleaning import text
+
+    pieces = {"a,", "8)", "XD,", "(:", "(a", "cannot.", "cannot,", "(cannot", "U.", "X.", "9.", "e.g.", "ab²,",
+              "Mr.", "(Mr", "word'", ":)", "1,", "(1", "é,", "日本,", "(日本", "Ω.", "ß.", "Word.", "WORD.", "Ab."}
+    with gzip.open(os.path.join(ROOT, "data", "sample", "corpus.jsonl.gz"), "rt", encoding="utf-8") as fh:
+        for line in fh:
+            pieces.update(json.loads(line)["text"].split())
+    shortcut = 0
+    for p in pieces:
+        got = text._simple_piece(p)
+        if got is not None:
+            ref: list = []
+            text._split_piece(p, ref)
+            assert list(got) == ref, p
+            shortcut += 1
+    assert shortcut > 3000
+
+
 def test_expand_inputs_default_stays_jsonl(tmp_path):
     (tmp_path / "a.jsonl").write_text("")
     (tmp_path / "b.warc.gz").write_bytes(b"")

@@ -79,6 +79,57 @@ def test_no_gradient_crosses_into_the_previous_document():
     assert grad[32:].abs().max() > 0
 
 
+@pytest.fixture
+def one_process_group(monkeypatch):
+    """torch.distributed with one gloo process, as a launcher gives a rank (environment restored after)."""
+    from llmtrain.core.tasks import free_port
+    from llmtrain.train.dist import init_distributed
+
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(k, v)
+    init_distributed()
+    yield
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("checkpointing", [0, 1])
+def test_a_pipeline_stage_makes_the_masks_once_per_micro_batch(one_process_group, monkeypatch, checkpointing):
+    """A real PipelineModule stage holding the embedding and every block: one Documents and one
+    mask per micro-batch (it was one per block), also through activation checkpointing's
+    recomputation in the backward; the logits and gradients of the plain GPT."""
+    import llmtrain.model.pipeline as pipeline
+    from llmtrain.model.gpt import lm_loss
+
+    made, masks = [], []
+
+    class Counted(Documents):
+        def __init__(self, ids):
+            made.append(ids)
+            super().__init__(ids)
+
+        def dense_mask(self):
+            if self._dense is None:
+                masks.append(self)
+            return super().dense_mask()
+
+    monkeypatch.setattr(pipeline, "Documents", Counted)
+    cfg = ModelConfig(n_layer=3, d_model=32, n_head=4, seq_len=64, vocab_size=64, document_mask_token=SEP)
+    stage = pipeline.gpt_pipeline(cfg, num_stages=1, seed=1, activation_checkpoint_interval=checkpointing)
+    stage._precompute_checkpointable_values()  # what DeepSpeed's engine does before the first step
+    plain = GPT(cfg, seed=1)
+    g = torch.Generator().manual_seed(0)
+    for micro in range(1, 3):
+        idx = torch.randint(0, 8, (2, 65), generator=g)  # many separators (token 0)
+        out, ref = stage(idx[:, :-1]), plain(idx[:, :-1])
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+        lm_loss(out, idx[:, 1:]).backward()
+        lm_loss(ref, idx[:, 1:]).backward()
+        assert len(made) == micro and len(masks) == micro
+    grad = dict(stage.named_parameters())["1.attn.qkv.weight"].grad
+    torch.testing.assert_close(grad, plain.blocks[0].attn.qkv.weight.grad, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kv", [4, 2, 1])
 def test_flex_attention_kernel_matches_the_dense_mask(kv):
     """The GPU path (flex attention with the block mask, here its eager reference on CPU) gives what

@@ -60,7 +60,7 @@ def runs(token_data, tmp_path_factory):
 def exports(runs, tmp_path_factory):
     """The single-process run exported by the CLI (named by its run folder); the ZeRO-3 run (by its
     checkpoints/ folder) and the pipeline run (by its step folder) by the library in this process."""
-    from llmtrain.checkpoint.hf_export import export
+    from llmtrain.checkpoint.hf import export
 
     base = tmp_path_factory.mktemp("exported")
     r = run_python([EXPORT, runs["single"], "--output", base / "single"])
@@ -110,7 +110,7 @@ def test_every_representable_option_set_maps_exactly(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from llmtrain.config import ModelConfig
-    from llmtrain.checkpoint.hf_export import build_hf_model, choose_architecture, save_model
+    from llmtrain.checkpoint.hf import build_hf_model, choose_architecture, save_model
     from llmtrain.checkpoint.load import ExportError
     from llmtrain.model.gpt import GPT
 
@@ -186,7 +186,7 @@ def test_unrepresentable_model_is_refused(runs, tmp_path):
 
 
 def test_bad_input_gives_one_line(runs, exports, tmp_path):
-    from llmtrain.checkpoint.hf_export import export
+    from llmtrain.checkpoint.hf import export
     from llmtrain.checkpoint.load import ExportError
 
     run = tmp_path / "run"

@@ -70,9 +70,10 @@ def test_non_finite_steps_never_move_the_weights(token_data, tmp_path, layout):
 
 
 def test_resume_refuses_what_breaks_exactness(token_data, tmp_path):
-    """A relaunch with another global batch size, seed or data prefix is refused with one line
-    naming the field (nothing in the run folder changes); checkpoint.allow_data_change=true goes
-    on, and extending train.max_steps is always allowed."""
+    """A relaunch with another global batch size, seed or data prefix, or of a run whose samples
+    were read in an earlier order, is refused with one line naming the field or file (nothing in
+    the run folder changes); checkpoint.allow_data_change=true goes on, and extending
+    train.max_steps is always allowed."""
     run = tmp_path / "run"
     common = ["--run-dir", run, f"data.prefix={token_data}", *SMALL]
     r = run_python([PRETRAIN, *common, "train.max_steps=4"])
@@ -87,9 +88,17 @@ def test_resume_refuses_what_breaks_exactness(token_data, tmp_path):
         r = run_python([PRETRAIN, *common, "train.max_steps=6", change])
         assert_one_line_error(r, key, "checkpoint.allow_data_change=true")
         assert {f: (run / f).read_bytes() for f in before} == before
+    # a run made before the sample order changed (its data_manifest.json has no sample_order)
+    manifest = json.loads((run / "data_manifest.json").read_text())
+    assert manifest.pop("sample_order") == 2
+    (run / "data_manifest.json").write_text(json.dumps(manifest))
+    r = run_python([PRETRAIN, *common, "train.max_steps=6"])
+    assert_one_line_error(r, "data_manifest.json", "in order 1", "checkpoint.allow_data_change=true")
+    assert {f: (run / f).read_bytes() for f in before} == before
     r = run_python([PRETRAIN, *common, "train.max_steps=6", "train.seed=7", "checkpoint.allow_data_change=true"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stdout and sorted(train_losses(run)) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "data_manifest.json").read_text())["sample_order"] == 2
 
 
 def test_a_finished_run_launched_again_is_left_untouched(token_data, tmp_path):

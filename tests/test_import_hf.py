@@ -1,6 +1,6 @@
 """Import from Hugging Face (issue 12, item 2): transformers models built from configs with random
 weights (no hub access) - GPT-2, a Llama with 8 heads and 2 KV heads and Llama 3 rope scaling, a
-Pythia-style GPT-NeoX (rotary_pct 0.25, parallel residual), Mistral - import with our logits
+Pythia-style GPT-NeoX (rotary_pct 0.25, parallel residual), Mistral, a Qwen3 (QK-norm) - import with our logits
 within 1e-4 of transformers', export back with the same logits, and generate; anything else is
 refused in one line, before anything is written."""
 from __future__ import annotations
@@ -40,6 +40,7 @@ def _configs():
                                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                    "partial_rotary_factor": 0.25}, tie_word_embeddings=False, **small),
         "mistral": t.MistralConfig(**llama, sliding_window=None, tie_word_embeddings=True),
+        "qwen3": t.Qwen3Config(**llama, head_dim=8, tie_word_embeddings=False),
     }
 
 
@@ -71,7 +72,7 @@ def hf_models(tmp_path_factory):
                 p.add_(torch.randn_like(p) * 0.05)
         folder = base / name
         model.save_pretrained(str(folder))
-        _tokenizer(folder, "</s>" if name in ("llama", "mistral") else "<|endoftext|>")
+        _tokenizer(folder, "</s>" if name in ("llama", "mistral", "qwen3") else "<|endoftext|>")
         out[name] = folder
     return out
 
@@ -82,10 +83,10 @@ def _hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
     return m(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "pythia", "mistral"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "pythia", "mistral", "qwen3"])
 def test_import_then_export_gives_the_same_logits(name, hf_models, tmp_path):
-    from llmtrain.checkpoint.hf_export import export
-    from llmtrain.checkpoint.hf_import import import_hf, load_hf_folder
+    from llmtrain.checkpoint.hf import export
+    from llmtrain.checkpoint.hf import import_hf, load_hf_folder
     from llmtrain.checkpoint.consolidate import load_gpt
 
     src = hf_models[name]
@@ -102,12 +103,14 @@ def test_import_then_export_gives_the_same_logits(name, hf_models, tmp_path):
         assert (cfg.n_head, cfg.n_kv_head, cfg.rope_scaling, cfg.rope_original_seq_len) == (8, 2, "llama3", 16)
     if name == "pythia":
         assert (cfg.parallel_residual, cfg.rotary_pct, cfg.gelu, cfg.bias) == (True, 0.25, "exact", True)
+    if name == "qwen3":
+        assert (cfg.qk_norm, cfg.n_kv_head, cfg.bias) == (True, 2, False)
     # export back: a transformers folder with the same logits, and our tokenizer's end-of-document token
     export(tmp_path / "ours", tmp_path / "back", log=lambda *_: None)
     torch.testing.assert_close(_hf_logits(tmp_path / "back", ids), want, atol=1e-4, rtol=0)
     back = json.loads((tmp_path / "back" / "config.json").read_text())
-    if name in ("llama", "mistral"):
-        assert back["num_key_value_heads"] == 2 and back["model_type"] == "llama"
+    if name in ("llama", "mistral", "qwen3"):
+        assert back["num_key_value_heads"] == 2 and back["model_type"] == ("qwen3" if name == "qwen3" else "llama")
         assert json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())["eos_token"] == "</s>"
     if name == "pythia":
         assert back["use_parallel_residual"] is True and back["rotary_pct"] == 0.25
@@ -122,7 +125,7 @@ def test_imported_folder_generates_and_evaluates(hf_models, tmp_path):
     the context starts with the folder's own end-of-document token (Llama's </s>)."""
     from llmtrain.data.indexed import IndexedDataset, IndexedDatasetWriter
     from llmtrain.eval.generate import generate
-    from llmtrain.checkpoint.hf_import import import_hf, is_hf_folder
+    from llmtrain.checkpoint.hf import import_hf, is_hf_folder
 
     from llmtrain.checkpoint.consolidate import is_consolidated
 
@@ -156,7 +159,7 @@ def test_imported_folder_generates_and_evaluates(hf_models, tmp_path):
 
 def test_cli_and_refusals(hf_models, tmp_path):
     from llmtrain.core.errors import ConfigError
-    from llmtrain.checkpoint.hf_import import import_hf
+    from llmtrain.checkpoint.hf import import_hf
     from llmtrain.checkpoint.load import ExportError
 
     r = run_python([IMPORT, hf_models["gpt2"], "--output", tmp_path / "gpt2"])
@@ -191,6 +194,10 @@ def test_cli_and_refusals(hf_models, tmp_path):
     refused(sw, "rope_type 'linear'")
     (sw / "config.json").write_text(json.dumps({**cfg, "sliding_window": None, "hidden_act": "gelu"}))
     refused(sw, "hidden_act 'gelu'")
+    # Qwen3 with sliding-window attention
+    qwen = json.loads((hf_models["qwen3"] / "config.json").read_text())
+    (sw / "config.json").write_text(json.dumps({**qwen, "use_sliding_window": True}))
+    refused(sw, "use_sliding_window=true")
     # no tokenizer
     (sw / "config.json").write_text(json.dumps({**cfg, "sliding_window": None}))
     (sw / "tokenizer.json").unlink()
@@ -200,7 +207,7 @@ def test_cli_and_refusals(hf_models, tmp_path):
 def test_pickle_weights_load_without_running_code(hf_models, tmp_path):
     """A folder with only pytorch_model.bin: plain tensors load (weights_only=True); a pickle that
     would run code is refused in one line, and the code does not run."""
-    from llmtrain.checkpoint.hf_import import import_hf
+    from llmtrain.checkpoint.hf import import_hf
     from llmtrain.checkpoint.load import ExportError
     from test_safe_load import _Evil
 

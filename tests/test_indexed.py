@@ -131,7 +131,6 @@ def _damage(path, how):
     ("idx", "truncate", "truncated"),
     ("idx", "version", "version 2"),
     ("idx", "dtype", "dtype code 99"),
-    ("idx", "pointer", "pointers"),
     ("bin", "truncate", "truncated or mismatched"),
 ])
 def test_damaged_files_give_one_line_naming_the_file(good, what, how, match):
@@ -141,6 +140,28 @@ def test_damaged_files_give_one_line_naming_the_file(good, what, how, match):
         IndexedDataset(good)
     msg = str(e.value)
     assert msg.startswith(path) and "\n" not in msg and "tokenize_corpus.py" in msg
+
+
+def test_opening_reads_no_document_list_and_verify_reads_all(good):
+    """Opening maps the index (start-up does not grow with the corpus) and checks its ends; a
+    damaged entry in the middle, which training never reads, is found by verify()."""
+    ds = IndexedDataset(good)
+    assert all(isinstance(a, np.memmap) for a in (ds.sizes, ds.pointers, ds.doc_idx))
+    ds.verify()
+    _damage(f"{good}.idx", "pointer")  # one pointer in the middle
+    ds = IndexedDataset(good)
+    with pytest.raises(DataFormatError, match="pointers do not match") as e:
+        ds.verify()
+    assert str(e.value).startswith(f"{good}.idx") and "tokenize_corpus.py" in str(e.value)
+
+
+def test_a_damaged_last_pointer_is_found_on_opening(good):
+    data = bytearray(open(f"{good}.idx", "rb").read())
+    data[-8 * 23 - 8] ^= 0x40  # the last pointer (22 sequences, then 23 document indices)
+    open(f"{good}.idx", "wb").write(bytes(data))
+    with pytest.raises(DataFormatError, match="good.idx describes") as e:
+        IndexedDataset(good)
+    assert "\n" not in str(e.value)
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -167,3 +188,24 @@ def test_empty_dataset(tmp_path):
     prefix = write(tmp_path / "e", [], np.uint16)
     ds = IndexedDataset(prefix)
     assert len(ds) == 0 and ds.num_tokens == 0 and len(ds.tokens) == 0
+
+
+def test_a_shard_is_checked_against_its_manifest_counts(tmp_path):
+    """Opening a split compares each shard's documents and tokens with what the manifest records
+    (no document list is read): files swapped or re-written under the manifest are one line."""
+    import json
+
+    from llmtrain.data.dataset import open_shards
+    from llmtrain.data.manifest import Manifest, Shard, Split
+
+    write(tmp_path / "d_train", [[1, 2, 3], [4, 5]], np.uint16)
+    m = Manifest(prefix=str(tmp_path / "d"), splits={"train": Split([Shard("d_train", 2, 5)])}, dtype="uint16",
+                 vocab_size=10, eod_token=None, eod_token_id=None, tokenizer_path=None, tokenizer_sha256=None)
+    manifest = json.loads(m.write().read_text())
+    assert [len(ds) for ds in open_shards(str(tmp_path / "d"), manifest, "train")] == [2]
+    write(tmp_path / "d_train", [[1, 2, 3], [4, 5], [6]], np.uint16)  # re-written under the same manifest
+    with pytest.raises(DataFormatError) as e:
+        open_shards(str(tmp_path / "d"), manifest, "train")
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "d_train.idx")) and "d_manifest.json records 2 and 5" in msg
+    assert "\n" not in msg and "tokenize_corpus.py" in msg

@@ -220,7 +220,7 @@ EXPORT_OPTIONS = {**OPTION_SETS, "mqa": dict(pos_encoding="rotary", norm="rmsnor
 @pytest.mark.parametrize("name", list(EXPORTS))
 def test_option_exports_with_the_same_logits(name, tmp_path):
     import transformers
-    from llmtrain.checkpoint.hf_export import build_hf_model, choose_architecture, logit_difference, save_model
+    from llmtrain.checkpoint.hf import build_hf_model, choose_architecture, logit_difference, save_model
 
     cfg = small(d_model=64, n_head=8, **EXPORT_OPTIONS[name])
     model = GPT(cfg, seed=1).eval()
@@ -246,7 +246,7 @@ def test_option_exports_with_the_same_logits(name, tmp_path):
     (dict(qk_norm=True), "qk_norm"),
 ])
 def test_option_without_architecture_is_refused(opts, needle):
-    from llmtrain.checkpoint.hf_export import ExportError, choose_architecture
+    from llmtrain.checkpoint.hf import ExportError, choose_architecture
 
     with pytest.raises(ExportError) as e:
         choose_architecture(small(**opts))

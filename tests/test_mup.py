@@ -94,7 +94,7 @@ def test_rules_away_from_the_base_width():
     (dict(pos_encoding="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True), "qwen3"),
 ])
 def test_exported_mup_model_gives_our_logits(opts, arch):
-    from llmtrain.checkpoint.hf_export import build_hf_model, choose_architecture, logit_difference
+    from llmtrain.checkpoint.hf import build_hf_model, choose_architecture, logit_difference
 
     cfg = mup_cfg(dataclasses.replace(BASE, **opts), 64)
     assert choose_architecture(cfg) == arch
@@ -129,7 +129,7 @@ def test_zero3_and_pipeline_train_with_mup_groups_and_export(token_data, tmp_pat
         assert len(losses) == 2 and all(0 < x < 10 for x in losses), (name, losses)
         resolved = (tmp_path / name / "config.yaml").read_text()
         assert "parametrization: mup" in resolved and "mup_base_width: 32" in resolved
-    from llmtrain.checkpoint.hf_export import export  # in this process: transformers is already imported
+    from llmtrain.checkpoint.hf import export  # in this process: transformers is already imported
 
     export(tmp_path / "zero3" / "checkpoints", tmp_path / "hf", log=lambda *_: None)
     rec = json.loads((tmp_path / "hf" / "llmtrain_export.json").read_text())

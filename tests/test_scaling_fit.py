@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmtrain.scaling.fit import Points, fit_chinchilla, fit_isoflop, fit_kaplan
+from llmtrain.scaling.laws import chinchilla, isoflop, kaplan
+from llmtrain.scaling.points import Points
 from llmtrain.scaling.sources import drop_highest_loss, read_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,15 +46,15 @@ def cli(*args, cwd=REPO):
 def test_chinchilla_reproduces_epoch_fit():
     ld = drop_highest_loss(read_csv(CHINCHILLA_CSV), 5)
     assert len(ld.points) == 240 and len(ld.dropped) == 5
-    res = fit_chinchilla(ld.points, target_flops=5.88e23)
-    p = res["parameters"]
-    assert p["E"]["value"] == pytest.approx(1.8172, rel=0.01)
-    assert p["alpha"]["value"] == pytest.approx(0.3473, abs=0.002)
-    assert p["beta"]["value"] == pytest.approx(0.3672, abs=0.002)
-    assert res["fit"]["n_starts"] == 4500
+    res = chinchilla.fit(ld.points, target_flops=5.88e23)
+    p = res.parameters
+    assert p["E"].value == pytest.approx(1.8172, rel=0.01)
+    assert p["alpha"].value == pytest.approx(0.3473, abs=0.002)
+    assert p["beta"].value == pytest.approx(0.3672, abs=0.002)
+    assert res.fit["n_starts"] == 4500
     # a = beta / (alpha + beta) ~ 0.514 and about 18 tokens per parameter at Chinchilla's budget
-    assert res["a"] == pytest.approx(0.514, abs=0.01)
-    assert res["compute_optimal"]["tokens_per_param"]["value"] == pytest.approx(18, abs=2)
+    assert res.a == pytest.approx(0.514, abs=0.01)
+    assert res.compute_optimal["tokens_per_param"].value == pytest.approx(18, abs=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,16 +62,16 @@ def test_chinchilla_reproduces_epoch_fit():
 
 
 def test_chinchilla_recovers_synthetic_law_with_bootstrap():
-    res = fit_chinchilla(grid_points(noise=0.005, seed=0), n_boot=30, seed=1, target_flops=1e22)
-    p = res["parameters"]
-    assert p["alpha"]["value"] == pytest.approx(ALPHA0, abs=0.03)
-    assert p["beta"]["value"] == pytest.approx(BETA0, abs=0.03)
-    assert p["E"]["value"] == pytest.approx(E0, rel=0.05)
+    res = chinchilla.fit(grid_points(noise=0.005, seed=0), n_boot=30, seed=1, target_flops=1e22)
+    p = res.parameters
+    assert p["alpha"].value == pytest.approx(ALPHA0, abs=0.03)
+    assert p["beta"].value == pytest.approx(BETA0, abs=0.03)
+    assert p["E"].value == pytest.approx(E0, rel=0.05)
     for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
-        assert p[k]["ci_low"] <= p[k]["value"] <= p[k]["ci_high"], k
-        assert p[k]["se"] > 0, k
-    co = res["compute_optimal"]
-    assert co["N"]["value"] * co["D"]["value"] * 6 == pytest.approx(1e22, rel=1e-6)
+        assert p[k].ci_low <= p[k].value <= p[k].ci_high, k
+        assert p[k].se > 0, k
+    co = res.compute_optimal
+    assert co["N"].value * co["D"].value * 6 == pytest.approx(1e22, rel=1e-6)
 
 
 def isoflop_points(alpha, beta, shifts, noise, seed, width=1.2, n=13):
@@ -94,13 +95,13 @@ def test_isoflop_recovers_exponent_on_wide_drifting_grids():
     pulled off the minimum by the asymmetric far sides and biases a; fitting near the minimum
     does not."""
     pts, a_true = isoflop_points(0.5, 0.25, np.linspace(0.6, -0.6, 5), noise=0.001, seed=0)
-    res = fit_isoflop(pts, n_boot=50, seed=0, target_flops=1e23)
-    assert res["a"] == pytest.approx(a_true, abs=0.006)
-    assert res["a"] + res["b"] == pytest.approx(1.0, abs=1e-9)
-    assert all(b["n_used"] < b["n_points"] for b in res["budgets"])
-    naive = fit_isoflop(pts, window_dex=100)
-    assert abs(naive["a"] - a_true) > 0.01  # why the window exists
-    assert res["parameters"]["a"]["ci_low"] <= res["a"] <= res["parameters"]["a"]["ci_high"]
+    res = isoflop.fit(pts, n_boot=50, seed=0, target_flops=1e23)
+    assert res.a == pytest.approx(a_true, abs=0.006)
+    assert res.a + res.b == pytest.approx(1.0, abs=1e-9)
+    assert all(b.n_used < b.n_points for b in res.budgets)
+    naive = isoflop.fit(pts, window_dex=100)
+    assert abs(naive.a - a_true) > 0.01  # why the window exists
+    assert res.parameters["a"].ci_low <= res.a <= res.parameters["a"].ci_high
 
 
 def test_isoflop_drops_unbracketed_and_small_budgets():
@@ -108,22 +109,22 @@ def test_isoflop_drops_unbracketed_and_small_budgets():
     # one more budget with only two points
     extra = Points(np.array([1e8, 2e8]), np.array([1e9, 5e8]), np.array([6e17, 6e17]), np.array([3.0, 3.1]))
     pts = Points(*(np.concatenate([getattr(pts, k), getattr(extra, k)]) for k in "NDCL"))
-    res = fit_isoflop(pts)
-    reasons = [d["reason"] for d in res["budgets_dropped"]]
+    res = isoflop.fit(pts)
+    reasons = [d["reason"] for d in res.budgets_dropped]
     assert any("not bracketed" in r for r in reasons) and any("at least 3" in r for r in reasons)
-    assert len(res["budgets"]) == 4
-    assert res["a"] == pytest.approx(a_true, abs=0.01)
+    assert len(res.budgets) == 4
+    assert res.a == pytest.approx(a_true, abs=0.01)
 
 
 def test_kaplan_recovers_exponents_on_frontiers():
-    res = fit_kaplan(grid_points(noise=0.002, seed=2), n_boot=20, seed=0, target_flops=1e22)
-    p = res["parameters"]
+    res = kaplan.fit(grid_points(noise=0.002, seed=2), n_boot=20, seed=0, target_flops=1e22)
+    p = res.parameters
     # L(N) at the largest D is E' + A/N^alpha exactly; L(D) at the largest N likewise in beta
-    assert p["alpha_N"]["value"] == pytest.approx(ALPHA0, abs=0.03)
-    assert p["alpha_D"]["value"] == pytest.approx(BETA0, abs=0.03)
-    assert res["laws"]["N"]["n_points"] == 7 and res["laws"]["D"]["n_points"] == 7
-    assert 0 < p["alpha_C"]["value"] < 0.5
-    assert p["alpha_N"]["ci_low"] <= p["alpha_N"]["value"] <= p["alpha_N"]["ci_high"]
+    assert p["alpha_N"].value == pytest.approx(ALPHA0, abs=0.03)
+    assert p["alpha_D"].value == pytest.approx(BETA0, abs=0.03)
+    assert res.laws["N"].n_points == 7 and res.laws["D"].n_points == 7
+    assert 0 < p["alpha_C"].value < 0.5
+    assert p["alpha_N"].ci_low <= p["alpha_N"].value <= p["alpha_N"].ci_high
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,24 +81,51 @@ def test_scores_equal_a_direct_computation_with_the_plain_gpt(token_data, tmp_pa
     assert tasks[0].name == "mine" and len(tasks[0].examples) == 7
     want = {(0, e): direct_scores(model, tok, eod, seq_len, ex) for e, ex in enumerate(EXAMPLES)}
 
-    # every batch form: padded to the longest row, the pipeline's fixed shape, and split over 2 ranks
-    for kw in ({}, {"width": seq_len}, {"token_budget": 40}):
+    # the training shape only (the pipeline's), and up to 4 shapes split over 2 ranks
+    for batch_size, world, shapes in ((3, 1, 1), (2, 2, 4)):
         total = np.zeros((1, 3))
-        for rank in range(2):
-            sc = TaskScorer(tasks, tok, eod, seq_len, 2, dp_rank=rank, dp_world=2, **kw)
+        for rank in range(world):
+            sc = TaskScorer(tasks, tok, eod, seq_len, batch_size, shapes=shapes, dp_rank=rank, dp_world=world)
             for b in sc.batches:
                 with torch.no_grad():
                     got = batch_scores(model(b.x), b)
                 for i, g in zip(b.rows, got.tolist()):
                     r = sc.rows[i]
-                    assert g == pytest.approx(want[(r.task, r.example)][r.choice], abs=1e-4), (kw, r)
+                    assert g == pytest.approx(want[(r.task, r.example)][r.choice], abs=1e-4), (batch_size, r)
             with torch.no_grad():
                 total += sc.run(model, torch.device("cpu")).numpy()
-        assert total[0, 2] == 7  # every example counted once over the two ranks
+        assert total[0, 2] == 7  # every example counted once over the ranks
         acc, norm = direct_accuracy(model, tok, eod, seq_len, scores=[want[(0, e)] for e in range(7)])
-        assert total[0, 0] / 7 == acc and total[0, 1] / 7 == norm, kw
+        assert total[0, 0] / 7 == acc and total[0, 1] / 7 == norm, (batch_size, world)
     sc = TaskScorer(tasks, tok, eod, seq_len, 3)
     assert sc.truncated == 3  # the long context's three rows lost their beginning
+
+
+def test_forward_calls_come_in_a_few_fixed_shapes(token_data, tmp_path):
+    """Whatever the examples' lengths (one-token choices, contexts past seq_len), every call of
+    the logits function has one of at most 4 shapes, the training micro-batch's (micro x
+    seq_len) and as many tokens in halved widths, padding calls included; with shapes=1 (the
+    pipeline) only the training shape. A compiled kernel (dynamic=False flex attention on a GPU,
+    train.compile) compiles each once and is never asked for another."""
+    tok, eod = load_tokenizer(Path(token_data).parent / "tokenizer.json")
+    model = GPT(ModelConfig(n_layer=1, d_model=32, n_head=2, seq_len=64, vocab_size=512), seed=3).eval()
+    short = [{"context": "", "choices": [" a", " b"], "label": 0}]
+    seen: list[tuple[int, int]] = []
+
+    @torch.no_grad()
+    def logits_fn(x):
+        seen.append(tuple(x.shape))
+        return model(x)
+
+    for shapes, allowed in ((4, {(4, 64), (8, 32), (16, 16)}), (1, {(4, 64)})):
+        seen.clear()
+        for examples, rank, world in ((EXAMPLES, 0, 1), (short, 0, 1), (EXAMPLES, 1, 3)):
+            tasks = load_tasks([str(write_task(tmp_path / "t.jsonl", examples))])
+            sc = TaskScorer(tasks, tok, eod, 64, 4, shapes=shapes, dp_rank=rank, dp_world=world)
+            sc.n_calls += 1  # a rank with fewer batches than another adds a padding call
+            sc.run(logits_fn, torch.device("cpu"))
+        assert set(seen) <= allowed and len(seen) >= 6, (shapes, seen)
+        assert len(set(seen)) > 1 or shapes == 1  # the short rows went into a narrower shape
 
 
 BAD = {

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmtrain.scaling.fit import Points
+from llmtrain.scaling.laws import task
+from llmtrain.scaling.laws.task import fit_metric, predict_metric
+from llmtrain.scaling.points import Points
 from llmtrain.scaling.sources import best_of_duplicates, read_csv, read_runs
-from llmtrain.scaling.task import fit_metric, fit_task, predict_metric
 
 REPO = Path(__file__).resolve().parents[1]
 GADRE_CSV = Path(__file__).resolve().parent / "data" / "scaling" / "gadre2024_models.csv"
@@ -101,19 +102,19 @@ def test_two_step_predicts_held_out_larger_models_on_gadre_data():
     assert len(pts) == 32
     held = {r["name"]: r for r in gadre_rows() if r["name"] in ("rpj-open_lm_1b-32.0", "rpj-open_lm_7b-1.0")}
     targets = [(float(held[n]["params"]), float(held[n]["tokens"])) for n in sorted(held)]
-    res = fit_task(pts, pts.M, n_boot=20, seed=0, targets=targets)
-    for p, name in zip(res["predictions"], sorted(held)):
+    res = task.fit(pts, pts.M, n_boot=20, seed=0, targets=targets)
+    for p, name in zip(res.predictions, sorted(held)):
         true_loss, true_err = float(held[name]["loss_c4_val"]), float(held[name]["err_avg_subset"])
-        assert p["loss"]["value"] == pytest.approx(true_loss, rel=0.04)
+        assert p["loss"].value == pytest.approx(true_loss, rel=0.04)
         for form in ("sigmoid", "exponential"):
-            assert p[form]["value"] == pytest.approx(true_err, rel=0.08), (name, form)
-            assert p[form]["ci_low"] <= p[form]["value"] <= p[form]["ci_high"]
+            assert p[form].value == pytest.approx(true_err, rel=0.08), (name, form)
+            assert p[form].ci_low <= p[form].value <= p[form].ci_high
     # the error falls as the loss falls under both forms, and the fit is close in sample
     for form in ("sigmoid", "exponential"):
-        law = res["metric_laws"][form]
-        assert law["rmse"] < 0.015
+        law = res.metric_laws[form]
+        assert law.rmse < 0.015
         Ls = np.linspace(2.5, 6.0, 20)
-        assert np.all(np.diff(predict_metric(form, law["_theta"], Ls)) > 0)
+        assert np.all(np.diff(predict_metric(form, law.theta, Ls)) > 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +266,6 @@ def test_too_few_points_for_the_loss_law_still_fits_the_metric():
     L = np.array([2.5, 2.8, 3.1, 3.5, 4.0])
     y = predict_metric("exponential", (0.85, 2.2, 0.7), L)
     pts = Points(np.ones(5) * 1e8, np.geomspace(1e9, 1e10, 5), np.ones(5), L)
-    res = fit_task(pts, y, forms=("exponential",))
-    assert "loss_law_skipped" in res and "predictions" not in res
-    assert res["parameters"]["exponential.gamma"]["value"] == pytest.approx(0.7, rel=1e-6)
+    res = task.fit(pts, y, forms=("exponential",))
+    assert res.loss_law_skipped and "predictions" not in res.to_json()
+    assert res.parameters["exponential.gamma"].value == pytest.approx(0.7, rel=1e-6)

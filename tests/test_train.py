@@ -36,7 +36,8 @@ def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):
     for x in train:
         assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"} <= x.keys()
         assert x["tokens"] == x["step"] * 8 * 64
-    assert train[-1]["loss"] < train[0]["loss"] - 0.5, "loss should fall visibly"
+    # one 8-sequence batch per record is noisy: the mean of the last three (steps 30-40) against the first
+    assert sum(x["loss"] for x in train[-3:]) / 3 < train[0]["loss"] - 0.4, "loss should fall visibly"
     assert [v["step"] for v in valid] == [20, 40]
 
     s = json.loads((run / "summary.json").read_text())
@@ -87,8 +88,9 @@ def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):
 
 def test_layouts_agree_on_the_same_model(token_data, tmp_path):
     """1 process, ZeRO-2 x2, ZeRO-3 x2 and pipeline x2 (with activation checkpointing) give the same
-    losses for the same model."""
-    common = [f"data.prefix={token_data}", *SMALL, "train.max_steps=3"]
+    losses for the same model, on a blend (each rank computes the blend's order of its own
+    samples: nothing is built or shared between ranks)."""
+    common = [f"data.prefix=0.7 {token_data} 0.3 {token_data}", *SMALL, "train.max_steps=3"]
     runs = {
         "single": run_python([PRETRAIN, "--run-dir", tmp_path / "single", *common]),
         "zero2": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "zero2",

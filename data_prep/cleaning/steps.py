@@ -1,5 +1,5 @@
-"""The pieces a cleaning pipeline is made of: one `Document` type, `PipelineStep`, `BaseFilter`
-and the registry of filters.
+"""The pieces a cleaning pipeline is made of: `PipelineStep`, `BaseFilter` and the registry of
+filters, over the one `Document` type (data_prep/document.py).
 
 Learnt from datatrove's ``PipelineStep`` / ``BaseFilter``: a step takes an iterator of
 documents and yields documents; a filter only decides (``filter(doc)`` returns True to keep
@@ -29,44 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from .text import split_words
-
-
-class Document:
-    """One document between steps: its text, id, source file, whether the text is HTML, and
-    metadata the steps add (``language``, ``language_score``). ``words`` is the text split
-    into words, computed once per text and shared by the filters that need it. ``pos`` is
-    the document's position in its shard (-1 when not known)."""
-
-    __slots__ = ("text", "id", "source", "html", "meta", "pos", "_words", "_words_of")
-
-    def __init__(self, text: str, id: str, source: str = "", html: bool = False, meta: dict | None = None):
-        self.text = text
-        self.id = id
-        self.source = source
-        self.html = html
-        self.meta = {} if meta is None else meta
-        self.pos = -1  # position in its shard, where a step needs it
-        self._words_of = None
-        self._words: list[str] = []
-
-    @property
-    def words(self) -> list[str]:
-        if self._words_of is not self.text:
-            self._words, self._words_of = split_words(self.text), self.text
-        return self._words
-
-    @classmethod
-    def from_reader(cls, d: dict) -> Document:
-        return cls(d["text"], d["id"], d.get("source", ""), bool(d.get("html")))
-
-    @classmethod
-    def from_json(cls, d: dict) -> Document:
-        meta = {k: v for k, v in d.items() if k not in ("id", "text", "source")}
-        return cls(d["text"], d["id"], d.get("source", ""), False, meta)
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "text": self.text, "source": self.source, **self.meta}
+from llmtrain_prep.document import Document
 
 
 def new_stage_stats() -> dict:

@@ -143,6 +143,36 @@ _PIECES: dict[str, tuple[str, ...]] = {}  # piece -> its tokens: web text repeat
 _PIECES_MAX = 200_000
 
 
+_CLOSE = frozenset(',;:!?)"')  # one of these after a word is a token of its own
+_OPEN = frozenset('("')  # ... and one of these before it
+
+
+def _simple_piece(piece: str) -> tuple[str, ...] | None:
+    """The tokens of the commonest pieces that are not words, without the rules: a word with one
+    closing mark (``word,`` ``word)``), a word ending a sentence (``word.`` after a lower-case
+    letter or a digit) or a word after an opening mark (``(word``); None for anything else.
+    These are exactly what `_split_piece` gives them (a test checks it on real text)."""
+    if piece in _EXC:
+        return None
+    head, last = piece[:-1], piece[-1]
+    if head.isalnum() and head not in _EXC:
+        if last in _CLOSE or (last == "." and (head[-1].islower() or head[-1].isdigit())):
+            return head, last
+    first, tail = piece[0], piece[1:]
+    if first in _OPEN and tail.isalnum() and tail not in _EXC:
+        return first, tail
+    return None
+
+
+def _piece_tokens(piece: str) -> tuple[str, ...]:
+    toks = _simple_piece(piece)
+    if toks is None:
+        tmp: list[str] = []
+        _split_piece(piece, tmp)
+        toks = tuple(tmp)
+    return toks
+
+
 def split_words(text: str) -> list[str]:
     """Words and punctuation tokens of ``text`` (see the module doc)."""
     out: list[str] = []
@@ -154,9 +184,7 @@ def split_words(text: str) -> list[str]:
             continue
         toks = cache.get(piece)
         if toks is None:
-            tmp: list[str] = []
-            _split_piece(piece, tmp)
-            toks = tuple(tmp)
+            toks = _piece_tokens(piece)
             if len(cache) >= _PIECES_MAX:
                 cache.clear()
             cache[piece] = toks

@@ -115,6 +115,29 @@ def split_shards(prefix: str, manifest: dict, split: str) -> list[str]:
     return Manifest.from_dict(manifest, Path(f"{prefix}_manifest.json")).shard_prefixes(split)
 
 
+def open_shards(prefix: str, manifest: dict, split: str) -> list:
+    """The IndexedDatasets of one split (memory-mapped; nothing is read per document), each checked
+    against the document and token counts its manifest records. DataFormatError (one line naming
+    the shard, the manifest and the fix) when they differ: the files were replaced or cut short."""
+    from llmtrain.data.indexed import DataFormatError, IndexedDataset
+    from llmtrain.data.manifest import Manifest
+
+    path = Path(f"{prefix}_manifest.json")
+    m = Manifest.from_dict(manifest, path)
+    sp = m.splits.get(split)
+    if sp is None:
+        return []
+    shards = [IndexedDataset(p) for p in m.shard_prefixes(split)]
+    if m.format_version >= 2:  # earlier manifests do not record counts per shard
+        for ds, rec in zip(shards, sp.shards):
+            recorded = (rec.documents, rec.tokens)
+            if recorded != (0, 0) and (len(ds), ds.num_tokens) != recorded:  # (0, 0): a shard named without counts
+                raise DataFormatError(f"{ds.prefix}.idx: {len(ds)} documents and {ds.num_tokens} tokens, but {path} "
+                                      f"records {rec.documents} and {rec.tokens}; the files do not belong to this "
+                                      f"manifest, re-create them with python data_prep/tokenize_corpus.py")
+    return shards
+
+
 def open_loss_masks(manifest: dict, shards: list) -> list | None:
     """The loss masks of a prompt/response dataset's shards (PREFIX_train_mask.bin/.idx beside
     PREFIX_train.bin/.idx: one uint8 per token), checked against their tokens; None when the
@@ -127,7 +150,7 @@ def open_loss_masks(manifest: dict, shards: list) -> list | None:
     masks = []
     for sh in shards:
         m = IndexedDataset(f"{sh.prefix}_mask")
-        if m.dtype != "uint8" or len(m.sizes) != len(sh.sizes) or (m.sizes != sh.sizes).any():
+        if m.dtype != "uint8" or len(m) != len(sh) or m.num_tokens != sh.num_tokens:
             raise DataFormatError(f"{m.prefix}.bin: the loss mask ({m.num_tokens} {m.dtype} values in {len(m)} "
                                   f"documents) does not match {sh.prefix}.bin ({sh.num_tokens} tokens in {len(sh)} "
                                   f"documents); {fix}")
@@ -138,7 +161,6 @@ def open_loss_masks(manifest: dict, shards: list) -> list | None:
 def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
     """Open and validate every dataset of ``spec`` and its tokenizer. Raises ConfigError or
     DataFormatError (both one line naming the file) before any training starts."""
-    from llmtrain.data.indexed import IndexedDataset
     from llmtrain.data.sampler import BlendedSamples, TokenWindows
 
     weights, prefixes = parse_blend(spec)
@@ -170,7 +192,7 @@ def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
     T, seed = cfg.train.seq_len, cfg.train.seed  # the window trained, at most the model's positions
     train, valid = [], []
     for i, (p, m) in enumerate(zip(prefixes, manifests)):
-        shards = [IndexedDataset(s) for s in split_shards(p, m, "train")]
+        shards = open_shards(p, m, "train")
         head = shards[0].tokens[: min(shards[0].num_tokens, 1 << 20)]
         if len(head) and int(head.max()) >= model_vocab:
             raise ConfigError(
@@ -179,7 +201,7 @@ def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
                 f"the data was made with another tokenizer"
             )
         train.append(TokenWindows(shards, T, seed + 7919 * i, shuffle=True, masks=open_loss_masks(m, shards)))
-        vshards = [IndexedDataset(s) for s in split_shards(p, m, "valid")]
+        vshards = open_shards(p, m, "valid")
         if vshards and sum(v.num_tokens for v in vshards) > T + 1:
             valid.append((weights[i], TokenWindows(vshards, T, seed, shuffle=False, masks=open_loss_masks(m, vshards))))
     valid_blend = BlendedSamples([v for _, v in valid], [w for w, _ in valid]) if valid else None

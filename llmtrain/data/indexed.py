@@ -65,6 +65,25 @@ def _remove(*paths: str) -> None:
             pass
 
 
+def write_index(path: str | os.PathLike, sizes: np.ndarray, dtype) -> None:
+    """Write an .idx for sequences of ``sizes`` tokens of ``dtype`` laid back to back in the .bin,
+    one sequence per document (pointers and the document index follow from the sizes, so the
+    index is valid by construction). The caller renames it into place."""
+    dtype = np.dtype(dtype)
+    sizes = np.asarray(sizes, dtype="<i4")
+    pointers = np.zeros(len(sizes), dtype="<i8")
+    if len(sizes) > 1:
+        np.cumsum(sizes[:-1], dtype=np.int64, out=pointers[1:])
+        pointers *= dtype.itemsize
+    with open(path, "wb") as fh:
+        fh.write(HEADER.pack(MAGIC, VERSION, CODE_OF[dtype], len(sizes), len(sizes) + 1))
+        fh.write(sizes.tobytes())
+        fh.write(pointers.tobytes())
+        fh.write(np.arange(len(sizes) + 1, dtype="<i8").tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class IndexedDatasetWriter:
     """Streams documents to PREFIX.bin and writes PREFIX.idx on a clean exit.
 
@@ -122,20 +141,6 @@ class IndexedDatasetWriter:
         self._sizes.append(int(arr.size))
         self.num_tokens += int(arr.size)
 
-    def _write_index(self, path: str) -> None:
-        sizes = self.sizes
-        pointers = np.zeros(len(sizes), dtype=np.int64)
-        if len(sizes) > 1:
-            np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-        doc_idx = np.arange(len(sizes) + 1, dtype=np.int64)
-        with open(path, "wb") as fh:
-            fh.write(HEADER.pack(MAGIC, VERSION, CODE_OF[self.dtype], len(sizes), len(doc_idx)))
-            fh.write(sizes.astype("<i4", copy=False).tobytes())
-            fh.write(pointers.astype("<i8", copy=False).tobytes())
-            fh.write(doc_idx.astype("<i8", copy=False).tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             self._fh.flush()
@@ -147,7 +152,7 @@ class IndexedDatasetWriter:
             _remove(self._tmp_bin, self._tmp_idx)
             return
         try:
-            self._write_index(self._tmp_idx)
+            write_index(self._tmp_idx, self.sizes, self.dtype)
             os.replace(self._tmp_bin, f"{self.prefix}.bin")
             os.replace(self._tmp_idx, f"{self.prefix}.idx")
         except BaseException:
@@ -155,12 +160,27 @@ class IndexedDatasetWriter:
             raise
 
 
-class IndexedDataset:
-    """Read-only view of PREFIX.bin/.idx, validated when opened.
+def _map(path: str, dtype: str, offset: int, count: int) -> np.ndarray:
+    """A read-only array of ``count`` items of ``dtype`` at byte ``offset`` of ``path``, mapped, not read."""
+    if count == 0:
+        empty = np.zeros(0, dtype=dtype)
+        empty.flags.writeable = False
+        return empty
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
 
-    prefix, dtype, sizes (int32 tokens per document), pointers (int64 byte offsets), doc_idx,
-    tokens (a read-only np.memmap over the whole .bin), num_tokens; len() is the number of
-    documents and ds[i] the tokens of document i.
+
+class IndexedDataset:
+    """Read-only view of PREFIX.bin/.idx, memory-mapped: opening it costs the same for ten
+    documents or ten million.
+
+    prefix, dtype, sizes (int32 tokens per document), pointers (int64 byte offsets), doc_idx
+    (each a read-only np.memmap over the .idx), tokens (a read-only np.memmap over the whole
+    .bin), num_tokens; len() is the number of documents and ds[i] the tokens of document i.
+
+    Opening checks what is cheap and what training relies on: the header, the .idx size against
+    it, the first and last pointers and document indices, and the .bin size against the last
+    document's end. The document lists themselves are valid by construction (IndexedDatasetWriter
+    derives them from the sizes at data-prep time); ``verify()`` checks every entry.
     """
 
     def __init__(self, prefix: str | os.PathLike):
@@ -188,31 +208,47 @@ class IndexedDataset:
                                   f"(truncated or corrupt); {FIX}")
         self.dtype = np.dtype(DTYPE_CODES[code])
         off = HEADER.size
-        self.sizes = np.fromfile(idx_path, dtype="<i4", count=n_seq, offset=off).astype(np.int32, copy=False)
-        self.pointers = np.fromfile(idx_path, dtype="<i8", count=n_seq, offset=off + 4 * n_seq).astype(
-            np.int64, copy=False)
-        self.doc_idx = np.fromfile(idx_path, dtype="<i8", count=n_doc, offset=off + 12 * n_seq).astype(
-            np.int64, copy=False)
-        if n_seq and int(self.sizes.min()) < 0:
-            raise DataFormatError(f"{idx_path}: negative sequence size; the index is corrupt, {FIX}")
-        self.num_tokens = int(self.sizes.sum(dtype=np.int64))
+        self.sizes = _map(idx_path, "<i4", off, n_seq)
+        self.pointers = _map(idx_path, "<i8", off + 4 * n_seq, n_seq)
+        self.doc_idx = _map(idx_path, "<i8", off + 12 * n_seq, n_doc)
         item = self.dtype.itemsize
+        if n_seq and (int(self.pointers[0]) != 0 or int(self.sizes[-1]) < 0 or int(self.pointers[-1]) < 0
+                      or int(self.pointers[-1]) % item):
+            raise DataFormatError(f"{idx_path}: sequence pointers do not match the sizes; the index is corrupt, {FIX}")
+        if n_doc < 1 or int(self.doc_idx[0]) != 0 or int(self.doc_idx[-1]) != n_seq:
+            raise DataFormatError(f"{idx_path}: document index is not 0..{n_seq} in order; the index is corrupt, {FIX}")
+        # the last sequence ends where the tokens end (pointers are in bytes)
+        self.num_tokens = int(self.pointers[-1]) // item + int(self.sizes[-1]) if n_seq else 0
         bin_size = os.path.getsize(bin_path)
         if bin_size != self.num_tokens * item:
             raise DataFormatError(
                 f"{bin_path}: {bin_size} bytes but {os.path.basename(idx_path)} describes {self.num_tokens} tokens of "
                 f"{self.dtype} ({self.num_tokens * item} bytes); the pair is truncated or mismatched, {FIX}")
-        if n_seq and (self.pointers[0] != 0
-                      or (np.diff(self.pointers) != self.sizes[:-1].astype(np.int64) * item).any()):
-            raise DataFormatError(f"{idx_path}: sequence pointers do not match the sizes; the index is corrupt, {FIX}")
-        if (n_doc < 1 or self.doc_idx[0] != 0 or self.doc_idx[-1] != n_seq
-                or (n_doc > 1 and (np.diff(self.doc_idx) < 0).any())):
-            raise DataFormatError(f"{idx_path}: document index is not 0..{n_seq} in order; the index is corrupt, {FIX}")
         if self.num_tokens:
             self.tokens = np.memmap(bin_path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
         else:  # an empty file cannot be memory-mapped
             self.tokens = np.zeros(0, dtype=self.dtype)
             self.tokens.flags.writeable = False
+
+    def verify(self) -> None:
+        """Check every entry of the index (reads it whole: data-prep and repair tools, not start-up):
+        no negative size, each pointer where the previous sequence ends, the document index
+        non-decreasing. DataFormatError naming the file otherwise."""
+        idx_path, item, chunk = f"{self.prefix}.idx", self.dtype.itemsize, 1 << 22
+        n = len(self.sizes)
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            sizes = np.asarray(self.sizes[lo:hi], dtype=np.int64)
+            if (sizes < 0).any():
+                raise DataFormatError(f"{idx_path}: negative sequence size; the index is corrupt, {FIX}")
+            ptr = np.asarray(self.pointers[lo:min(n, hi + 1)])
+            if (np.diff(ptr) != sizes[:len(ptr) - 1] * item).any():
+                raise DataFormatError(f"{idx_path}: sequence pointers do not match the sizes; the index is corrupt, "
+                                      f"{FIX}")
+        for lo in range(0, len(self.doc_idx), chunk):
+            if (np.diff(np.asarray(self.doc_idx[lo:lo + chunk + 1])) < 0).any():
+                raise DataFormatError(f"{idx_path}: document index is not 0..{n} in order; the index is corrupt, "
+                                      f"{FIX}")
 
     @property
     def num_documents(self) -> int:

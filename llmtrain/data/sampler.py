@@ -1,13 +1,15 @@
 """Training samples from token datasets, addressed by a global sample index.
 
 A dataset's documents are one flat token stream (documents end with the end-of-document
-token); sample j of it is the window tokens[j*T : j*T + T + 1] (inputs and shifted targets).
-Each epoch visits every window once in a fresh order (a permutation seeded by seed and epoch).
+token); window j of it is tokens[j*T : j*T + T + 1] (inputs and shifted targets). Each epoch
+visits every window once in a fresh order: a seeded permutation of the window indices
+(``WindowPermutation``), computed for the samples asked for, never stored.
 
 Because the sample for global index g is a pure function of (g, seed), the data position of a
 run is just the number of samples it has consumed: resuming at step s reads exactly the
 samples an uninterrupted run would have read, and every rank computes its own share without
-communication.
+communication. Nothing is built at start-up and nothing grows with the corpus: a rank's memory
+for the order is a few round keys, whatever the number of windows or steps.
 
 Prompt/response data (tokenize_corpus.py --format prompt-response) also has a loss mask: one
 uint8 per token (1: the token counts in the loss). The windows of the mask are the same as the
@@ -19,6 +21,53 @@ from __future__ import annotations
 import numpy as np
 
 IGNORE_INDEX = -100  # a target the loss skips (torch.nn.functional.cross_entropy's ignore_index)
+
+# The version of the order in which a dataset's windows are read. A run read in another order
+# cannot resume bit for bit: llmtrain.checkpoint.ds.check_resume_compatible refuses it (the run
+# folder's data_manifest.json records this number). 1 (unrecorded): a full NumPy permutation
+# per epoch, built on every rank; 2: WindowPermutation.
+SAMPLE_ORDER = 2
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 (wrapping arithmetic): every output bit depends on every input bit."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+class WindowPermutation:
+    """A seeded bijection of [0, n) evaluated per index in O(1) memory: a balanced Feistel
+    network over the 2h-bit integers (the smallest 4^h >= n, so fewer than 4n of them), with
+    cycle-walking (an index mapped past n is mapped again until it lands inside; the cycle of an
+    index below n returns below n, so this is a bijection of [0, n), on average under 4 rounds
+    of walking). The round keys come from ``key`` (e.g. (seed, epoch))."""
+
+    ROUNDS = 6
+
+    def __init__(self, n: int, key):
+        if n < 1:
+            raise ValueError(f"a permutation of {n} items")
+        self.n = int(n)
+        self.half = max(1, ((self.n - 1).bit_length() + 1) // 2)
+        self.mask = np.uint64((1 << self.half) - 1)
+        self.keys = np.random.SeedSequence(list(key)).generate_state(self.ROUNDS, dtype=np.uint64)
+
+    def _feistel(self, x: np.ndarray) -> np.ndarray:
+        h = np.uint64(self.half)
+        left, right = x >> h, x & self.mask
+        for k in self.keys:
+            left, right = right, left ^ (_mix(right ^ k) & self.mask)
+        return (left << h) | right
+
+    def __call__(self, i) -> np.ndarray:
+        """The images of the indices ``i`` (an int or an array of ints in [0, n)), as int64."""
+        x = np.atleast_1d(np.asarray(i, dtype=np.uint64))
+        y = self._feistel(x)
+        out = y >= np.uint64(self.n)
+        while out.any():
+            y[out] = self._feistel(y[out])
+            out = y >= np.uint64(self.n)
+        return y.astype(np.int64)
 
 
 class TokenWindows:
@@ -49,35 +98,59 @@ class TokenWindows:
                 f"{shards[0].prefix}: {sum(d.num_tokens for d in shards)} tokens are fewer than one sample of "
                 f"seq_len+1={seq_len + 1}; use more data or a shorter model.seq_len"
             )
+        self._perm: WindowPermutation | None = None
         self._perm_epoch = -1
-        self._perm = None
 
-    def _order(self, epoch: int) -> np.ndarray:
+    def _permutation(self, epoch: int) -> WindowPermutation:
         if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm = rng.permutation(self.num_samples) if self.shuffle else np.arange(self.num_samples)
-            self._perm_epoch = epoch
+            self._perm, self._perm_epoch = WindowPermutation(self.num_samples, (self.seed, epoch)), epoch
         return self._perm
 
-    def window_index(self, i: int) -> int:
-        epoch, pos = divmod(i, self.num_samples)
-        return int(self._order(epoch)[pos])
+    def window_indices(self, positions) -> np.ndarray:
+        """The window each sample position reads (positions past one epoch start the next, in a new order)."""
+        epoch, within = np.divmod(np.atleast_1d(np.asarray(positions, dtype=np.int64)), self.num_samples)
+        if not self.shuffle:
+            return within
+        out = np.empty_like(within)
+        for e in np.unique(epoch):
+            sel = epoch == e
+            out[sel] = self._permutation(int(e))(within[sel])
+        return out
 
-    def _locate(self, i: int) -> tuple[int, int]:
-        w = self.window_index(i)
-        shard = int(np.searchsorted(self.starts, w, side="right")) - 1
-        return shard, (w - int(self.starts[shard])) * self.seq_len
+    def window_index(self, i: int) -> int:
+        return int(self.window_indices(i)[0])
+
+    def take(self, positions) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """The samples at ``positions`` and their loss masks (None each when the data has none)."""
+        w = self.window_indices(positions)
+        shard = np.searchsorted(self.starts, w, side="right") - 1
+        start = (w - self.starts[shard]) * self.seq_len
+        T1 = self.seq_len + 1
+        rows = [self.shards[s][a:a + T1] for s, a in zip(shard.tolist(), start.tolist())]
+        if self.masks is None:
+            return rows, [None] * len(rows)
+        return rows, [self.masks[s][a:a + T1] for s, a in zip(shard.tolist(), start.tolist())]
 
     def __getitem__(self, i: int) -> np.ndarray:
-        shard, start = self._locate(i)
-        return self.shards[shard][start : start + self.seq_len + 1]
+        return self.take(i)[0][0]
 
     def loss_mask(self, i: int) -> np.ndarray | None:
         """The loss mask of window i (aligned with ``self[i]``); None when the data has none."""
-        if self.masks is None:
-            return None
-        shard, start = self._locate(i)
-        return self.masks[shard][start : start + self.seq_len + 1]
+        return self.take(i)[1][0]
+
+
+def _due_before(t: float, w: np.float64) -> int:
+    """How many samples of a dataset of weight w are due before time t: the j >= 1 with
+    fl(j / w) < t (the very float the order sorts by; the estimate floor(t w) moves by a step at
+    most for rounding)."""
+    if t <= 0:
+        return 0
+    j = int(np.floor(t * w))
+    while np.float64(j + 1) / w < t:
+        j += 1
+    while j >= 1 and np.float64(j) / w >= t:
+        j -= 1
+    return j
 
 
 class BlendedSamples:
@@ -86,9 +159,8 @@ class BlendedSamples:
     first). Every prefix of n samples then holds count_d with -1 < count_d - n*w_d <= K*w_d for
     K datasets: within one sample of the share for two equal weights, a few samples at most.
 
-    The order is built with NumPy (one stable sort, no Python loop per sample) for the samples a
-    run needs, once: ``prepare(n, cache_dir)`` stores it as .npy files beside the run and maps
-    them back on a resume. Any prefix of the order is the same whatever n it was built for."""
+    Any stretch of the order is computed on its own, from its start position, in time and memory
+    proportional to its length (``order(n, start)``): nothing is built or stored per run."""
 
     def __init__(self, sources: list[TokenWindows], weights: list[float]):
         if len(sources) != len(weights) or not sources:
@@ -98,60 +170,48 @@ class BlendedSamples:
             raise ValueError("blend weights must be > 0")
         self.sources = sources
         self.weights = w / w.sum()
-        self._choice = np.zeros(0, dtype=np.uint16)
-        self._local = np.zeros(0, dtype=np.int64)
 
-    def order(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(dataset of each global sample in [0, n), index of that sample within its dataset)."""
-        keys, blocks = [], [0]
-        for wd in self.weights:
-            k = int(np.ceil(n * wd)) + 1  # more than any prefix of length n can hold
-            keys.append(np.arange(1, k + 1, dtype=np.float64) / wd)
-            blocks.append(blocks[-1] + k)
-        flat = np.argsort(np.concatenate(keys), kind="stable")[:n]
-        choice = (np.searchsorted(np.asarray(blocks), flat, side="right") - 1).astype(np.uint16)
-        local = flat - np.asarray(blocks, dtype=np.int64)[choice]
-        return choice, local
+    def order(self, n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset, index of the sample within that dataset) of the global samples [start, start+n).
 
-    def _cache_key(self, n: int) -> str:
-        import hashlib
+        The samples due before t_lo = start - K - 1 are fewer than ``start`` and all come first;
+        those due in [t_lo, t_hi), t_hi = start + n + 2K + 2, are at least start + n in all. So
+        sorting that window's due times (stable, datasets in order: the ties as listed) places
+        [start, start+n) exactly as sorting every due time from 0 would."""
+        K = len(self.weights)
+        t_lo, t_hi = float(start - K - 1), float(start + n + 2 * K + 2)
+        lo = np.array([_due_before(t_lo, wd) for wd in self.weights], dtype=np.int64)
+        hi = np.array([_due_before(t_hi, wd) for wd in self.weights], dtype=np.int64)
+        due = np.concatenate([np.arange(a + 1, b + 1, dtype=np.float64) / wd for a, b, wd in zip(lo, hi, self.weights)])
+        picked = np.argsort(due, kind="stable")[start - int(lo.sum()):][:n]
+        if len(picked) != n:
+            raise AssertionError(f"blend window too short at {start} (+{n})")
+        blocks = np.concatenate([[0], np.cumsum(hi - lo)])
+        choice = (np.searchsorted(blocks, picked, side="right") - 1).astype(np.uint16)
+        return choice, picked - blocks[choice] + lo[choice]
 
-        return hashlib.sha256(self.weights.tobytes() + str(n).encode()).hexdigest()[:16]
-
-    def prepare(self, n: int, cache_dir=None) -> None:
-        """Make samples [0, n) addressable: build their order, or load it from ``cache_dir``
-        (written there through a temporary name on first use)."""
-        if len(self.sources) == 1 or n <= len(self._choice):
-            return
-        if cache_dir is None:
-            self._choice, self._local = self.order(n)
-            return
-        from pathlib import Path
-
-        path = Path(cache_dir) / f"blend_order_{self._cache_key(n)}.npz"
-        if path.is_file():
-            with np.load(path) as z:
-                self._choice, self._local = z["choice"], z["local"]
-            return
-        self._choice, self._local = self.order(n)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{__import__('os').getpid()}.tmp.npz")
-        np.savez(tmp, choice=self._choice, local=self._local)
-        tmp.replace(path)
+    def take(self, positions) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """The samples at global ``positions`` and their loss masks (as TokenWindows.take)."""
+        pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
+        if len(self.sources) == 1:
+            return self.sources[0].take(pos)
+        first = int(pos.min())
+        choice, local = self.order(int(pos.max()) - first + 1, first)
+        choice, local = choice[pos - first], local[pos - first]
+        rows: list = [None] * len(pos)
+        masks: list = [None] * len(pos)
+        for d in np.unique(choice):
+            at = np.flatnonzero(choice == d)
+            r, m = self.sources[int(d)].take(local[at])
+            for i, a in enumerate(at.tolist()):
+                rows[a], masks[a] = r[i], m[i]
+        return rows, masks
 
     def __getitem__(self, g: int) -> np.ndarray:
-        if len(self.sources) == 1:
-            return self.sources[0][g]
-        if g >= len(self._choice):  # past what was prepared (e.g. a later max_steps): grow
-            self._choice, self._local = self.order(max(2 * g + 2, 1024))
-        return self.sources[int(self._choice[g])][int(self._local[g])]
+        return self.take(g)[0][0]
 
     def loss_mask(self, g: int) -> np.ndarray | None:
-        if len(self.sources) == 1:
-            return self.sources[0].loss_mask(g)
-        if g >= len(self._choice):
-            self._choice, self._local = self.order(max(2 * g + 2, 1024))
-        return self.sources[int(self._choice[g])].loss_mask(int(self._local[g]))
+        return self.take(g)[1][0]
 
 
 def batch(samples, start: int, count: int):
@@ -159,13 +219,11 @@ def batch(samples, start: int, count: int):
     Where the samples have a loss mask, a target whose mask is 0 is IGNORE_INDEX."""
     import torch
 
-    rows = np.stack([samples[g] for g in range(start, start + count)]).astype(np.int64)
-    get_mask = getattr(samples, "loss_mask", None)
-    if get_mask is not None:
-        masks = [get_mask(g) for g in range(start, start + count)]
-        if any(m is not None for m in masks):  # a blend may mix masked and unmasked datasets
-            keep = np.stack([np.ones(rows.shape[1], bool) if m is None else np.asarray(m) != 0 for m in masks])
-            targets = np.where(keep[:, 1:], rows[:, 1:], IGNORE_INDEX)
-            return torch.from_numpy(rows[:, :-1]), torch.from_numpy(targets)
+    windows, masks = samples.take(np.arange(start, start + count))
+    rows = np.stack(windows).astype(np.int64)
+    if any(m is not None for m in masks):  # a blend may mix masked and unmasked datasets
+        keep = np.stack([np.ones(rows.shape[1], bool) if m is None else np.asarray(m) != 0 for m in masks])
+        targets = np.where(keep[:, 1:], rows[:, 1:], IGNORE_INDEX)
+        return torch.from_numpy(rows[:, :-1]), torch.from_numpy(targets)
     t = torch.from_numpy(rows)
     return t[:, :-1], t[:, 1:]

@@ -23,7 +23,9 @@ Scoring follows lm-evaluation-harness's ``loglikelihood`` for causal models:
   ``len`` of the choice string as written in the file, leading space included) — lm-eval's
   ``acc_norm``. Ties go to the first choice.
 
-Rows are packed as batch rows, right-padded, sorted by length; the examples (all choices of an
+Rows are packed longest first into batches of a few fixed shapes (the training micro-batch's,
+micro x seq_len, and as many tokens in halved widths for short rows; right-padded), so a
+compiled kernel compiles each once and never sees a new shape; the examples (all choices of an
 example together) are split round-robin over data-parallel ranks, so each rank counts its own
 correct answers and one all-reduce of the counts gives the totals.
 """
@@ -42,7 +44,7 @@ from llmtrain.core.errors import ConfigError
 from llmtrain.core.paths import REPO_ROOT
 
 __all__ = ["Example", "Task", "Row", "Batch", "TaskScorer", "task_name", "resolve_task_path", "load_task",
-           "load_tasks", "encode_pair", "build_rows", "make_batches", "batch_scores", "count_correct",
+           "load_tasks", "encode_pair", "build_rows", "make_batches", "batch_widths", "batch_scores", "count_correct",
            "local_examples", "FORMAT"]
 
 FORMAT = '{"context": str, "choices": [str, ...], "label": int}'
@@ -211,23 +213,30 @@ class Batch:
     rows: list[int]  # the rows in this batch, in order (batch rows beyond them are padding)
 
 
-def make_batches(rows: list[Row], batch_size: int, width: int | None = None, pad_id: int = 0,
-                 token_budget: int | None = None) -> list[Batch]:
-    """Rows packed longest first into batches. With ``width``: exactly ``batch_size`` rows a
-    batch, right-padded to ``width`` (the pipeline's fixed shape). Without: each batch padded to
-    its longest row, holding ``batch_size`` rows or, with ``token_budget``, as many more as fit
-    ``token_budget`` tokens (short rows go many to a batch)."""
+SHAPES = 4  # at most this many batch shapes per task set (each is compiled once, then reused)
+
+
+def batch_widths(width: int, shapes: int) -> list[int]:
+    """The batch widths: ``width`` and its halvings, ``shapes`` of them at most, none under 16."""
+    return [width >> k for k in range(shapes) if k == 0 or width >> k >= 16]
+
+
+def make_batches(rows: list[Row], batch_size: int, width: int, pad_id: int = 0, shapes: int = 1) -> list[Batch]:
+    """Rows packed longest first into batches of fixed shapes, right-padded: each batch is as
+    wide as the smallest of ``batch_widths(width, shapes)`` that holds its longest row and holds
+    batch_size x width / that width rows (the last one filled with padding rows), so every batch
+    has one of at most ``shapes`` shapes, all of batch_size x width tokens, whatever the rows."""
+    widths = sorted(batch_widths(width, shapes))
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].tokens), i))
     out, s = [], 0
     while s < len(order):
-        w = width or max(1, len(rows[order[s]].tokens) - 1)
-        n = batch_size if width or not token_budget else max(batch_size, token_budget // w)
+        w = next(x for x in widths if x >= len(rows[order[s]].tokens) - 1)
+        n = batch_size * width // w
         chunk = order[s:s + n]
         s += len(chunk)
-        b_rows = batch_size if width else len(chunk)
-        x = torch.full((b_rows, w), pad_id, dtype=torch.long)
-        y = torch.full((b_rows, w), pad_id, dtype=torch.long)
-        mask = torch.zeros((b_rows, w), dtype=torch.bool)
+        x = torch.full((n, w), pad_id, dtype=torch.long)
+        y = torch.full((n, w), pad_id, dtype=torch.long)
+        mask = torch.zeros((n, w), dtype=torch.bool)
         for b, i in enumerate(chunk):
             tok = rows[i].tokens
             k = len(tok) - 1
@@ -275,20 +284,21 @@ class TaskScorer:
     """This data-parallel rank's share of the tasks, tokenized and batched once; ``run`` scores
     them with a logits function and returns the counts (not yet reduced over ranks).
 
-    ``width`` fixes the batch shape to batch_size x width (the pipeline's buffers need
-    micro x seq_len); None pads each batch to its longest row and packs up to
-    ``token_budget`` tokens (default batch_size x seq_len, a training micro-batch) into it.
-    Every rank must make the same number of ``logits_fn`` calls (ZeRO-3, the pipeline): set
-    ``n_calls`` to the most batches any rank has (``len(batches)`` by default); the ranks with
-    fewer add padding batches."""
+    Batches come in at most ``shapes`` fixed shapes (right-padded; causal attention keeps the
+    padding out of every real row's scores): batch_size x seq_len, the training micro-batch's,
+    and, for shorter rows, as many tokens in halved widths (``make_batches``). A compiled model or
+    flex-attention kernel therefore compiles each shape once, at the first evaluation, and never
+    again, whatever the examples' lengths; ``shapes=1`` keeps every call at batch_size x seq_len
+    (the pipeline's buffers need that). Every rank must make the same number of ``logits_fn``
+    calls (ZeRO-3, the pipeline): set ``n_calls`` to the most batches any rank has
+    (``len(batches)`` by default); the ranks with fewer add padding batches."""
 
     def __init__(self, tasks: list[Task], tokenizer, eod_id: int, seq_len: int, batch_size: int, *,
-                 width: int | None = None, token_budget: int | None = None, dp_rank: int = 0, dp_world: int = 1):
+                 shapes: int = SHAPES, dp_rank: int = 0, dp_world: int = 1):
         self.tasks = tasks
-        self.batch_size, self.width, self.pad_id = batch_size, width, eod_id
+        self.batch_size, self.width, self.pad_id = batch_size, seq_len, eod_id
         self.rows = build_rows(tasks, tokenizer, eod_id, seq_len, local_examples(tasks, dp_rank, dp_world))
-        budget = None if width else (token_budget or batch_size * seq_len)
-        self.batches = make_batches(self.rows, batch_size, width, eod_id, budget)
+        self.batches = make_batches(self.rows, batch_size, seq_len, eod_id, shapes)
         self.n_calls = len(self.batches)
         self.truncated = sum(1 for r in self.rows if r.dropped)  # rows whose context lost its beginning
 
@@ -297,8 +307,7 @@ class TaskScorer:
         zeros where ``logits_fn`` returns None (a pipeline stage without the logits)."""
         scores, held = [], False
         for i in range(self.n_calls):
-            b = self.batches[i] if i < len(self.batches) else padding_batch(
-                self.batch_size if self.width else 1, self.width or 1, self.pad_id)
+            b = self.batches[i] if i < len(self.batches) else padding_batch(self.batch_size, self.width, self.pad_id)
             logits = logits_fn(b.x.to(device, non_blocking=True))
             if logits is None:
                 continue

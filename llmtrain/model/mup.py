@@ -35,7 +35,7 @@ matrices decay in proportion to their (scaled) LR.
 
 Export: ``standard_state_dict`` folds both multipliers into weights (the queries' rows of qkv, or
 the query norm's weight with QK-norm; the final norm's weight and bias), giving a standard model
-that computes the same logits, which is what llmtrain/checkpoint/hf_export.py writes.
+that computes the same logits, which is what llmtrain/checkpoint/hf/ writes.
 """
 from __future__ import annotations
 

@@ -11,28 +11,65 @@ from llmtrain.config import ModelConfig
 from llmtrain.model.gpt import Block, Documents, Embedding, Head, init_weights, lm_loss, piece_seed
 
 
+class StageDocuments:
+    """The Documents of the micro-batch a stage is running, made once and shared by the stage's
+    embedding and blocks, so every layer of the stage attends under the same masks (on a GPU, one
+    flex-attention block mask per micro-batch and stage; made for each block, it cost a mask
+    construction per layer).
+
+    Within a stage the document ids are handed from layer to layer unchanged: the same tensor, or
+    (activation checkpointing's recomputation) a detached alias of its storage. A new micro-batch,
+    or ids received from the previous stage, is new storage, so ``of(ids)`` makes its Documents
+    then. The last Documents is kept and holds its ids, so their storage cannot be freed and
+    reused by another tensor while it is the one compared against."""
+
+    def __init__(self):
+        self.docs: Documents | None = None
+
+    def of(self, ids) -> Documents:
+        if self.docs is None or not _same_tensor(self.docs.ids, ids):
+            self.docs = Documents(ids)
+        return self.docs
+
+    def keep(self, docs: Documents) -> Documents:
+        self.docs = docs
+        return docs
+
+
+def _same_tensor(a, b) -> bool:
+    """b is a, or a view of the same memory with the same layout and no in-place change since."""
+    return a is b or (a.device == b.device and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+                      and a.stride() == b.stride() and a._version == b._version)
+
+
 class PipeEmbedding(Embedding):
     """The embedding stage. Under document masking it also hands on the document ids (B, T), an
     integer tensor, which travels between stages beside the hidden states (no gradient)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, documents: StageDocuments | None = None):
         super().__init__(cfg)
         self.sep = cfg.document_mask_token
+        self.documents = documents or StageDocuments()
 
     def forward(self, idx):
         if self.sep is None:
             return super().forward(idx)
-        docs = Documents.from_tokens(idx, self.sep)
+        docs = self.documents.keep(Documents.from_tokens(idx, self.sep))
         return super().forward(idx, positions=docs.positions), docs.ids
 
 
 class PipeBlock(Block):
-    """A block stage: hidden states in and out, with the document ids passed through when masking."""
+    """A block stage: hidden states in and out, with the document ids passed through when masking;
+    its masks come from the stage's StageDocuments."""
+
+    def __init__(self, cfg: ModelConfig, documents: StageDocuments | None = None):
+        super().__init__(cfg)
+        self.documents = documents or StageDocuments()
 
     def forward(self, inputs):
         if isinstance(inputs, tuple):
             x, ids = inputs
-            return super().forward(x, None, Documents(ids)), ids
+            return super().forward(x, None, self.documents.of(ids)), ids
         return super().forward(inputs)
 
 
@@ -87,13 +124,14 @@ def gpt_pipeline(cfg: ModelConfig, num_stages: int, seed: int = 0, activation_ch
 
     class TiedSpec(Seeded, TiedLayerSpec):
         def __init__(self, index, forward_fn=None):
-            TiedLayerSpec.__init__(self, "embed", PipeEmbedding, cfg, forward_fn=forward_fn,
+            TiedLayerSpec.__init__(self, "embed", PipeEmbedding, cfg, documents, forward_fn=forward_fn,
                                    tied_weight_attr="wte.weight")
             self.piece_index = index
 
+    documents = StageDocuments()  # one per process: the layers this stage builds share it
     L = cfg.n_layer
-    layers = [TiedSpec(0) if cfg.tie_embeddings else Spec(PipeEmbedding, 0)]
-    layers += [Spec(PipeBlock, 1 + i) for i in range(L)]
+    layers = [TiedSpec(0) if cfg.tie_embeddings else Spec(PipeEmbedding, 0, documents)]
+    layers += [Spec(PipeBlock, 1 + i, documents) for i in range(L)]
     layers.append(Spec(PipeHead, L + 1))
     if cfg.tie_embeddings:
         layers.append(TiedSpec(0, forward_fn=_tied_logits))

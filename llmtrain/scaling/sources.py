@@ -9,13 +9,14 @@ Logged metrics (``--metric`` for the task method, ``--loss-metric`` in place of 
 named SPLIT/FIELD and read from metrics.jsonl records, one JSON object a line::
 
     {"step": S, "tokens": T, "split": "task:NAME", "acc": a, "acc_norm": b}     task:NAME/acc_norm
+    {"step": S, "tokens": T, "split": "harness:TASK", "acc": a, ...}             harness:TASK/acc
     {"step": S, "tokens": T, "split": "valid", "loss": l}                        valid/loss
 
-A run's value is summary.json ``tasks.NAME.FIELD`` when the summary carries it (``"tasks":
-{"NAME": {"acc": a, "acc_norm": b}}``, task splits only), else the FIELD of the last record of
-that split in metrics.jsonl. A point of summary.json ``points`` takes the record of the split
-whose ``tokens`` equal the point's, else the point's own ``tasks.NAME.FIELD``. Records cut short
-by an interrupted write are skipped.
+A run's value is summary.json ``tasks.NAME.FIELD`` (or ``harness.TASK.FIELD``, lm-evaluation-harness
+tasks) when the summary carries it (``"tasks": {"NAME": {"acc": a, "acc_norm": b}}``), else the FIELD
+of the last record of that split in metrics.jsonl. A point of summary.json ``points`` takes the
+record of the split whose ``tokens`` equal the point's, else the point's own ``tasks.NAME.FIELD``.
+Records cut short by an interrupted write are skipped.
 
 A CSV names the metric by its column; ``where`` filters keep the rows that match
 (``dataset=rpj``, ``params<1e9``).
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmtrain.scaling.fit import Points
+from llmtrain.scaling.points import Points
 
 
 class SourceError(ValueError):
@@ -201,22 +202,28 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+SUMMARY_SECTIONS = {"task:": "tasks", "harness:": "harness"}  # split prefix -> its summary.json section
+
+
 def logged_keys(records: list[dict], summary: dict) -> set[str]:
-    """Every SPLIT/FIELD with a number in the records or in summary.json tasks."""
+    """Every SPLIT/FIELD with a number in the records or in summary.json tasks (and harness)."""
     keys = {f"{r['split']}/{k}" for r in records for k, v in r.items() if k not in ("split", "step", "tokens")
             and _number(v)}
-    tasks = summary.get("tasks")
-    if isinstance(tasks, dict):
-        keys |= {f"task:{name}/{k}" for name, d in tasks.items() if isinstance(d, dict)
-                 for k, v in d.items() if _number(v)}
+    for prefix, section in SUMMARY_SECTIONS.items():
+        tasks = summary.get(section)
+        if isinstance(tasks, dict):
+            keys |= {f"{prefix}{name}/{k}" for name, d in tasks.items() if isinstance(d, dict)
+                     for k, v in d.items() if _number(v)}
     return keys
 
 
 def _task_entry(d: dict, split: str, fld: str):
-    tasks = d.get("tasks") if isinstance(d, dict) else None
-    if split.startswith("task:") and isinstance(tasks, dict) and isinstance(tasks.get(split[5:]), dict):
-        v = tasks[split[5:]].get(fld)
-        return v if _number(v) else None
+    for prefix, section in SUMMARY_SECTIONS.items():
+        tasks = d.get(section) if isinstance(d, dict) else None
+        name = split[len(prefix):]
+        if split.startswith(prefix) and isinstance(tasks, dict) and isinstance(tasks.get(name), dict):
+            v = tasks[name].get(fld)
+            return v if _number(v) else None
     return None
 
 
@@ -322,11 +329,12 @@ def read_run(run: Path, basis: str = "total", metric: str | None = None, loss_me
 
 def _not_logged(source: Path, flag: str, key: str, logged: set[str]) -> SourceError:
     split, fld = parse_metric(key, flag)
+    prefix = next((p for p in SUMMARY_SECTIONS if split.startswith(p)), None)
     how = (f'metrics.jsonl records with "split": "{split}" and a "{fld}" field'
-           + (f", or summary.json tasks.{split[5:]}.{fld}" if split.startswith("task:") else ""))
+           + (f", or summary.json {SUMMARY_SECTIONS[prefix]}.{split[len(prefix):]}.{fld}" if prefix else ""))
     have = ", ".join(sorted(logged)) if logged else "none"
-    fix = ("list the task in train.eval_tasks and rerun, or name a logged one" if split.startswith("task:")
-           else "name a logged one")
+    listed_in = {"task:": "train.eval_tasks", "harness:": "train.harness_tasks"}.get(prefix)
+    fix = f"list the task in {listed_in} and rerun, or name a logged one" if listed_in else "name a logged one"
     return SourceError(f"{source}: no run logged {flag} {key} (looked for {how}); logged: {have}; {fix}")
 
 

@@ -75,17 +75,7 @@ def build_ds_config(cfg: Config, user: dict, user_path: str, yaml_path: str, dp_
                 f"{user_path}: '{k}' is set in the DeepSpeed JSON, but the optimizer and LR schedule come from "
                 f"{yaml_path} (train.lr, train.schedule, ...); remove '{k}' from the JSON"
             )
-    for prec in ("bf16", "fp16"):
-        want = cfg.train.precision == prec
-        section = ds.get(prec, {})
-        if section.get("enabled") not in (None, "auto", want):
-            raise ConfigError(
-                f"{user_path}: '{prec}.enabled'={section.get('enabled')} conflicts with {yaml_path} "
-                f"train.precision={cfg.train.precision}; remove it from the JSON"
-            )
-        section = dict(section)
-        section["enabled"] = want
-        ds[prec] = section
+    set_precision(cfg, ds, user_path, yaml_path)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     zero = ds.setdefault("zero_optimization", {"stage": 0})
@@ -95,7 +85,77 @@ def build_ds_config(cfg: Config, user: dict, user_path: str, yaml_path: str, dp_
             f"(parallel.pipeline_stages={cfg.parallel.pipeline_stages}): DeepSpeed supports pipeline with "
             f"ZeRO-0/1 only; use ds_configs/zero1.json or parallel.pipeline_stages=1"
         )
+    nvme = [k for k in ("offload_optimizer", "offload_param") if (zero.get(k) or {}).get("device") == "nvme"]
+    if nvme and cfg.checkpoint.layout_free:
+        raise ConfigError(
+            f"{user_path}: zero_optimization.{nvme[0]} on NVMe is not covered by the layout-free state written "
+            f"beside each checkpoint; set checkpoint.layout_free=false in {yaml_path} (such a run resumes only on "
+            f"its own layout)"
+        )
     return ds
+
+
+def set_precision(cfg: Config, ds: dict, user_path: str, yaml_path: str) -> None:
+    """The precision sections of ``ds`` from train.precision, train.grad_accum_dtype and
+    train.grad_reduce_dtype. Under bf16, gradients are accumulated and reduced in fp32 unless
+    those say bf16:
+
+    - ZeRO-1/2/3 (and the pipeline on ZeRO-1): DeepSpeed's bf16 (bf16 weights, fp32 master
+      weights in the optimizer) with ``data_types.grad_accum_dtype`` and ``communication_data_type``;
+    - ZeRO-0 (dense or pipeline): DeepSpeed has no bf16 path without ZeRO that accumulates in fp32
+      (it raises NotImplementedError for that mix), so the weights stay fp32 and the forward and
+      backward run under torch autocast to bf16 (DeepSpeed's ``torch_autocast``): gradients are
+      fp32 and the optimizer steps the weights themselves. grad_accum_dtype=bf16 there selects
+      DeepSpeed's bf16 instead (bf16 weights and gradients).
+    """
+    t = cfg.train
+    for prec in ("bf16", "fp16"):
+        section = ds.get(prec, {})
+        if section.get("enabled") not in (None, "auto", t.precision == prec):
+            raise ConfigError(
+                f"{user_path}: '{prec}.enabled'={section.get('enabled')} conflicts with {yaml_path} "
+                f"train.precision={t.precision}; remove it from the JSON"
+            )
+        ds[prec] = {**section, "enabled": t.precision == prec}
+    if t.precision == "fp16":
+        return  # DeepSpeed's fp16 (GPU only), as configured in the JSON
+    derived = {"communication_data_type": t.grad_reduce_dtype if t.precision == "bf16" else "fp32"}
+    autocast = t.precision == "bf16" and zero_stage(ds) == 0 and t.grad_accum_dtype == "fp32"
+    if autocast:
+        ds["bf16"]["enabled"] = False
+        derived["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    elif t.precision == "bf16":
+        derived["data_types"] = {"grad_accum_dtype": t.grad_accum_dtype}
+    source = {"communication_data_type": "train.grad_reduce_dtype", "data_types": "train.grad_accum_dtype",
+              "torch_autocast": "train.precision"}
+    for key in ("communication_data_type", "data_types", "torch_autocast"):
+        if key in ds and ds[key] != derived.get(key):
+            raise ConfigError(
+                f"{user_path}: '{key}'={json.dumps(ds[key])} conflicts with {yaml_path} ({source[key]}="
+                f"{getattr(t, source[key].split('.')[1])} gives {json.dumps(derived.get(key))}); remove '{key}' from "
+                f"the JSON: the YAML is the source of truth"
+            )
+    ds.update(derived)
+
+
+def layout_of(cfg: Config, ds: dict, world: int) -> dict:
+    """The layout a run trains in, as recorded beside each checkpoint (layout.json) and compared
+    on a resume: same layout resumes from DeepSpeed's own checkpoint, another one from the
+    layout-free state (llmtrain/checkpoint/layout_free.py)."""
+    zero = ds.get("zero_optimization", {})
+    bf16 = ("deepspeed" if ds.get("bf16", {}).get("enabled") else
+            "autocast" if ds.get("torch_autocast", {}).get("enabled") else None)
+    return {
+        "world_size": world,
+        "pipeline_stages": cfg.parallel.pipeline_stages,
+        "data_parallel": world // cfg.parallel.pipeline_stages,
+        "zero_stage": zero_stage(ds),
+        "precision": cfg.train.precision,
+        "bf16": bf16,
+        "grad_accum_dtype": cfg.train.grad_accum_dtype if cfg.train.precision == "bf16" else "fp32",
+        "offload_optimizer": (zero.get("offload_optimizer") or {}).get("device"),
+        "offload_param": (zero.get("offload_param") or {}).get("device"),
+    }
 
 
 def zero_stage(ds: dict) -> int:

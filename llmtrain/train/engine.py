@@ -113,11 +113,11 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
     groups = mup_param_groups(model, cfg)  # decay / no-decay, and muP's per-role LR factors
     t = cfg.train
     # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop.
-    # Where DeepSpeed checks no gradient overflow itself (fp32 without ZeRO), the optimizer skips
-    # non-finite steps on its own (see llmtrain/train/module.py).
+    # Where DeepSpeed checks no gradient overflow itself (no ZeRO and no DeepSpeed bf16/fp16: fp32,
+    # or bf16 under autocast), the optimizer skips non-finite steps on its own (llmtrain/train/module.py).
     from llmtrain.train.module import SkipNonFiniteAdamW
 
-    own_check = zero_stage(ds_config) == 0 and t.precision == "fp32"
+    own_check = zero_stage(ds_config) == 0 and not any(ds_config.get(k, {}).get("enabled") for k in ("bf16", "fp16"))
     adamw = SkipNonFiniteAdamW if own_check else torch.optim.AdamW
     optimizer = adamw(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -147,6 +147,15 @@ def keep_clip_norm(engine) -> None:
         engine._global_grad_norm = engine.basic_optimizer.clip_norm = norm  # the optimizer's check reuses it
 
     engine.clip_fp32_gradients = clip
+
+
+def precision_in_use(engine) -> dict:
+    """What DeepSpeed itself reports it computes, accumulates and reduces gradients in (env.json)."""
+    model, accum = engine.get_data_types()
+    return {"model_dtype": str(model).removeprefix("torch."), "grad_accum_dtype": str(accum).removeprefix("torch."),
+            "grad_reduce_dtype": str(engine.communication_data_type).removeprefix("torch."),
+            "autocast": str(engine.torch_autocast_dtype()).removeprefix("torch.") if engine.torch_autocast_enabled()
+            else None, "optimizer": type(engine.optimizer).__name__}
 
 
 def data_parallel_rank(engine, rank: int) -> int:

@@ -19,7 +19,7 @@ LR schedule and the data position move on as for any step.
   bad gradients are one case.
 - ZeRO-1/2/3, bf16 and fp16: DeepSpeed's own overflow check skips the step (it then leaves the
   LR schedule behind; ``step_schedule_after_skip`` moves it on).
-- fp32 ZeRO-0 (dense or pipeline), where DeepSpeed checks nothing: the optimizer is a
+- ZeRO-0 in fp32 or in bf16 under autocast (dense or pipeline), where DeepSpeed checks nothing: the optimizer is a
   ``SkipNonFiniteAdamW`` that checks every rank's gradients with one all-reduce and skips.
 """
 from __future__ import annotations

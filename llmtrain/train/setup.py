@@ -30,6 +30,7 @@ from llmtrain.core.errors import ConfigError, RunError
 from llmtrain.core.files import atomic_write_json
 from llmtrain.core.paths import REPO_ROOT
 from llmtrain.data.dataset import DataBundle, load_data, padded_vocab
+from llmtrain.data.sampler import SAMPLE_ORDER
 from llmtrain.train.callbacks import Callback, StopOnSignal, default_callbacks
 from llmtrain.train.dist import broadcast_object, env_int, init_distributed, set_cpu_threads
 from llmtrain.train.ds_config import zero_stage
@@ -68,6 +69,11 @@ def validate(config: str | None = None, overrides: list[str] = (), deepspeed_con
         from llmtrain.eval.tasks import load_tasks
 
         load_tasks(cfg.train.eval_tasks)
+    if cfg.train.harness_tasks:  # lm-eval installed, every task found and its data readable, before any folder
+        from llmtrain.eval.harness import load_tasks as load_harness_tasks
+
+        load_harness_tasks(cfg.train.harness_tasks, cfg.train.harness_include_path or None, "train.harness_tasks",
+                           quiet=True)
     if cfg.data.prefix is None and prepare_sample is None:
         raise ConfigError(f"{config_path}: data.prefix is not set; set it to token data made by "
                           f"data_prep/tokenize_corpus.py, or use launcher/pretrain.py for the bundled corpus")
@@ -105,7 +111,8 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     import torch.distributed as dist
 
     from llmtrain.model.gpt import count_params, flops_per_token
-    from llmtrain.train.engine import build_engine, data_parallel_rank
+    from llmtrain.train.ds_config import layout_of
+    from llmtrain.train.engine import build_engine, data_parallel_rank, precision_in_use
     from llmtrain.train.loader import BatchPlan
     from llmtrain.train.metrics import peak_flops
     from llmtrain.train.module import train_module
@@ -127,7 +134,8 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
 
     run_dir = resolve_run_dir(spec.run_dir, cfg)
     total_steps = total_steps_of(cfg)
-    start = decide_start_on(rank, zero_stage(spec.ds_config) == 3, cfg, run_dir, data, total_steps)
+    layout = layout_of(cfg, spec.ds_config, world)
+    start = decide_start_on(rank, zero_stage(spec.ds_config) == 3, cfg, run_dir, data, total_steps, layout)
     if start.kind == "finished":
         say(f"{run_dir}: this run already finished at step {start.step} (summary.json); nothing to do. Raise "
             f"train.max_steps to train on, or use a new --run-dir")
@@ -148,18 +156,18 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     t = Trainer(cfg, run_dir, engine, module, data, callbacks, rank=rank, world=world, device=device,
                 total_steps=total_steps, plan=plan, param_counts=count_params(cfg.model),
                 flops_per_token=flops_per_token(cfg.model, cfg.train.seq_len), peak_flops=peak)
+    t.layout = layout
 
     # Training randomness (dropout) starts from a known state whatever set-up consumed: a
     # per-rank seed, so data-parallel replicas draw different masks. Resume restores it.
     seed_everything(cfg.train.seed, rank)
     start.apply(t, say)
-    data.train.prepare(total_steps * cfg.train.global_batch_size, cache_dir=run_dir / "data_order")
     if rank == 0:
         stage = zero_stage(spec.ds_config)
         write_run_files(run_dir, cfg, spec.ds_config, data, {
             "world_size": world, "zero_stage": stage, "pipeline_stages": cfg.parallel.pipeline_stages,
             "micro_batch": plan.micro, "grad_accum": plan.gas, "threads_per_rank": threads, "device": str(device),
-            "peak_flops": peak, "peak_flops_source": peak_src,
+            "peak_flops": peak, "peak_flops_source": peak_src, "precision": precision_in_use(engine),
         })
         say(f"run folder: {run_dir}")
         say(describe(t, stage, threads))
@@ -168,17 +176,17 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
 
 
 def decide_start_on(rank: int, partitioned: bool, cfg: Config, run_dir: Path, data: DataBundle,
-                    total_steps: int) -> Start:
+                    total_steps: int, layout: dict) -> Start:
     """decide_start on every rank; under ZeRO-3 (``partitioned``) on rank 0 alone, which then holds
     the only copy of checkpoint.init_from's weights and fills every rank's partitions from it
     (engine.build_partitioned): the other ranks get the decision without the tensors, or rank 0's
     error to raise."""
     if not partitioned:
-        return decide_start(cfg, run_dir, data, total_steps)
+        return decide_start(cfg, run_dir, data, total_steps, layout)
     start = told = None
     if rank == 0:
         try:
-            start = decide_start(cfg, run_dir, data, total_steps)
+            start = decide_start(cfg, run_dir, data, total_steps, layout)
             told = dataclasses.replace(start, state=None)
         except Exception as e:  # every rank stops with rank 0's error
             told = e
@@ -304,8 +312,8 @@ def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundl
 
     dump_config(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "ds_config.json", ds_config)
-    atomic_write_json(run_dir / "data_manifest.json",
-                      {"prefixes": data.prefixes, "weights": data.weights, "manifests": data.manifests})
+    atomic_write_json(run_dir / "data_manifest.json", {"prefixes": data.prefixes, "weights": data.weights,
+                                                       "sample_order": SAMPLE_ORDER, "manifests": data.manifests})
     env = {
         "torch": torch.__version__,
         "deepspeed": deepspeed.__version__,

@@ -3,7 +3,10 @@ and applied in one place (``Start.apply``, once the engine and the Trainer exist
 
     fresh     nothing to load: the position-seeded initial weights, step 0
     resume    this run's own latest checkpoint (RUN/checkpoints/latest): weights, optimizer,
-              schedule, every rank's RNG, the data position and the callbacks' state
+              schedule, every rank's RNG, the data position and the callbacks' state; on the
+              layout that saved it through DeepSpeed's own loader, on any other (another number
+              of ranks, ZeRO stage, pipeline layout) from its layout-free state
+              (checkpoint/layout_free.py), or refused in one line when it has none
     branch    another run's DeepSpeed step folder (checkpoint.init_from=.../global_stepN):
               weights, optimizer, RNG and data position; this run's schedule and peak LR from
               that step on (a WSD cooldown branch)
@@ -19,7 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmtrain.checkpoint.ds import check_checkpoint_shape, check_resume_compatible, check_same_model, finished_step
+from llmtrain.checkpoint.ds import (
+    check_checkpoint_shape,
+    check_resume_compatible,
+    check_same_model,
+    check_sample_order,
+    describe_layout,
+    finished_step,
+    resume_route,
+    same_layout,
+)
 from llmtrain.config import Config
 from llmtrain.core.errors import ConfigError, RunError
 from llmtrain.data.dataset import DataBundle
@@ -30,8 +42,9 @@ class Start:
     kind: str  # fresh | resume | branch | weights | finished
     source: Path | None = None  # resume/branch: the step folder; weights: the file or folder
     state: dict | None = None  # weights: the GPT state dict copied into the model as it is built
-    step: int = 0  # weights: the schedule position to start at; finished: the step it finished at
+    step: int = 0  # weights and layout-free: the schedule position to start at; finished: the step it finished at
     tokens: int = 0
+    saved: dict | None = None  # resume/branch from the layout-free state: the layout that saved it
 
     def apply(self, t, say) -> None:
         """Load what this start point holds into the Trainer ``t`` (after its engine is built)."""
@@ -39,22 +52,47 @@ class Start:
             t.step, t.tokens = self.step, self.tokens
             say(f"started from {t.cfg.checkpoint.init_from} (weights; step {t.step}; fresh optimizer state)")
         elif self.kind in ("resume", "branch"):
-            load_path, client = t.engine.load_checkpoint(str(self.source.parent), tag=self.source.name)
-            if load_path is None:
-                raise RunError(f"{self.source}: checkpoint could not be loaded; remove "
-                               f"{t.run_dir / 'checkpoints' / 'latest'} to start fresh")
+            client = self._load_layout_free(t) if self.saved is not None else self._load_deepspeed(t)
             resuming = self.kind == "resume"
             t.load_state_dict(client, exact=resuming)
             if resuming:
                 t.resumed, t.last_checkpoint = True, str(self.source)
             else:
                 restart_schedule_at(t.engine, t.cfg.train.lr, t.step)
-            say(f"{'resumed' if resuming else 'started'} from {self.source} at step {t.step}")
+            how = "" if self.saved is None else f" ({self.layout_note(t.layout)})"
+            say(f"{'resumed' if resuming else 'started'} from {self.source} at step {t.step}{how}")
+
+    def layout_note(self, now: dict) -> str:
+        """Why and how a step folder is loaded from its layout-free state, for the one line."""
+        moved = not same_layout(self.saved, now)
+        why = (f"saved on {describe_layout(self.saved)}, now {describe_layout(now)}" if moved else
+               "saved by DeepSpeed's bf16 optimizer without ZeRO, which DeepSpeed cannot reload")
+        return (f"{why}: from its layout-free state, fp32 weights, Adam moments and step by parameter name; rank r "
+                f"takes saved rank r's RNG, a rank the save did not have a fresh seed")
+
+    def _load_deepspeed(self, t) -> dict:
+        load_path, client = t.engine.load_checkpoint(str(self.source.parent), tag=self.source.name)
+        if load_path is None:
+            raise RunError(f"{self.source}: checkpoint could not be loaded; remove "
+                           f"{t.run_dir / 'checkpoints' / 'latest'} to start fresh")
+        return client
+
+    def _load_layout_free(self, t) -> dict:
+        from llmtrain.checkpoint import layout_free
+
+        names = layout_free.gpt_names(t.cfg.parallel.pipeline_stages > 1, t.cfg.model.n_layer)
+        client = layout_free.load(t.engine, self.source, int(self.saved["world_size"]), names)
+        engine = t.engine  # DeepSpeed's own counters, as its loader would set them
+        engine.global_steps = self.step
+        engine.global_samples = self.step * t.cfg.train.global_batch_size
+        engine.skipped_steps = int(self.saved.get("skipped_steps", 0))
+        return client
 
 
-def decide_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int) -> Start:
+def decide_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int, layout: dict | None = None) -> Start:
     """Where the run in ``run_dir`` starts from; refuses (ConfigError, one line) a checkpoint of
-    another model shape, a resume that would break the data position, or an init_from that is
+    another model shape, a resume that would break the data position, a checkpoint of another
+    ``layout`` (train/ds_config.layout_of) without a layout-free state, or an init_from that is
     none of the kinds above."""
     ckpt_dir = run_dir / "checkpoints"
     if cfg.checkpoint.resume and (ckpt_dir / "latest").is_file():
@@ -63,7 +101,8 @@ def decide_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int)
         done = finished_step(run_dir)
         if done is not None and done >= total_steps:
             return Start("finished", step=done)
-        return Start("resume", ckpt_dir / (ckpt_dir / "latest").read_text().strip())
+        check_sample_order(run_dir, cfg)
+        return step_folder_start("resume", ckpt_dir / (ckpt_dir / "latest").read_text().strip(), layout)
     if not cfg.checkpoint.init_from:
         return Start("fresh")
     init = Path(cfg.checkpoint.init_from)
@@ -72,17 +111,28 @@ def decide_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int)
         if cfg.checkpoint.init_step is not None:
             raise ConfigError(f"{init}: checkpoint.init_step needs a consolidated file or an imported model; "
                               f"consolidate the step folder (python launcher/consolidate.py)")
-        return Start("branch", init)
+        return step_folder_start("branch", init, layout)
     step = cfg.checkpoint.init_step if cfg.checkpoint.init_step is not None else int(meta.get("step") or 0)
     tokens = (step * cfg.train.global_batch_size * cfg.train.seq_len if cfg.checkpoint.init_step is not None
               else int(meta.get("tokens") or 0))
     return Start("weights", init, state, step, tokens)
 
 
+def step_folder_start(kind: str, step_dir: Path, layout: dict | None) -> Start:
+    """Resume or branch from a DeepSpeed step folder: through DeepSpeed's loader when it was saved
+    on this very layout, else from its layout-free state at the step it records."""
+    if layout is None:
+        return Start(kind, step_dir)
+    route, saved = resume_route(step_dir, layout)
+    if route == "deepspeed":
+        return Start(kind, step_dir)
+    return Start(kind, step_dir, step=int(saved["step"]), tokens=int(saved.get("tokens") or 0), saved=saved)
+
+
 def model_from_hf_folder(cfg: Config, overrides: list[str], where: str) -> None:
     """checkpoint.init_from=HF_DIR (a transformers folder): the model section comes from the
     folder; a model.* override on the command line that contradicts it is an error naming both."""
-    from llmtrain.checkpoint.hf_import import is_hf_folder, model_config_from_hf, read_hf_config
+    from llmtrain.checkpoint.hf import is_hf_folder, model_config_from_hf, read_hf_config
 
     init = cfg.checkpoint.init_from
     if not init or not is_hf_folder(init):
@@ -107,7 +157,7 @@ def open_init_from(cfg: Config, data: DataBundle) -> tuple[dict | None, dict]:
     imported model folder or a transformers folder; (None, {}) for a DeepSpeed step folder (loaded
     by the engine). Refuses anything else."""
     from llmtrain.checkpoint.consolidate import is_consolidated, load_consolidated
-    from llmtrain.checkpoint.hf_import import is_hf_folder, load_hf_folder
+    from llmtrain.checkpoint.hf import is_hf_folder, load_hf_folder
     from llmtrain.core.files import sha256_file
 
     init = Path(cfg.checkpoint.init_from)

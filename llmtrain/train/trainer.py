@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from llmtrain.checkpoint.ds import rng_state, save_checkpoint, set_rng_state
+from llmtrain.checkpoint.ds import reseed, rng_state, save_checkpoint, set_rng_state
 from llmtrain.config import Config
 from llmtrain.data.dataset import DataBundle
 from llmtrain.train.callbacks import Callback
@@ -42,6 +42,7 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self.last_lr = 0.0
         self.summary: dict | None = None
+        self.layout: dict | None = None  # train/ds_config.layout_of, recorded beside each checkpoint
         self._t_start = time.time()
 
     # --- the loop
@@ -110,7 +111,11 @@ class Trainer:
     def save_checkpoint(self) -> str:
         if self.last_checkpoint and self.last_checkpoint.endswith(f"global_step{self.step}"):
             return self.last_checkpoint
-        path = save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), self.rank)
+        from llmtrain.checkpoint.layout_free import gpt_names
+
+        names = (gpt_names(self.cfg.parallel.pipeline_stages > 1, self.cfg.model.n_layer)
+                 if self.cfg.checkpoint.layout_free else None)
+        path = save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), self.rank, self.layout, names)
         self.last_checkpoint = path
         self._each("on_checkpoint", path)
         return path
@@ -127,10 +132,15 @@ class Trainer:
 
     def load_state_dict(self, client: dict, exact: bool) -> None:
         """Restore step, tokens and this rank's RNG from a checkpoint's client state; ``exact`` (a
-        resume of this run, not a branch from another): also the wall time and every callback's state."""
+        resume of this run, not a branch from another): also the wall time and every callback's state.
+        Rank r takes the RNG state saved by rank r; a rank the saving run did not have (a resume on
+        more ranks) is seeded from (seed, rank, step)."""
         self.step, self.tokens = int(client["step"]), int(client["tokens"])
         rngs = client["rng"]
-        set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])
+        if self.rank < len(rngs):
+            set_rng_state(rngs[self.rank])
+        else:
+            reseed(self.cfg.train.seed, self.rank, self.step)
         if not exact:  # a branch counts only its own wall time and starts its own monitors
             return
         self.wall_before = float(client.get("wall_time", 0.0))

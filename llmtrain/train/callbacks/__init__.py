@@ -26,15 +26,16 @@ from llmtrain.train.callbacks.base import Callback
 from llmtrain.train.callbacks.checkpointing import Checkpointing
 from llmtrain.train.callbacks.evaluation import Evaluate, PeriodicEval, eval_due
 from llmtrain.train.callbacks.guards import NonFiniteGuard, StopOnSignal
+from llmtrain.train.callbacks.harness import HarnessEval
 from llmtrain.train.callbacks.metrics import Console, JsonlAndTensorBoard, Throughput
 from llmtrain.train.callbacks.profiler import Profiler
 from llmtrain.train.callbacks.summary import Summary
 from llmtrain.train.callbacks.tasks import TaskEval
 from llmtrain.train.callbacks.wandb import WandbSink
 
-__all__ = ["Callback", "Checkpointing", "Console", "Evaluate", "JsonlAndTensorBoard", "NonFiniteGuard", "PeriodicEval",
-           "Profiler", "StopOnSignal", "Summary", "TaskEval", "Throughput", "WandbSink", "default_callbacks",
-           "eval_due"]
+__all__ = ["Callback", "Checkpointing", "Console", "Evaluate", "HarnessEval", "JsonlAndTensorBoard", "NonFiniteGuard",
+           "PeriodicEval", "Profiler", "StopOnSignal", "Summary", "TaskEval", "Throughput", "WandbSink",
+           "default_callbacks", "eval_due"]
 
 
 def default_callbacks(cfg, run_dir: Path, rank: int, stop: StopOnSignal) -> list[Callback]:
@@ -51,5 +52,7 @@ def default_callbacks(cfg, run_dir: Path, rank: int, stop: StopOnSignal) -> list
     cbs += [NonFiniteGuard(cfg.train.max_bad_steps), stop, Evaluate()]
     if cfg.train.eval_tasks:
         cbs.append(TaskEval(cfg.train.eval_tasks))
+    if cfg.train.harness_tasks:
+        cbs.append(HarnessEval(cfg.train.harness_tasks, cfg.train.harness_include_path))
     cbs += [Checkpointing(), Summary()]
     return cbs

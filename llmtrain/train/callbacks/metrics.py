@@ -91,6 +91,8 @@ class JsonlAndTensorBoard(Callback):
         final = {"final_train_loss": summary["final_train_loss"], "final_valid_loss": summary["final_valid_loss"]}
         for name, r in (summary.get("tasks") or {}).items():
             final.update({f"task:{name}/acc": r["acc"], f"task:{name}/acc_norm": r["acc_norm"]})
+        for name, r in (summary.get("harness") or {}).items():
+            final.update({f"harness:{name}/{k}": v for k, v in r.items()})
         self.sink.log_hparams(hparams, final)
 
     def close(self, t) -> None:

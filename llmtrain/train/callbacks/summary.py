@@ -43,6 +43,9 @@ class Summary(Callback):
         tasks = t.callback("tasks")
         if tasks is not None:
             summary["tasks"] = tasks.summary()
+        harness = t.callback("harness")
+        if harness is not None:
+            summary["harness"] = harness.summary()
         atomic_write_json(t.run_dir / "summary.json", summary)
         d = t.cfg.to_dict()
         hp = {f"model.{k}": v for k, v in d["model"].items()}

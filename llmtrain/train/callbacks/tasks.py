@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from llmtrain.eval.tasks import TaskScorer, load_tasks
+from llmtrain.eval.tasks import SHAPES, TaskScorer, load_tasks
 from llmtrain.train.callbacks.evaluation import PeriodicEval
 from llmtrain.train.dist import all_reduce
 
@@ -30,9 +30,8 @@ class TaskEval(PeriodicEval):
         from llmtrain.tokenizer import load_tokenizer, manifest_eod_token
 
         tok, eod = load_tokenizer(t.data.tokenizer_path, manifest_eod_token(t.data.manifests))
-        pipeline = t.cfg.parallel.pipeline_stages > 1
-        seq_len = t.cfg.train.seq_len  # the training window
-        self.scorer = TaskScorer(self.tasks, tok, eod, seq_len, t.plan.micro, width=seq_len if pipeline else None,
+        shapes = 1 if t.cfg.parallel.pipeline_stages > 1 else SHAPES  # the pipeline's buffers: micro x seq_len
+        self.scorer = TaskScorer(self.tasks, tok, eod, t.cfg.train.seq_len, t.plan.micro, shapes=shapes,
                                  dp_rank=t.plan.dp_rank, dp_world=t.world // t.cfg.parallel.pipeline_stages)
         calls = torch.tensor([float(self.scorer.n_calls)], device=t.device)
         self.scorer.n_calls = int(all_reduce(calls, "max").item())  # every rank makes as many forward calls

@@ -2,10 +2,11 @@
 
     python launcher/import_hf.py HF_DIR --output OUT
 
-Supported: GPT-2, Llama (grouped-query attention, Llama 3 rope scaling), Mistral (without a
-sliding window shorter than its context), GPT-NeoX / Pythia (parallel residual, partial rotary).
-Anything else is refused with one line naming what does not map. The weights go through the same
-name-mapping table as the export (llmtrain.checkpoint.hf_export.param_table), read backwards.
+Supported: the specs of llmtrain.checkpoint.hf that read a config.json model_type (``reads``):
+GPT-2, Llama (grouped-query attention, Llama 3 rope scaling), Mistral (without a sliding window
+shorter than its context), Qwen3 (without sliding windows) and GPT-NeoX / Pythia (parallel
+residual, partial rotary). Anything else is refused with one line naming what does not map. The
+weights go through the spec's name-mapping table, the export's, read backwards.
 
 OUT holds what every tool of the project takes as a checkpoint (export_hf.py, generate.py,
 evaluate.py, checkpoint.init_from=OUT):
@@ -30,12 +31,11 @@ from pathlib import Path
 
 import torch
 
-from llmtrain.checkpoint.hf_export import param_table
+from llmtrain.checkpoint.hf.spec import ArchSpec, specs
+from llmtrain.checkpoint.hf.verify import logit_difference, random_ids
 from llmtrain.checkpoint.load import ExportError
 from llmtrain.core.files import replace_folder
 
-SUPPORTED = ("gpt2", "llama", "mistral", "gpt_neox")
-TABLE_ARCH = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "gpt_neox": "gpt_neox"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -56,24 +56,9 @@ def read_hf_config(path: str | os.PathLike) -> dict:
         raise ExportError(f"{f}:{e.lineno}: malformed JSON ({e.msg})") from None
 
 
-def _rope(hc: dict) -> dict:
-    """rope_parameters (transformers 5), else the legacy rope_theta / rope_scaling keys (4.x)."""
-    rope = dict(hc.get("rope_parameters") or {})
-    if not rope:
-        rope = dict(hc.get("rope_scaling") or {})
-        rope.setdefault("rope_theta", hc.get("rope_theta", hc.get("rotary_emb_base", 10000.0)))
-        if "partial_rotary_factor" not in rope and ("rotary_pct" in hc or "partial_rotary_factor" in hc):
-            rope["partial_rotary_factor"] = hc.get("partial_rotary_factor", hc.get("rotary_pct"))
-    rope.setdefault("rope_type", rope.pop("type", "default"))
-    return rope
-
-
-def _gelu(act: str, refuse) -> str:
-    if act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        return "tanh" if act != "gelu_fast" else refuse(f"hidden activation {act!r}")
-    if act == "gelu":
-        return "exact"
-    return refuse(f"hidden activation {act!r} (GELU, exact or tanh, is supported)")
+def reader(model_type) -> ArchSpec | None:
+    """The spec that imports config.json's ``model_type``."""
+    return next((s for s in specs() if model_type in s.reads), None)
 
 
 def model_config_from_hf(hc: dict, where: str) -> dict:
@@ -83,61 +68,16 @@ def model_config_from_hf(hc: dict, where: str) -> dict:
     def refuse(what):
         raise ExportError(f"{where}: {what} does not map onto this project's GPT; nothing was written")
 
-    if mt not in SUPPORTED:
-        refuse(f"model_type {mt!r} (supported: {', '.join(SUPPORTED)})")
-    common = dict(vocab_size=int(hc["vocab_size"]), dropout=0.0, tie_embeddings=bool(hc.get("tie_word_embeddings",
-                                                                                             mt == "gpt2")))
-    if mt == "gpt2":
-        if not hc.get("scale_attn_weights", True) or hc.get("scale_attn_by_inverse_layer_idx"):
-            refuse("GPT-2 attention scaling other than 1/sqrt(head_dim) (scale_attn_weights / "
-                   "scale_attn_by_inverse_layer_idx)")
-        d = int(hc["n_embd"])
-        return dict(n_layer=int(hc["n_layer"]), d_model=d, n_head=int(hc["n_head"]), seq_len=int(hc["n_positions"]),
-                    pos_encoding="learned", norm="layernorm", norm_eps=float(hc.get("layer_norm_epsilon", 1e-5)),
-                    mlp="gelu", gelu=_gelu(hc.get("activation_function", "gelu_new"), refuse),
-                    d_ff=int(hc.get("n_inner") or 4 * d), bias=True, **common)
-    d, H = int(hc["hidden_size"]), int(hc["num_attention_heads"])
-    rope = _rope(hc)
-    if rope.get("rope_type") not in ("default", "llama3") or (mt == "gpt_neox" and rope["rope_type"] != "default"):
-        refuse(f"rope_type {rope.get('rope_type')!r}")
-    seq_len = int(hc.get("max_position_embeddings", 2048))
-    rot = dict(pos_encoding="rotary", rope_theta=float(rope.get("rope_theta", 10000.0)))
-    if rope["rope_type"] == "llama3":
-        rot.update(rope_scaling="llama3", rope_scaling_factor=float(rope["factor"]),
-                   rope_low_freq_factor=float(rope["low_freq_factor"]),
-                   rope_high_freq_factor=float(rope["high_freq_factor"]),
-                   rope_original_seq_len=int(rope["original_max_position_embeddings"]))
-    if mt == "gpt_neox":
-        if not hc.get("attention_bias", True):
-            refuse("GPT-NeoX with attention_bias=false (its MLP keeps biases; this GPT has one bias switch)")
-        return dict(n_layer=int(hc["num_hidden_layers"]), d_model=d, n_head=H, seq_len=seq_len, norm="layernorm",
-                    norm_eps=float(hc.get("layer_norm_eps", 1e-5)), mlp="gelu",
-                    gelu=_gelu(hc.get("hidden_act", "gelu"), refuse), d_ff=int(hc["intermediate_size"]), bias=True,
-                    parallel_residual=bool(hc.get("use_parallel_residual", True)),
-                    rotary_pct=float(rope.get("partial_rotary_factor", 1.0)), **rot, **common)
-    # llama, mistral
-    if hc.get("hidden_act", "silu") != "silu":
-        refuse(f"hidden_act {hc.get('hidden_act')!r} (the gated MLP here is SwiGLU)")
-    if hc.get("head_dim") not in (None, d // H):
-        refuse(f"head_dim {hc['head_dim']} != hidden_size / num_attention_heads = {d // H}")
-    if bool(hc.get("attention_bias", False)) != bool(hc.get("mlp_bias", False)):
-        refuse("attention_bias != mlp_bias (this GPT has one bias switch)")
-    if hc.get("pretraining_tp", 1) not in (None, 1):
-        refuse(f"pretraining_tp={hc['pretraining_tp']}")
-    window = hc.get("sliding_window")
-    if mt == "mistral" and window is not None and int(window) < seq_len:
-        refuse(f"sliding_window={window} (shorter than max_position_embeddings={seq_len}; set it to null for full "
-               f"attention)")
-    kv = int(hc.get("num_key_value_heads") or H)
-    return dict(n_layer=int(hc["num_hidden_layers"]), d_model=d, n_head=H, seq_len=seq_len, norm="rmsnorm",
-                norm_eps=float(hc.get("rms_norm_eps", 1e-6)), mlp="swiglu", d_ff=int(hc["intermediate_size"]),
-                bias=bool(hc.get("attention_bias", False)), n_kv_head=None if kv == H else kv, **rot, **common)
+    spec = reader(mt)
+    if spec is None:
+        refuse(f"model_type {mt!r} (supported: {', '.join(sorted(t for s in specs() for t in s.reads))})")
+    return spec.from_config(hc, refuse)
 
 
 def our_state_dict(hf_params: dict, cfg, model_type: str, where: str) -> dict:
-    """transformers parameters (name → tensor) → our GPT state dict, through param_table."""
+    """transformers parameters (name → tensor) → our GPT state dict, through the spec's table."""
     out, used = {}, set()
-    for e in param_table(cfg, TABLE_ARCH[model_type]):
+    for e in reader(model_type).table(cfg):
         present = tuple(hf_params[n] for n in e.hf if n in hf_params)
         need = e.hf[:1] if len(e.hf) == 2 and e.hf[1] == "lm_head.weight" else e.hf  # a tied head may be absent
         missing = [n for n in need if n not in hf_params]
@@ -235,7 +175,6 @@ def _load(path, verify: bool, tolerance: float):
     return model_cfg, state, tok_path, diff
 
 
-@torch.no_grad()
 def check_logits(state: dict, cfg, hf_model, n: int = 64) -> float:
     """max |logits ours - logits transformers| on 2 x min(n, seq_len) random token ids, fp32."""
     from llmtrain.model.gpt import GPT
@@ -245,8 +184,7 @@ def check_logits(state: dict, cfg, hf_model, n: int = 64) -> float:
     if missing or unexpected:
         raise ExportError(f"imported weights do not fill the model (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]})")
-    ids = torch.randint(0, cfg.vocab_size, (2, max(2, min(n, cfg.seq_len))), generator=torch.Generator().manual_seed(0))
-    return float((ours.eval()(ids) - hf_model(input_ids=ids).logits.float()).abs().max())
+    return logit_difference(ours.eval(), hf_model, random_ids(cfg.vocab_size, cfg.seq_len, n))
 
 
 def import_hf(hf_dir, output, force: bool = False, log=print) -> dict:

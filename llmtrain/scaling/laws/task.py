@@ -1,7 +1,7 @@
 """Task-level scaling fits: predict a downstream metric (accuracy, error) from N and D in two steps.
 
 Step 1, loss from size and data: L(N, D) = E + A/N^alpha + B/D^beta, fitted as approach 3
-(``fit_chinchilla``: Huber on log loss, Hoffmann's 4,500-start grid).
+(``laws.chinchilla``: Huber on log loss, Hoffmann's 4,500-start grid).
 
 Step 2, the metric from the loss, in one of two forms:
 
@@ -30,16 +30,11 @@ import time
 import numpy as np
 from scipy.optimize import least_squares
 
-from llmtrain.scaling.fit import (
-    HUBER_DELTA,
-    FitError,
-    Points,
-    bootstrap_lse,
-    chinchilla_optimal,
-    chinchilla_params,
-    fit_chinchilla,
-    interval,
-)
+from llmtrain.scaling.bootstrap import estimates, predictions, resample_counts
+from llmtrain.scaling.laws import chinchilla
+from llmtrain.scaling.optim import HUBER_DELTA, lse_predict
+from llmtrain.scaling.points import FitError, Points
+from llmtrain.scaling.results import BootstrapInfo, MetricLaw, TaskFit
 
 FORMS = ("sigmoid", "exponential")
 NEED = {"sigmoid": 5, "exponential": 4}  # parameters + 1
@@ -53,12 +48,13 @@ def _sig(z):
 
 
 def predict_metric(form: str, theta, L):
-    """The metric at loss L under one form; theta in PARAM_NAMES order (vectorised over L)."""
+    """The metric at loss L under one form; theta in PARAM_NAMES order (vectorised over L, and
+    over rows of theta with one L each)."""
     L = np.asarray(L, float)
     if form == "sigmoid":
-        a, k, L0, b = theta
+        a, k, L0, b = np.moveaxis(np.asarray(theta, float), -1, 0)
         return a * _sig(k * (L - L0)) + b
-    eps, k, gamma = theta
+    eps, k, gamma = np.moveaxis(np.asarray(theta, float), -1, 0)
     with np.errstate(over="ignore"):
         return eps - k * np.exp(-gamma * L)
 
@@ -188,11 +184,16 @@ def _named(form: str, theta) -> dict:
     return dict(zip(PARAM_NAMES[form], np.asarray(theta, float).T))
 
 
-def fit_task(pts: Points, metric: np.ndarray, n_boot: int = 0, seed: int = 0, targets=(), target_flops=None,
-             level: float = 0.95, forms=FORMS, delta: float = HUBER_DELTA, boot_starts: int = 4) -> dict:
+def two_step(res: TaskFit, pts: Points, form: str) -> np.ndarray:
+    """The metric of each point predicted from its N and D through both steps."""
+    X, _ = chinchilla.features(pts)
+    return predict_metric(form, res.metric_laws[form].theta, np.exp(lse_predict(res.loss_law.theta, X)))
+
+
+def fit(pts: Points, metric: np.ndarray, n_boot: int = 0, seed: int = 0, targets=(), target_flops=None,
+        level: float = 0.95, forms=FORMS, delta: float = HUBER_DELTA, boot_starts: int = 4) -> TaskFit:
     """The two-step task fit. targets: [(N, D), ...] to predict at; target_flops: also predict at
-    step 1's compute-optimal (N, D) for that budget. Returns a fit.json-ready dict (keys starting
-    with '_' hold arrays for the plots)."""
+    step 1's compute-optimal (N, D) for that budget."""
     y = np.asarray(metric, float)
     n = len(y)
     t0 = time.perf_counter()
@@ -202,97 +203,64 @@ def fit_task(pts: Points, metric: np.ndarray, n_boot: int = 0, seed: int = 0, ta
                        f"metric; got {n}")
     if np.ptp(pts.L) <= 0:
         raise FitError("task: every point has the same loss; the metric cannot be fitted against it")
-    out = {"law": "two steps: L(N, D) = E + A/N^alpha + B/D^beta, then the metric from L", "forms": list(forms),
-           "metric_laws": {}, "parameters": {}}
+    res = TaskFit(forms=list(forms), metric_laws={}, parameters={}, fit={})
     # step 1
-    loss_res = None
-    if n >= 6:
-        loss_res = fit_chinchilla(pts, target_flops=target_flops, level=level, delta=delta)
-        out["loss_law"] = loss_res
+    ms = None
+    if n >= chinchilla.NEED:
+        ms = chinchilla.solve(pts, delta)
+        res.loss_law = chinchilla.result(pts, ms, level, delta, target_flops=target_flops)
     else:
-        out["loss_law_skipped"] = f"approach 3 needs at least 6 points; got {n}: no predictions from N and D"
+        res.loss_law_skipped = f"approach 3 needs at least 6 points; got {n}: no predictions from N and D"
         if targets or target_flops:
             raise FitError(f"task: predicting from N and D needs the loss law, which needs at least 6 points; got {n}")
     # step 2
-    fits = {}
     for f in forms:
         r = fit_metric(f, pts.L, y)
-        fits[f] = r
         resid = predict_metric(f, r["theta"], pts.L) - y
-        out["metric_laws"][f] = {"law": LAWS[f], "rmse": r["rmse"], "residuals": resid.tolist(), "_theta": r["theta"]}
+        res.metric_laws[f] = MetricLaw(f, LAWS[f], r["rmse"], resid.tolist(), r["theta"])
     # the chain, in sample
-    if loss_res is not None:
-        Lhat = np.exp(_lse_pred(loss_res["_theta"], pts))
+    if res.loss_law is not None:
         for f in forms:
-            yhat = predict_metric(f, fits[f]["theta"], Lhat)
-            out["metric_laws"][f]["two_step_rmse"] = float(np.sqrt(np.mean((yhat - y) ** 2)))
-            out["metric_laws"][f]["_two_step"] = yhat
+            res.metric_laws[f].two_step_rmse = float(np.sqrt(np.mean((two_step(res, pts, f) - y) ** 2)))
     # targets
     tg = [(float(N), float(D), "given") for N, D in targets]
-    if target_flops and loss_res is not None:
-        opt = chinchilla_optimal(loss_res["_theta"], target_flops)
+    if target_flops and res.loss_law is not None:
+        opt = chinchilla.optimum(res.loss_law.theta, target_flops)
         tg.append((float(opt["N"]), float(opt["D"]), f"compute-optimal at C = {target_flops:.3g}"))
     boot = None
     if n_boot:
         tb = time.perf_counter()
-        boot = _bootstrap(pts, y, loss_res, forms, n_boot, seed, delta, boot_starts)
-        out["bootstrap"] = {"n": n_boot, "seed": seed, "level": level, "resampling": "rows with replacement; both "
-                            "steps refitted on each replicate", "time_s": round(time.perf_counter() - tb, 3)}
+        boot = _bootstrap(pts, y, ms, forms, n_boot, seed, delta, boot_starts)
+        res.bootstrap = BootstrapInfo(n_boot, seed, level, "rows with replacement; both steps refitted on each "
+                                      "replicate", time_s=round(time.perf_counter() - tb, 3))
     for f in forms:
-        est = _named(f, fits[f]["theta"])
-        bs = _named(f, boot[f]) if boot else None
-        for name, v in est.items():
-            out["parameters"][f"{f}.{name}"] = interval(v, None if bs is None else bs[name], level)
-    if loss_res is not None:
-        for k in ("E", "A", "B", "alpha", "beta"):
-            v = loss_res["parameters"][k]["value"]
-            bs = chinchilla_params(boot["loss"])[k] if boot else None
-            out["parameters"][f"loss.{k}"] = interval(v, bs, level)
-    preds = []
-    for N, D, how in tg:
-        p = {"N": N, "D": D, "flops": 6 * N * D, "how": how}
-        Lt = float(_lse_at(loss_res["_theta"], N, D))
-        Lb = _lse_at(boot["loss"], N, D) if boot else None
-        p["loss"] = interval(Lt, Lb, level)
-        for f in forms:
-            yb = None
-            if boot:
-                yb = np.array([predict_metric(f, th, lv) for th, lv in zip(boot[f], Lb)])
-            p[f] = interval(float(predict_metric(f, fits[f]["theta"], Lt)), yb, level)
-        preds.append(p)
-    if preds:
-        out["predictions"] = preds
-    out["fit"] = {"step1": "approach 3 (chinchilla): Huber (delta 1e-3) on log loss, 4,500-start grid" if loss_res
-                  else "skipped", "step2": "least squares on the metric: grid over the nonlinear parameters with the "
-                  "linear ones solved exactly, best grid points polished by scipy least_squares",
-                  "time_s": round(time.perf_counter() - t0, 3)}
-    out["_metric"] = y
-    return out
+        named = estimates(_named(f, res.metric_laws[f].theta), _named(f, boot[f]) if boot else None, level)
+        res.parameters.update({f"{f}.{k}": v for k, v in named.items()})
+    if res.loss_law is not None:
+        loss_params = {k: res.loss_law.parameters[k].value for k in ("E", "A", "B", "alpha", "beta")}
+        named = estimates(loss_params, chinchilla.params(boot["loss"]) if boot else None, level)
+        res.parameters.update({f"loss.{k}": v for k, v in named.items()})
+        point = (res.loss_law.theta, {f: res.metric_laws[f].theta for f in forms})
+        reps = (boot["loss"], {f: boot[f] for f in forms}) if boot else None
+
+        def quantities(p, N, D):
+            L = chinchilla.loss(p[0], N, D)
+            return {"loss": L, **{f: predict_metric(f, p[1][f], L) for f in forms}}
+
+        res.predictions = predictions(tg, quantities, point, reps, level)
+    res.fit = {"step1": "approach 3 (chinchilla): Huber (delta 1e-3) on log loss, 4,500-start grid" if ms is not None
+               else "skipped", "step2": "least squares on the metric: grid over the nonlinear parameters with the "
+               "linear ones solved exactly, best grid points polished by scipy least_squares",
+               "time_s": round(time.perf_counter() - t0, 3)}
+    return res
 
 
-def _lse_pred(theta, pts: Points) -> np.ndarray:
-    from llmtrain.scaling.fit import lse_predict
-
-    return lse_predict(np.asarray(theta, float), np.column_stack([np.log(pts.N), np.log(pts.D)]))
-
-
-def _lse_at(theta, N: float, D: float):
-    """L(N, D) for one theta (5,) or many (B, 5)."""
-    th = np.asarray(theta, float)
-    p = chinchilla_params(th)
-    return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
-
-
-def _bootstrap(pts: Points, y, loss_res, forms, n_boot, seed, delta, boot_starts) -> dict:
-    """Both steps refitted on n_boot resamples, the same resamples for both (multinomial counts)."""
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    W = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+def _bootstrap(pts: Points, y, ms, forms, n_boot, seed, delta, boot_starts) -> dict:
+    """Both steps refitted on n_boot resamples, the same resamples for both (row counts)."""
+    W = resample_counts(len(y), n_boot, seed)
     res = {}
-    if loss_res is not None:
-        X = np.column_stack([np.log(pts.N), np.log(pts.D)])
-        res["loss"], _ = bootstrap_lse(X, np.log(pts.L), loss_res["_fit"], n_boot, seed, n_starts=boot_starts,
-                                       delta=delta, weights=W)
+    if ms is not None:
+        res["loss"] = chinchilla.refit(pts, ms, W, boot_starts, delta)
     for f in forms:
         th = np.full((n_boot, len(PARAM_NAMES[f])), np.nan)
         for i in range(n_boot):
