@@ -86,29 +86,40 @@ def peak_allocated(fn) -> int:
     return peak
 
 
-def measure_activations(cfg: Config, micro: int) -> int:
+# precision modes as the trainer runs them: (train.precision, weights cast to bf16, forward under autocast)
+PRECISIONS = {"fp32": ("fp32", False, False),
+              "bf16": ("bf16", True, False),  # DeepSpeed's bf16 (ZeRO-1/2/3, pipeline on ZeRO-1)
+              "bf16-autocast": ("bf16", False, True)}  # ZeRO-0 bf16: fp32 weights, torch autocast
+
+
+def measure_activations(cfg: Config, micro: int, mode: str = "fp32") -> int:
     from llmtrain.model.gpt import GPT
     from llmtrain.train.engine import enable_activation_checkpointing
 
+    _, cast, autocast = PRECISIONS[mode]
     model = GPT(cfg.model, seed=0)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.train.precision]
-    model = model.to(dtype)
+    if cast:
+        model = model.to(torch.bfloat16)
     if cfg.train.activation_checkpointing:
         enable_activation_checkpointing(model.blocks)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.model.vocab_size, (micro, cfg.train.seq_len + 1), generator=g)
 
     def step():
-        model(x[:, :-1], x[:, 1:]).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # as DeepSpeed's torch_autocast
+            loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
 
     step()  # the gradients exist from here on, as in training
     return peak_allocated(step)
 
 
-def planned_activations(cfg: Config, micro: int) -> int:
+def planned_activations(cfg: Config, micro: int, mode: str = "fp32") -> int:
     from llmtrain.scaling.memory import Layout, activation_bytes, stage_params
 
-    ds = {"train_micro_batch_size_per_gpu": micro, "zero_optimization": {"stage": 0}}
+    _, cast, autocast = PRECISIONS[mode]
+    ds = {"train_micro_batch_size_per_gpu": micro, "zero_optimization": {"stage": 0}, "bf16": {"enabled": cast},
+          "torch_autocast": {"enabled": autocast}}
     lay = Layout.of(cfg, ds, 1, "cpu")
     return activation_bytes(cfg, lay, stage_params(cfg)[0], micro, cfg.train.activation_checkpointing, "cpu")
 
@@ -117,13 +128,13 @@ def activations(args) -> list[dict]:
     torch.set_num_threads(1)
     rows = []
     for name, model in OPTION_SETS:
-        for precision in ("fp32", "bf16"):
+        for precision in PRECISIONS:
             for ckpt in (False, True):
                 for micro, T in ((2, 128), (4, 256)):
-                    cfg = config([*model, f"model.seq_len={T}", f"train.precision={precision}",
+                    cfg = config([*model, f"model.seq_len={T}", f"train.precision={PRECISIONS[precision][0]}",
                                   f"train.activation_checkpointing={str(ckpt).lower()}"])
-                    measured = measure_activations(cfg, micro)
-                    planned = planned_activations(cfg, micro)
+                    measured = measure_activations(cfg, micro, precision)
+                    planned = planned_activations(cfg, micro, precision)
                     row = {"model": name, "precision": precision, "checkpointing": ckpt, "micro": micro, "T": T,
                            "measured_mib": measured / MiB, "planned_mib": planned / MiB,
                            "planned_over_measured": planned / measured}

@@ -41,8 +41,12 @@ def dense_parts(engine, zero: int) -> dict:
     parts = {}
     real_step = opt.step
 
+    bf16_opt = hasattr(opt, "fp32_groups_gradients_flat")  # DeepSpeed's BF16_Optimizer (ZeRO-1 bf16, fp32 accumulation)
+
     def step(*args, **kwargs):  # the gradients as the optimizer's step finds them
-        if zero == 0:
+        if bf16_opt:
+            parts["grads32"] = nbytes(opt.fp32_groups_gradients_flat)
+        elif zero == 0:
             parts["grads16"] = nbytes(p.grad for p in module.parameters() if p.grad is not None)
         elif zero in (1, 2):  # the buffers under the partition's gradients (ZeRO-1: whole gradients)
             parts["grads16"] = storages(t for ts in opt.averaged_gradients.values() for t in ts)
@@ -53,14 +57,20 @@ def dense_parts(engine, zero: int) -> dict:
     opt.step = step
     engine.backward(engine(x[:, :-1], x[:, 1:]))
     engine.step()
-    if zero == 0:
+    if bf16_opt:
+        parts["params16"] = nbytes(opt.bf16_groups_flat)
+        parts["master"] = nbytes(opt.fp32_groups_flat_partition)
+        parts["moments"] = moments(opt.optimizer)
+    elif zero == 0:
         parts["params16"] = nbytes(module.parameters())
     elif zero in (1, 2):
         parts["params16"] = nbytes(opt.bit16_groups_flat)
     else:
         parts["params16"] = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in module.parameters())
         parts["persistent"] = sum(p.ds_numel * p.ds_tensor.element_size() for p in module.parameters() if p.ds_persist)
-    if zero == 0:
+    if bf16_opt:
+        pass
+    elif zero == 0:
         basic = getattr(opt, "optimizer", opt)
         parts["moments"] = moments(basic)
         if hasattr(opt, "fp32_groups"):  # DeepSpeed's fp16/bf16 optimizer without ZeRO
@@ -80,14 +90,26 @@ def pipeline_parts(engine, vocab: int) -> dict:
     batches = iter([(x[:, :-1], x[:, 1:]) for x in [torch.randint(0, vocab, (engine.train_micro_batch_size_per_gpu(),
                                                                              17), generator=g)
                                                     for _ in range(engine.gradient_accumulation_steps())]])
+    opt, parts = engine.optimizer, {}
+    if not hasattr(opt, "optimizer"):  # no DeepSpeed wrapper (fp32, or bf16 under autocast): the gradients at the step
+        real_step = opt.step
+
+        def step(*args, **kwargs):
+            parts["grads16"] = nbytes(p.grad for p in engine.module.parameters() if p.grad is not None)
+            return real_step(*args, **kwargs)
+
+        opt.step = step
     engine.train_batch(batches)
-    opt = engine.optimizer
-    parts = {"params16": nbytes(opt.bit16_groups_flat if hasattr(opt, "bit16_groups_flat") else
-                                opt.bf16_groups_flat),
-             "moments": moments(opt.optimizer)}
-    parts["master"] = nbytes(getattr(opt, "single_partition_of_fp32_groups", None) or opt.fp32_groups_flat_partition)
-    if hasattr(opt, "fp32_groups_gradients_flat"):
-        parts["grads32"] = nbytes(opt.fp32_groups_gradients_flat)
+    if not hasattr(opt, "optimizer"):
+        parts.update(params16=nbytes(engine.module.parameters()), moments=moments(opt))
+    else:
+        parts["params16"] = nbytes(opt.bit16_groups_flat if hasattr(opt, "bit16_groups_flat") else
+                                   opt.bf16_groups_flat)
+        parts["moments"] = moments(opt.optimizer)
+        parts["master"] = nbytes(getattr(opt, "single_partition_of_fp32_groups", None) or
+                                 opt.fp32_groups_flat_partition)
+        if hasattr(opt, "fp32_groups_gradients_flat"):
+            parts["grads32"] = nbytes(opt.fp32_groups_gradients_flat)
     parts["stage_params"] = sum(p.numel() for p in engine.module.parameters())
     return parts
 

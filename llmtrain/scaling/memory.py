@@ -52,7 +52,7 @@ class Layout:
     zero: int
     dp: int  # data-parallel ranks (the ZeRO partition count)
     stages: int
-    lp: int  # bytes per parameter and activation in the compute precision
+    lp: int  # bytes per parameter as DeepSpeed holds it (2 under its bf16/fp16, else 4)
     acc: int  # bytes per gradient element as accumulated (data_types.grad_accum_dtype, else lp)
     offload_optimizer: bool
     offload_params: bool
@@ -66,12 +66,17 @@ class Layout:
     micro: int
     gas: int  # gradient accumulation steps
     lazy_buffers: bool = False  # CPU: a bucket's pages are resident only once written
+    autocast: bool = False  # fp32 weights, the forward and backward under torch autocast to bf16 (ZeRO-0 bf16)
 
     @classmethod
     def of(cls, cfg: Config, ds: dict, world: int, device_type: str = "cuda") -> Layout:
         z = ds.get("zero_optimization") or {}
         stage = int(z.get("stage", 0))
-        lp = BYTES[cfg.train.precision]
+        # the precision sections build_ds_config derives (train/ds_config.set_precision); a DeepSpeed
+        # JSON without them: train.precision for the weights and the activations alike
+        derived = any(k in ds for k in ("bf16", "fp16", "torch_autocast"))
+        half = any((ds.get(k) or {}).get("enabled") for k in ("bf16", "fp16"))
+        lp = (2 if half else 4) if derived else BYTES[cfg.train.precision]
         acc = (ds.get("data_types") or {}).get("grad_accum_dtype")
         dp = world // cfg.parallel.pipeline_stages
         micro = int(ds.get("train_micro_batch_size_per_gpu") or cfg.train.micro_batch_size
@@ -88,7 +93,21 @@ class Layout:
             max_live=int(float(z.get("stage3_max_live_parameters", 1e9))),
             reuse_distance=int(float(z.get("stage3_max_reuse_distance", 1e9))),
             micro=micro, gas=max(1, cfg.train.global_batch_size // (micro * dp)), lazy_buffers=device_type != "cuda",
+            autocast=bool((ds.get("torch_autocast") or {}).get("enabled")),
         )
+
+    @property
+    def act(self) -> int:
+        """Bytes per activation element: the compute precision (autocast computes in bf16)."""
+        return 2 if self.autocast else self.lp
+
+    @property
+    def bf16_optimizer(self) -> bool:
+        """DeepSpeed picks its BF16_Optimizer (bf16 weights, fp32 master partitions, whole flat
+        gradients in the accumulation dtype): ZeRO-1 accumulating bf16 in fp32 without offload,
+        and the pipeline on ZeRO-0 in bf16."""
+        return self.lp == 2 and ((self.zero == 1 and self.acc == 4 and not self.offload_optimizer)
+                                 or (self.zero == 0 and self.stages > 1))
 
     def bucket(self, elements: int, numel: int) -> int:
         """Elements of a communication bucket that take memory: all on a GPU; on CPU only what the
@@ -208,7 +227,8 @@ class MemoryPlan:
         lay, s = self.layout, self.states
         off = [w for w, on in (("optimizer", lay.offload_optimizer), ("parameters", lay.offload_params)) if on]
         head = (f"memory per rank: ZeRO-{lay.zero}, {lay.dp} data-parallel x {lay.stages} pipeline stage(s), "
-                f"{'fp32' if lay.lp == 4 else '16-bit'} compute, micro-batch {lay.micro}"
+                f"{'fp32' if lay.act == 4 else '16-bit'} compute{' (autocast)' if lay.autocast else ''}, "
+                f"micro-batch {lay.micro}"
                 + (f", {' and '.join(off)} offloaded to the host" if off else ""))
         ckpt = "on" if self.checkpointing else "off"
         rows = [
@@ -321,7 +341,7 @@ def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
     numel = sp.numel
     st = States(accumulating=lay.gas > 1)
     opt = "host" if lay.offload_optimizer else "optimizer"
-    if lay.zero == 0 and not (lay.stages > 1 and lp == 2):
+    if lay.zero == 0 and not lay.bf16_optimizer:
         st.add("params", "params16", lp * numel)
         st.add("grads", "grads16", lp * numel, "backward")
         if lp != 4:  # DeepSpeed's fp16 optimizer: fp32 master copies, fp32 gradients made at the step
@@ -330,18 +350,26 @@ def model_states(sp: StageParams, lay: Layout, rank: int = 0) -> States:
         st.add("optimizer", "moments", 8 * numel)
         st.add("buffers", "allreduce_flat", lp * min(numel, ALLREDUCE_BUCKET), "step")  # flattened for it
         return st
-    if lay.zero in (0, 1, 2):  # ZeRO-1/2, and the pipeline's bf16 optimizer (ZeRO-1-like partitions)
-        flats = [flat_partition(g, N) for g in sp.groups]
-        flat, part = sum(f for f, _ in flats), sum(p for _, p in flats)
+    flats = [flat_partition(g, N) for g in sp.groups]
+    flat, part = sum(f for f, _ in flats), sum(p for _, p in flats)
+    if lay.bf16_optimizer:  # ZeRO-1-like partitions of the optimizer, the gradients whole
         st.add("params", "params16", lp * flat)
-        if lay.zero == 0:
-            st.add("grads", "grads32", acc * flat)  # BF16_Optimizer's flat gradient accumulator, whole
-        elif lay.zero == 1 or not lay.offload_optimizer:  # ZeRO-1: whole gradients; ZeRO-2: those in the partition
-            st.add("grads", "grads16", lp * (numel if lay.zero == 1 else
-                                             sum(params_in_partition(g, N, rank) for g in sp.groups)), "backward")
-        else:  # ZeRO-2 offload: one parameter's gradient at a time on its way to the host
-            st.add("grads", "grads16", lp * sp.largest_param, "backward")
-        if lay.zero > 0:
+        st.add("grads", "grads32", acc * flat)  # BF16_Optimizer's flat gradient accumulator, whole
+        st.add(opt, "master", 4 * part)
+        st.add(opt, "moments", 8 * part)
+        return st
+    if lay.zero in (1, 2):
+        st.add("params", "params16", lp * flat)
+        if lay.zero == 2 and acc > lp and not lay.offload_optimizer:
+            # fp32 accumulation of bf16 on ZeRO-2: each reduced gradient lands in an fp32 partition buffer,
+            # which the step reads as it is
+            st.add("grads", "grads16", acc * part, "backward")
+        else:
+            if lay.zero == 1 or not lay.offload_optimizer:  # ZeRO-1: whole gradients; ZeRO-2: those in the partition
+                st.add("grads", "grads16", (acc if lay.zero == 1 else lp) * (
+                    numel if lay.zero == 1 else sum(params_in_partition(g, N, rank) for g in sp.groups)), "backward")
+            else:  # ZeRO-2 offload: one parameter's gradient at a time on its way to the host
+                st.add("grads", "grads16", lp * sp.largest_param, "backward")
             st.add("host" if lay.offload_optimizer else "grads", "grads32", 4 * part, "step")
         st.add(opt, "master", 4 * part)
         st.add(opt, "moments", 8 * part)
@@ -424,7 +452,7 @@ def in_flight_micro_batches(sp: StageParams, lay: Layout) -> int:
 def activation_bytes(cfg: Config, lay: Layout, sp: StageParams, micro: int, checkpointing: bool,
                      device_type: str) -> int:
     """Peak activation memory of one rank holding ``sp`` for micro-batches of ``micro`` windows."""
-    m, T, lp = cfg.model, cfg.train.seq_len, lay.lp
+    m, T, lp = cfg.model, cfg.train.seq_len, lay.act
     tokens = micro * T
     per, pairs = block_bytes(cfg, lp, device_type)
     block = tokens * per + micro * T * T * pairs
@@ -443,9 +471,29 @@ def activation_bytes(cfg: Config, lay: Layout, sp: StageParams, micro: int, chec
         grads = lp * tokens * (m.d_model + hidden) + lp * m.d_model * max(hidden, m.d_model + 2 * m.kv_heads *
                                                                           (m.d_model // m.n_head))
         peak = max(peak, stored + grads + (block if checkpointing else 0))
-    if lay.stages > 1:  # the pipeline's send and receive buffers of hidden states
-        peak += 2 * max(2, in_flight) * lp * tokens * m.d_model
+    if lay.autocast:
+        peak = autocast_peak(cfg, sp, peak, stored, tokens * in_flight, checkpointing)
+    if lay.stages > 1:  # the pipeline's send and receive buffers of hidden states (fp32 under autocast)
+        peak += 2 * max(2, in_flight) * (4 if lay.autocast else lp) * tokens * m.d_model
     return peak
+
+
+def autocast_peak(cfg: Config, sp: StageParams, peak: int, stored: int, tokens: int, checkpointing: bool) -> int:
+    """The activation peak under torch autocast (fp32 weights, bf16 compute), from the bf16 one:
+    the residual stream stays fp32 (2 more bytes per element where a block saves it), and autocast
+    keeps a bf16 copy of every weight a matrix product reads until the forward pass ends, each
+    saved for the backward pass unless checkpointed (a checkpointed block casts its weights again
+    when recomputed; the forward pass then peaks in its last block's MLP, every weight cast)."""
+    m = cfg.model
+    d, kv = m.d_model, m.kv_heads * (m.d_model // m.n_head)
+    block_w = d * (d + 2 * kv) + d * d + (3 if m.mlp == "swiglu" else 2) * d * m.ffn_dim
+    head_w = m.vocab_size * d if sp.last else 0
+    residual = 2 * tokens * d * sp.n_blocks * (1 if checkpointing or m.parallel_residual else 2)
+    if not checkpointing:
+        return peak + residual + 2 * (sp.n_blocks * block_w + head_w)
+    mlp = 2 * tokens * (2 * d + (3 if m.mlp == "swiglu" else 2) * m.ffn_dim) if sp.n_blocks else 0
+    forward = stored + residual + 2 * (sp.n_blocks * block_w + head_w) + mlp
+    return max(peak + residual + 2 * (head_w + (block_w if sp.n_blocks else 0)), forward)
 
 
 def _mup(cfg: Config) -> bool:
