@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from trainutil import REPO, SMALL, assert_one_line_error, run_deepspeed, run_python, train_losses
+from trainutil import REPO, SMALL, assert_one_line_error, run_python, run_torchrun, train_losses
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
 
+@pytest.mark.slow
 def test_shorter_window_on_every_layout(token_data, tmp_path):
     """Windows of 32 tokens on a model of 64 positions: ZeRO-0 x1, ZeRO-2 x2, ZeRO-3 x2 (built
     partitioned) and pipeline x2 give the same losses; the first is the initial model's loss on the
@@ -26,9 +27,9 @@ def test_shorter_window_on_every_layout(token_data, tmp_path):
     common = [f"data.prefix={token_data}", *SMALL, "train.seq_len=32", "train.max_steps=3"]
     runs = {
         "zero0": run_python([PRETRAIN, "--run-dir", tmp_path / "zero0", *common]),
-        **{z: run_deepspeed(2, "--deepspeed_config", REPO / f"ds_configs/{z}.json", "--run-dir", tmp_path / z, *common)
+        **{z: run_torchrun(2, "--deepspeed_config", REPO / f"ds_configs/{z}.json", "--run-dir", tmp_path / z, *common)
            for z in ("zero2", "zero3")},
-        "pipe": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", tmp_path / "pipe",
+        "pipe": run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", tmp_path / "pipe",
                               *common, "parallel.pipeline_stages=2"),
     }
     for name, r in runs.items():
@@ -54,12 +55,14 @@ def test_shorter_window_on_every_layout(token_data, tmp_path):
     assert ev["seq_len"] == 32 and ev["loss"] == pytest.approx(s["final_valid_loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_window_longer_than_the_positions_is_refused(token_data, tmp_path):
     r = run_python([PRETRAIN, "--run-dir", tmp_path / "run", f"data.prefix={token_data}", *SMALL, "train.seq_len=65"])
     assert_one_line_error(r, "train.seq_len=65", "64 positions (model.seq_len)")
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_long_context_model_on_a_short_window(token_data, tmp_path):
     """A Llama-3.1-style model (rotary with llama3 scaling, 131072 positions, grouped-query heads)
     trains on 32-token windows: nothing is sized by the positions but a learned table."""
@@ -85,3 +88,36 @@ def test_only_a_learned_table_grows_with_the_positions(pos):
         return sum(t.numel() for t in [*m.parameters(), *m.buffers()])
 
     assert size(131072) - size(64) == (32 * (131072 - 64) if pos == "learned" else 0)
+
+
+def test_a_bf16_piece_is_initialised_as_an_fp32_one_cast():
+    """ZeRO-3 under zero.Init holds bf16 parameters: each piece is initialised on fp32 stand-ins
+    (llmtrain.train.engine.init_in_fp32), so it gets the fp32 draw cast to bf16, as every other
+    layout does; a draw straight into bf16 gives other weights (for tensors of sizes that are not
+    multiples of 16, torch's vectorised bf16 draw)."""
+    from llmtrain.config import ModelConfig
+    from llmtrain.model.gpt import GPT, init_weights
+    from llmtrain.train.engine import init_in_fp32
+
+    cfg = ModelConfig(n_layer=1, d_model=40, n_head=4, vocab_size=509, seq_len=16)  # sizes not multiples of 16
+    ref = GPT(cfg, seed=0)
+    init_weights(ref, cfg, 7)
+    want = {k: v.detach().bfloat16() for k, v in ref.named_parameters()}
+    piece = GPT(cfg, seed=0).bfloat16()
+    init_weights(piece, cfg, 7)
+    assert any(not torch.equal(v, want[k]) for k, v in piece.named_parameters())
+    init_in_fp32(piece, cfg, 7)
+    got = dict(piece.named_parameters())
+    assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.slow
+def test_zero3_built_partitioned_in_bf16_starts_from_the_same_weights(token_data, tmp_path):
+    """bf16: ZeRO-3 x2 (built under zero.Init) and ZeRO-2 x2 (built whole, then cast) log the same
+    first-step loss: the same bf16 weights on the same batch."""
+    odd = ["model.d_model=36", "model.d_ff=99"]  # MLP weights of 3,564 elements: a bf16 draw differs from fp32's
+    common = [f"data.prefix={token_data}", *SMALL, *odd, "train.precision=bf16", "train.max_steps=1"]
+    for z in ("zero2", "zero3"):
+        r = run_torchrun(2, "--deepspeed_config", REPO / f"ds_configs/{z}.json", "--run-dir", tmp_path / z, *common)
+        assert r.returncode == 0, (z, r.stderr[-3000:])
+    assert train_losses(tmp_path / "zero3") == train_losses(tmp_path / "zero2")

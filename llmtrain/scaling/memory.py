@@ -42,6 +42,7 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 ALLREDUCE_BUCKET = 500_000_000  # elements DeepSpeed flattens per gradient all-reduce without ZeRO (fixed)
 LOSS_BYTES_PER_LOGIT = 12  # fp32 log-softmax saved + its gradient + the logits' gradient, at the backward's start
+LOGIT_FORWARD_BYTES = 10  # the loss in the forward pass: bf16 logits, their fp32 copy, the fp32 log-softmax saved
 Z_LOSS_BYTES_PER_LOGIT = 8  # z-loss: the fp32 logits logsumexp saves, and its gradient (measured on CPU)
 
 
@@ -483,7 +484,8 @@ def autocast_peak(cfg: Config, sp: StageParams, peak: int, stored: int, tokens: 
     the residual stream stays fp32 (2 more bytes per element where a block saves it), and autocast
     keeps a bf16 copy of every weight a matrix product reads until the forward pass ends, each
     saved for the backward pass unless checkpointed (a checkpointed block casts its weights again
-    when recomputed; the forward pass then peaks in its last block's MLP, every weight cast)."""
+    when recomputed; the forward pass then peaks, every weight cast, in its last block's MLP or in
+    the loss)."""
     m = cfg.model
     d, kv = m.d_model, m.kv_heads * (m.d_model // m.n_head)
     block_w = d * (d + 2 * kv) + d * d + (3 if m.mlp == "swiglu" else 2) * d * m.ffn_dim
@@ -492,7 +494,9 @@ def autocast_peak(cfg: Config, sp: StageParams, peak: int, stored: int, tokens: 
     if not checkpointing:
         return peak + residual + 2 * (sp.n_blocks * block_w + head_w)
     mlp = 2 * tokens * (2 * d + (3 if m.mlp == "swiglu" else 2) * m.ffn_dim) if sp.n_blocks else 0
-    forward = stored + residual + 2 * (sp.n_blocks * block_w + head_w) + mlp
+    # the loss, computed inside the forward pass: bf16 logits, their fp32 copy and the saved log-softmax
+    loss = LOGIT_FORWARD_BYTES * tokens * m.vocab_size if sp.last else 0
+    forward = stored + residual + 2 * (sp.n_blocks * block_w + head_w) + max(mlp, loss)
     return max(peak + residual + 2 * (head_w + (block_w if sp.n_blocks else 0)), forward)
 
 

@@ -33,7 +33,7 @@ def build_partitioned(cfg: Config, ds_config: dict, state: dict | None):
     import deepspeed
     import torch.distributed as dist
 
-    from llmtrain.model.gpt import GPT, init_weights, piece_seed
+    from llmtrain.model.gpt import GPT, piece_seed
     from llmtrain.train.dist import broadcast_object
 
     rank0 = dist.get_rank() == 0
@@ -49,11 +49,29 @@ def build_partitioned(cfg: Config, ds_config: dict, state: dict | None):
             if not rank0:
                 continue
             if state is None:
-                init_weights(piece, cfg.model, piece_seed(cfg.train.seed, i))
+                init_in_fp32(piece, cfg.model, piece_seed(cfg.train.seed, i))
                 continue
             for name, p in params.items():
                 p.copy_(state.pop(prefix + name))  # copied: rank 0 lets go of it
     return model
+
+
+def init_in_fp32(piece, cfg, seed: int) -> None:
+    """init_weights on fp32 stand-ins of ``piece``'s parameters, copied back into them: under
+    bf16, zero.Init makes the parameters bf16, and a draw straight into bf16 differs from the fp32
+    draw every other layout makes and then casts."""
+    from llmtrain.model.gpt import init_weights
+
+    params = [p for p in piece.parameters() if p.dtype != torch.float32]
+    held = [p.data for p in params]
+    for p in params:
+        p.data = p.data.float()  # what init leaves alone (the norms' ones) keeps its value
+    try:
+        init_weights(piece, cfg, seed)
+    finally:
+        for p, h in zip(params, held):
+            h.copy_(p.data)
+            p.data = h
 
 
 def mismatched_weight(cfg: Config, state: dict) -> str | None:
