@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainutil import REPO, SMALL, run_deepspeed, train_losses
+from trainutil import REPO, SMALL, run_torchrun, train_losses
 
 # where each shipped config is trained by the tests
 TRAINED_BY = {
@@ -23,10 +23,11 @@ def test_every_shipped_config_is_trained_by_a_test():
     assert sorted(p.name for p in (REPO / "ds_configs").glob("*.json")) == sorted(TRAINED_BY)
 
 
+@pytest.mark.slow
 def test_offload_and_pipeline_configs_train(token_data, tmp_path):
     common = [f"data.prefix={token_data}", *SMALL, "train.max_steps=2", "checkpoint.save_final=false"]
-    runs = {name: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / name, "--run-dir", tmp_path / name,
-                                *common, *(["parallel.pipeline_stages=2"] if name == "pipeline.json" else []))
+    runs = {name: run_torchrun(2, "--deepspeed_config", REPO / "ds_configs" / name, "--run-dir", tmp_path / name,
+                               *common, *(["parallel.pipeline_stages=2"] if name == "pipeline.json" else []))
             for name, where in TRAINED_BY.items() if where == "here"}
     for name, r in runs.items():
         assert r.returncode == 0, (name, r.stdout[-2000:], r.stderr[-2000:])

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from trainutil import REPO, assert_one_line_error, read_metrics, run_deepspeed, run_python
+from trainutil import REPO, assert_one_line_error, read_metrics, run_python, run_torchrun
 
 import transformers  # noqa: E402  (the test extra installs it)
 
@@ -20,6 +20,7 @@ from test_import_hf import _configs, _tokenizer  # noqa: E402
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
 
+@pytest.mark.slow
 def test_init_from_a_transformers_folder(tmp_path):
     hf = tmp_path / "llama"
     model = transformers.LlamaForCausalLM(_configs()["llama"]).eval()
@@ -52,7 +53,7 @@ def test_init_from_a_transformers_folder(tmp_path):
     assert summary["status"] == "finished" and summary["seq_len"] == 32 and summary["tokens"] == 2 * 4 * 32
 
     zero3 = tmp_path / "zero3"
-    r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", zero3, *common,
-                      "train.seq_len=32")
+    r = run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", zero3, *common,
+                     "train.seq_len=32")
     assert r.returncode == 0, r.stderr[-3000:]
     assert [x["loss"] for x in read_metrics(zero3) if "split" not in x] == pytest.approx(losses, abs=2e-5)
