@@ -53,6 +53,7 @@ def kill_one_rank(p: subprocess.Popen, nproc: int) -> None:
     p.wait(timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_bf16_killed_run_resumes_with_identical_losses(token_data, tmp_path, layout):
     nproc, ds, extra = LAYOUTS[layout]
@@ -169,6 +170,7 @@ print(json.dumps(kinds))
 '''
 
 
+@pytest.mark.slow
 def test_the_layout_free_state_round_trips_through_every_optimizer(tmp_path):
     """Saved by one of the optimizers a run can have (torch's AdamW alone under autocast,
     DeepSpeed's bf16 one without ZeRO, its bf16 one on ZeRO-1, ZeRO-2, ZeRO-3) and loaded into the next, then saved at

@@ -2,6 +2,7 @@
 resume; the profiler writes a trace of the steps asked for."""
 from __future__ import annotations
 
+import pytest
 import json
 
 from trainutil import REPO, SMALL, env, train_losses
@@ -17,6 +18,7 @@ def run_with_env(args, extra_env):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_continues_after_a_resume(token_data, tmp_path):
     run = tmp_path / "run"
     args = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, "log.wandb=true", "log.wandb_project=test"]
@@ -35,6 +37,7 @@ def test_wandb_offline_run_continues_after_a_resume(token_data, tmp_path):
     assert sorted(train_losses(run)) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_profiler_traces_the_steps_asked_for(token_data, tmp_path):
     run = tmp_path / "run"
     r = run_with_env(["--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=4",

@@ -516,6 +516,7 @@ def read_output(out):
     return docs
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, rng):
     src = str(tmp_path / "in")
     expected = make_corpus(src, rng)
@@ -551,6 +552,7 @@ def test_cli_end_to_end(tmp_path, rng):
     assert json.loads(r.stdout.strip().splitlines()[-1])["documents_out"] == len(expected)
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_counted_good_kept(tmp_path, rng):
     src = tmp_path / "in"
     src.mkdir()
@@ -594,6 +596,7 @@ def test_cli_bad_inputs_counted_good_kept(tmp_path, rng):
     assert any("w.warc.gz" in x for x in stats["warnings"])
 
 
+@pytest.mark.slow
 def test_resume_skips_done_shards_and_redoes_half_written(tmp_path, rng):
     src = tmp_path / "in"
     src.mkdir()
@@ -632,6 +635,7 @@ def test_task_partition_covers_each_input_once(tmp_path, rng):
         pipeline.partition(files, 3, 3)
 
 
+@pytest.mark.slow
 def test_tasks_then_dedup_equals_single_run(tmp_path, rng):
     src = str(tmp_path / "in")
     expected = make_corpus(src, rng)
@@ -651,6 +655,7 @@ def test_tasks_then_dedup_equals_single_run(tmp_path, rng):
     assert r.returncode == 2 and "--stage filter" in r.stderr
 
 
+@pytest.mark.slow
 def test_dedup_refuses_missing_shards(tmp_path, rng):
     src = tmp_path / "in"
     src.mkdir()
@@ -662,6 +667,7 @@ def test_dedup_refuses_missing_shards(tmp_path, rng):
     assert r.returncode == 2 and "1 of 2 shards have not finished" in r.stderr
 
 
+@pytest.mark.slow
 def test_zstd_jsonl_and_languages_flag(tmp_path, rng):
     import zstandard
 
@@ -731,6 +737,7 @@ def _without_seconds(stats):
     return stats
 
 
+@pytest.mark.slow
 def test_every_stage_as_three_tasks_equals_one_process(tmp_path, rng):
     """filter, buckets, clusters and write each run as 3 tasks (in reverse order): the same
     shards, byte for byte once decompressed, the same stats.json and removed/ samples."""
@@ -785,6 +792,7 @@ def test_near_dedup_buckets_split_by_key_range(tmp_path, rng):
         assert (got[0] == ref[0]).all() and (got[1] == ref[1]).all()
 
 
+@pytest.mark.slow
 def test_datasets_folder_and_parquet_columns(tmp_path, rng):
     """A save_to_disk folder with columns content/url and a Parquet file with a `body` column
     go through clean with --text-key/--id-key; a missing column is one line, nothing written."""
@@ -836,6 +844,7 @@ echo $RANDOM
 """
 
 
+@pytest.mark.slow
 def test_slurm_script_runs_the_stages_as_dependent_arrays(tmp_path, rng):
     src = str(tmp_path / "in")
     expected = make_corpus(src, rng)

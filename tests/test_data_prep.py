@@ -120,6 +120,7 @@ def test_every_document_round_trips_with_one_eod(tokenized, tokenizer, corpus):
     assert int((IndexedDataset(f"{prefix}_train").tokens == eod).sum()) == len(expected["train"])
 
 
+@pytest.mark.slow
 def test_split_is_deterministic(tokenized, tokenizer, corpus, tmp_path):
     prefix, manifest = tokenized
     root, _ = corpus
@@ -159,6 +160,7 @@ def run_cli(script, *args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(corpus, tmp_path):
     root, docs = corpus
     r = run_cli("train_tokenizer.py", "--input", root / "c.jsonl", root / "a.jsonl.gz", "--vocab-size", 300,
@@ -179,6 +181,7 @@ def bad_line_corpus(tmp_path):
     return p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["malformed_line", "missing_input", "missing_tokenizer", "no_text_field"])
 def test_cli_bad_input_is_one_line(case, corpus, tokenizer, tmp_path):
     root, _ = corpus

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainutil import REPO, SMALL, assert_one_line_error, run_deepspeed, run_python, train_losses
+from trainutil import REPO, SMALL, assert_one_line_error, run_python, run_torchrun, train_losses
 
 from llmtrain.config import ModelConfig
 from llmtrain.model.gpt import GPT, Documents, document_attention, flex_document_attention
@@ -46,6 +46,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_a_token_does_not_depend_on_the_previous_document(name):
     m = model(**OPTIONS[name])
@@ -93,6 +94,7 @@ def one_process_group(monkeypatch):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [0, 1])
 def test_a_pipeline_stage_makes_the_masks_once_per_micro_batch(one_process_group, monkeypatch, checkpointing):
     """A real PipelineModule stage holding the embedding and every block: one Documents and one
@@ -130,6 +132,7 @@ def test_a_pipeline_stage_makes_the_masks_once_per_micro_batch(one_process_group
     torch.testing.assert_close(grad, plain.blocks[0].attn.qkv.weight.grad, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv", [4, 2, 1])
 def test_flex_attention_kernel_matches_the_dense_mask(kv):
     """The GPU path (flex attention with the block mask, here its eager reference on CPU) gives what
@@ -171,6 +174,7 @@ def short_docs(token_data, tmp_path_factory) -> str:
     return str(out / "short")
 
 
+@pytest.mark.slow
 def test_document_masking_on_every_layout(short_docs, tmp_path):
     """ZeRO-0 x1, ZeRO-2 x2, ZeRO-3 x2 and pipeline x2 (the last two with activation checkpointing)
     give the same masked losses, which differ from the unmasked run's; evaluate.py reproduces the
@@ -181,11 +185,11 @@ def test_document_masking_on_every_layout(short_docs, tmp_path):
     runs = {
         "single": lambda d: run_python([PRETRAIN, "--run-dir", d, *masked]),
         "unmasked": lambda d: run_python([PRETRAIN, "--run-dir", d, *common]),
-        "zero2": lambda d: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", d,
+        "zero2": lambda d: run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", d,
                                          *masked),
-        "zero3": lambda d: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", d,
+        "zero3": lambda d: run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", d,
                                          *masked, ckpt),
-        "pipe": lambda d: run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", d,
+        "pipe": lambda d: run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", d,
                                         *masked, ckpt, "parallel.pipeline_stages=2", "checkpoint.save_final=true"),
     }
     losses = {}
@@ -208,6 +212,7 @@ def test_document_masking_on_every_layout(short_docs, tmp_path):
     assert evaluate(tmp_path / "pipe", batches=2, progress=False)["loss"] == pytest.approx(final, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_data_without_an_end_of_document_token_is_one_line(token_data, tmp_path):
     """A manifest that records no eod_token_id, whose tokenizer lacks its eod_token."""
     src = Path(token_data)

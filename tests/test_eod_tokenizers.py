@@ -111,6 +111,7 @@ def test_train_tokenizer_with_another_eod(corpus, tmp_path):
     assert tok.token_to_id(END) == 0 and tok.token_to_id("<|endoftext|>") is None
 
 
+@pytest.mark.slow
 def test_unknown_eod_token_cli(corpus, llama_style, tmp_path):
     r = run_python([REPO / "data_prep" / "tokenize_corpus.py", "--input", corpus[0], "--tokenizer", llama_style,
                     "--output-prefix", tmp_path / "o", "--eod-token", "</s>"])
@@ -118,6 +119,7 @@ def test_unknown_eod_token_cli(corpus, llama_style, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_end_of_text_shards_train_and_evaluate(corpus, llama_style, tmp_path):
     """Two tasks + merge with <|end_of_text|>, 3 training steps, then evaluate.py on the merged
     valid split (several shards)."""

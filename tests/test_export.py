@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from trainutil import REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, run_python
+from trainutil import REPO, SMALL, assert_one_line_error, env, run_python, torchrun_cmd
 
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
@@ -46,7 +46,7 @@ def runs(token_data, tmp_path_factory):
     for name in ("zero3", "pipe"):
         launch, opts, _ = LAYOUTS[name]
         logs[name] = open(base / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(deepspeed_cmd(2, *launch, "--run-dir", base / name, *common, *opts), cwd=REPO,
+        procs[name] = subprocess.Popen(torchrun_cmd(2, *launch, "--run-dir", base / name, *common, *opts), cwd=REPO,
                                        env=env(), stdout=logs[name], stderr=subprocess.STDOUT)
     r = run_python([PRETRAIN, "--run-dir", base / "single", *common, *LAYOUTS["single"][1]])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -81,6 +81,7 @@ def valid_windows(run: Path, n: int = 2) -> torch.Tensor:
     return torch.from_numpy(np.stack([ds.tokens[j * T: j * T + T] for j in range(n)]).astype(np.int64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_exported_model_gives_our_logits(layout, runs, exports):
     from transformers import AutoModelForCausalLM
@@ -103,6 +104,7 @@ def test_exported_model_gives_our_logits(layout, runs, exports):
     assert record["step"] == rec["step"] == 2 and record["max_abs_logit_diff"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_every_representable_option_set_maps_exactly(tmp_path):
     """All 32 option sets with random weights (biases and norm weights perturbed so a dropped or
     misplaced one shows): representable ones round-trip through save/load with our logits, the
@@ -147,6 +149,7 @@ def test_every_representable_option_set_maps_exactly(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_exported_tokenizer_encodes_like_ours(runs, exports):
     from transformers import AutoTokenizer
 
@@ -173,6 +176,7 @@ def test_exported_tokenizer_encodes_like_ours(runs, exports):
         assert hf.decode(want) == t
 
 
+@pytest.mark.slow
 def test_unrepresentable_model_is_refused(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["single"], run)
@@ -185,6 +189,7 @@ def test_unrepresentable_model_is_refused(runs, tmp_path):
     assert not (tmp_path / "hf").exists() and [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line(runs, exports, tmp_path):
     from llmtrain.checkpoint.hf import export
     from llmtrain.checkpoint.load import ExportError
@@ -215,6 +220,7 @@ def test_bad_input_gives_one_line(runs, exports, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow
 def test_generate_is_deterministic_for_a_seed(runs, exports):
     args = [GENERATE, runs["single"], "--prompt", "The function", "--max-new-tokens", "12", "--num-samples", "2",
             "--top-k", "50", "--top-p", "0.95", "--json"]
@@ -240,6 +246,7 @@ def test_generate_is_deterministic_for_a_seed(runs, exports):
     assert sample(model, ctx, 12, temperature=0.0) == [want]
 
 
+@pytest.mark.slow
 def test_evaluate_matches_the_trainers_valid_loss(runs, tmp_path):
     """--batches train.eval_batches with the run's global batch evaluates exactly the windows the
     trainer's final validation used, with the same weights in fp32: only the order of the fp32
@@ -287,6 +294,7 @@ def test_evaluate_matches_the_trainers_valid_loss(runs, tmp_path):
     assert small["windows"] == small["windows_available"] == (sum(len(ds[i]) for i in range(3)) - 1) // 64 >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_consolidated_file_holds_only_tensors_and_is_taken_by_every_command(runs, tmp_path, suffix):
     """python launcher/consolidate.py (pipeline checkpoint) → a file that torch.load(weights_only=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python, train_losses
+from trainutil import (REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python, run_torchrun,
+                       train_losses)
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
@@ -40,6 +41,7 @@ def schedule_position(step_dir: Path) -> int:
     return torch.load(f, map_location="cpu", weights_only=False)["lr_scheduler"]["last_epoch"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_non_finite_steps_never_move_the_weights(token_data, tmp_path, layout):
     """An absurd LR blows the model up. Each non-finite step is skipped: the weights after it are
@@ -69,6 +71,7 @@ def test_non_finite_steps_never_move_the_weights(token_data, tmp_path, layout):
         assert schedule_position(ckpts / f"global_step{step}") == step, "the LR schedule follows the step"
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_breaks_exactness(token_data, tmp_path):
     """A relaunch with another global batch size, seed or data prefix, or of a run whose samples
     were read in an earlier order, is refused with one line naming the field or file (nothing in
@@ -101,16 +104,17 @@ def test_resume_refuses_what_breaks_exactness(token_data, tmp_path):
     assert json.loads((run / "data_manifest.json").read_text())["sample_order"] == 2
 
 
+@pytest.mark.slow
 def test_a_finished_run_launched_again_is_left_untouched(token_data, tmp_path):
     """Running the same command twice: the second says so in one line, exits 0, and changes no
     file of the finished run; on 2 ranks too."""
     for nproc in (1, 2):
         run = tmp_path / f"run{nproc}"
         args = ["--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=3"]
-        first = run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(2, *args)
+        first = run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(2, *args)
         assert first.returncode == 0, first.stderr[-2000:]
         files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-        again = run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(2, *args)
+        again = run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(2, *args)
         assert again.returncode == 0, again.stderr[-2000:]
         assert "already finished at step 3" in again.stdout
         assert "Traceback" not in again.stderr

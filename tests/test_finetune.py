@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python
+from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python, run_torchrun
 
 from llmtrain.data.indexed import IndexedDataset
 from llmtrain.data.manifest import Manifest
@@ -46,6 +46,7 @@ def pairs(token_data, tmp_path_factory) -> tuple[str, str]:
     return str(out / "ft"), tok
 
 
+@pytest.mark.slow
 def test_tokens_and_loss_mask(pairs):
     from tokenizers import Tokenizer
 
@@ -65,6 +66,7 @@ def test_tokens_and_loss_mask(pairs):
             assert tok.decode(t[:-n]).endswith("Answer:")
 
 
+@pytest.mark.slow
 def test_megatron_core_reads_the_tokens(pairs):
     import megatron.core.datasets.indexed_dataset as mid
     ours = IndexedDataset(f"{pairs[0]}_train")
@@ -74,6 +76,7 @@ def test_megatron_core_reads_the_tokens(pairs):
         np.testing.assert_array_equal(theirs[i], ours[i])
 
 
+@pytest.mark.slow
 def test_record_without_response_is_one_line_and_writes_nothing(pairs, tmp_path):
     src = write_pairs(tmp_path / "bad.jsonl", 5)
     lines = src.read_text().splitlines()
@@ -85,6 +88,7 @@ def test_record_without_response_is_one_line_and_writes_nothing(pairs, tmp_path)
     assert not list(tmp_path.glob("out*"))
 
 
+@pytest.mark.slow
 def test_mask_that_does_not_match_its_tokens_is_refused(pairs, tmp_path):
     import shutil
 
@@ -106,6 +110,7 @@ def counted_targets(prefix: str, seq_len: int, global_batch: int, steps: int) ->
     return [int((batch(w, s * global_batch, global_batch)[1] != -100).sum()) for s in range(steps)]
 
 
+@pytest.mark.slow
 def test_finetune_counts_only_the_response(pairs, tmp_path):
     """Prompts of random words, a fixed response: the logged loss falls near zero, which it could
     not if the prompt's tokens counted (evaluated without the mask, the same model's loss is high)."""
@@ -119,7 +124,7 @@ def test_finetune_counts_only_the_response(pairs, tmp_path):
     save_consolidated(GPT(cfg.model).state_dict(), {"model_config": cfg.to_dict()["model"], "step": 7, "tokens": 0,
                                                     "source": "test"}, model)
     run = tmp_path / "ft"
-    r = run_deepspeed(1, "--config", REPO / "configs" / "finetune_tiny.yaml", "--run-dir", run,
+    r = run_torchrun(1, "--config", REPO / "configs" / "finetune_tiny.yaml", "--run-dir", run,
                       f"data.prefix={prefix}", f"checkpoint.init_from={model}", *SMALL, "train.max_steps=50",
                       "train.eval_interval=0", "train.log_interval=5", "train.lr=1e-2", "train.schedule=constant",
                       "train.warmup_steps=5")
@@ -143,11 +148,12 @@ def test_finetune_counts_only_the_response(pairs, tmp_path):
     assert not unmasked["loss_mask"] and unmasked["loss"] > 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["zero3", "pipe"])
 def test_finetune_layouts(pairs, tmp_path, layout):
     prefix, _ = pairs
     ds, extra = (("zero3.json", []) if layout == "zero3" else ("zero1.json", ["parallel.pipeline_stages=2"]))
-    r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / ds, "--run-dir", tmp_path / layout,
+    r = run_torchrun(2, "--deepspeed_config", REPO / "ds_configs" / ds, "--run-dir", tmp_path / layout,
                       f"data.prefix={prefix}", *SMALL, "train.max_steps=3", "data.document_mask=true", *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [x for x in read_metrics(tmp_path / layout) if x.get("split") is None and x.get("loss") is not None]
@@ -155,6 +161,7 @@ def test_finetune_layouts(pairs, tmp_path, layout):
     assert all(np.isfinite(x["loss"]) for x in recs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["zero0_x1", "zero2_x2", "zero3_x2", "pipe_x2"])
 def test_every_counted_token_weighs_the_same(pairs, tmp_path, layout):
     """Micro-batches of 2 windows hold different numbers of response tokens; the step's loss (and
@@ -185,11 +192,11 @@ def test_every_counted_token_weighs_the_same(pairs, tmp_path, layout):
     args = ["--run-dir", tmp_path / layout, f"data.prefix={prefix}", *SMALL, "model.vocab_size=512",
             "train.max_steps=1", "train.micro_batch_size=2", "checkpoint.save_final=false", f"train.seed={seed}"]
     if layout == "zero0_x1":
-        r = run_deepspeed(1, *args)
+        r = run_torchrun(1, *args)
     elif layout in ("zero2_x2", "zero3_x2"):
-        r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / f"{layout[:5]}.json", *args)
+        r = run_torchrun(2, "--deepspeed_config", REPO / "ds_configs" / f"{layout[:5]}.json", *args)
     else:
-        r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs" / "zero1.json", *args,
+        r = run_torchrun(2, "--deepspeed_config", REPO / "ds_configs" / "zero1.json", *args,
                           "parallel.pipeline_stages=2")
     assert r.returncode == 0, r.stderr[-3000:]
     rec = [x for x in read_metrics(tmp_path / layout) if x.get("split") is None and x.get("loss") is not None][0]

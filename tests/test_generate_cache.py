@@ -8,6 +8,7 @@ from llmtrain.model.gpt import GPT
 from test_model_options import OPTION_SETS, small
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gqa", "sinusoidal", "pythia"])
 def test_greedy_generation_is_the_same_with_and_without_the_cache(name):
     """Including past seq_len, where the cached path falls back to re-reading the last seq_len tokens."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python
+from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_python, run_torchrun
 
 from llmtrain.core.errors import ConfigError
 
@@ -70,7 +70,7 @@ def loop_run(layout: str, token_data: str, root: Path) -> tuple[Path, str]:
         run = root / layout
         args = [*ds, "--run-dir", run, f"data.prefix={token_data}", *SMALL, f"train.harness_tasks=[{CLOZE},{PPL}]",
                 f"train.harness_include_path=[{','.join(DIRS)}]", *overrides]
-        r = run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(nproc, *args)
+        r = run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(nproc, *args)
         assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
         _RUNS[layout] = (run, r.stdout)
     return _RUNS[layout]
@@ -81,6 +81,7 @@ def runs_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("harness_runs")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_every_layout_logs_lm_eval_metrics_of_its_own_weights(token_data, runs_root, layout, one_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -137,6 +138,7 @@ def test_every_layout_logs_lm_eval_metrics_of_its_own_weights(token_data, runs_r
 # ----------------------------------------------------------------------------- against lm-eval's hf backend
 
 
+@pytest.mark.slow
 def test_adapter_equals_lm_eval_hf_backend_on_the_exported_folder(token_data, runs_root, tmp_path, one_thread):
     """Same requests and token ids, per-request log-likelihoods within float tolerance, the same
     greedy flags, accuracies and generations exactly.
@@ -217,6 +219,7 @@ def test_adapter_equals_lm_eval_hf_backend_on_the_exported_folder(token_data, ru
 # ----------------------------------------------------------------------------- without an export
 
 
+@pytest.mark.slow
 def test_model_options_export_refuses_run_without_an_export(token_data, tmp_path, one_thread):
     """Sinusoidal positions with grouped-query attention: export_hf.py refuses the model, the
     adapter reads its consolidated file and scores what the plain GPT computes, request by request."""
@@ -292,6 +295,7 @@ def _collective_rank(rank: int, world: int, port: int, ckpt: str, tokenizer: str
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_rows_and_generations_are_dealt_over_ranks(token_data, tmp_path):
     """Over a real gloo process group: two data-parallel ranks (each its share of the rows and of
     the generations, every result on both through the all-reduce), and two ranks of which only the
@@ -335,6 +339,7 @@ def test_rows_and_generations_are_dealt_over_ranks(token_data, tmp_path):
 # ----------------------------------------------------------------------------- fits and bad input
 
 
+@pytest.mark.slow
 def test_fit_scaling_reads_harness_records(tmp_path, capsys):
     """fit_scaling.py --method task --metric harness:TASK/acc: the last harness record of each run
     (or its summary.json harness entry)."""
@@ -388,6 +393,7 @@ def test_fit_scaling_reads_harness_records(tmp_path, capsys):
         assert needle in err, err
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(tmp_path, token_data):
     from llmtrain.eval.harness import load_tasks, task_metrics
 
@@ -417,6 +423,7 @@ def test_bad_input_is_one_line(tmp_path, token_data):
     assert_one_line_error(r, "--data apply to the loss evaluation")
 
 
+@pytest.mark.slow
 def test_shipped_test_data_is_rebuilt_exactly(tmp_path):
     d = REPO / "tests" / "data" / "harness"
     r = run_python([d / "build.py", tmp_path])

@@ -115,6 +115,7 @@ def test_dataset_dict_split(data, docs):
         check_input(str(data / "dict"), text_key="content", hf_split="valid")
 
 
+@pytest.mark.slow
 def test_parquet_body_column_cli(data, docs, tmp_path):
     tok = tmp_path / "tok.json"
     r = run_python([REPO / "data_prep" / "train_tokenizer.py", "--input", data / "body.parquet", "--vocab-size", 300,
@@ -201,6 +202,7 @@ def test_bad_inputs_are_one_line_before_writing(case, data, tokenizer, tmp_path)
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_input_cli(data, tokenizer, tmp_path):
     saved = data / "corpus" / "saved"
     for script, extra in (("tokenize_corpus.py", ["--tokenizer", tokenizer, "--output-prefix", tmp_path / "o" / "x"]),

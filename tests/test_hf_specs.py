@@ -35,6 +35,7 @@ def test_the_package_finds_every_spec():
     assert sorted(t for s in specs() for t in s.reads) == ["gpt2", "gpt_neox", "llama", "mistral", "qwen3"]
 
 
+@pytest.mark.slow
 def test_tables_and_configs_read_both_ways():
     seen = {}
     for cfg in option_sets():

@@ -83,6 +83,7 @@ def _hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
     return m(input_ids=ids).logits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "llama", "pythia", "mistral", "qwen3"])
 def test_import_then_export_gives_the_same_logits(name, hf_models, tmp_path):
     from llmtrain.checkpoint.hf import export
@@ -120,6 +121,7 @@ def test_import_then_export_gives_the_same_logits(name, hf_models, tmp_path):
     assert all(torch.equal(state[k], v) for k, v in ours.state_dict().items() if k in state)
 
 
+@pytest.mark.slow
 def test_imported_folder_generates_and_evaluates(hf_models, tmp_path):
     """generate.py (greedy, with and without the KV cache) and evaluate.py take an imported folder;
     the context starts with the folder's own end-of-document token (Llama's </s>)."""
@@ -157,6 +159,7 @@ def test_imported_folder_generates_and_evaluates(hf_models, tmp_path):
     assert abs(ev["loss"] - float(want)) < 1e-4
 
 
+@pytest.mark.slow
 def test_cli_and_refusals(hf_models, tmp_path):
     from llmtrain.core.errors import ConfigError
     from llmtrain.checkpoint.hf import import_hf
@@ -204,6 +207,7 @@ def test_cli_and_refusals(hf_models, tmp_path):
     refused(sw, "tokenizer.json", error=ConfigError)
 
 
+@pytest.mark.slow
 def test_pickle_weights_load_without_running_code(hf_models, tmp_path):
     """A folder with only pytorch_model.bin: plain tensors load (weights_only=True); a pickle that
     would run code is refused in one line, and the code does not run."""

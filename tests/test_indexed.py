@@ -68,6 +68,7 @@ def test_vocab_boundary(tmp_path):
     assert IndexedDataset(tmp_path / "b")[0].tolist() == [65536, 70000]
 
 
+@pytest.mark.slow
 def test_megatron_core_reads_our_files(tmp_path):
     import megatron.core.datasets.indexed_dataset as mid
     rng = np.random.default_rng(1)
@@ -85,6 +86,7 @@ def test_megatron_core_reads_our_files(tmp_path):
             np.testing.assert_array_equal(got, d)
 
 
+@pytest.mark.slow
 def test_we_read_megatron_core_files(tmp_path):
     import megatron.core.datasets.indexed_dataset as mid
     import torch

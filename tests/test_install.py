@@ -3,6 +3,7 @@ with the installed package, writes nothing into site-packages, and its run recor
 readable by the team (0644)."""
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import site
@@ -32,6 +33,7 @@ def venv_over_this_environment(venv):
     return venv / "bin" / "python", site_dir
 
 
+@pytest.mark.slow
 def test_regular_install_runs_the_default_job_and_leaves_site_packages_alone(tmp_path):
     venv = tmp_path / "venv"
     py, site_dir = venv_over_this_environment(venv)

@@ -21,6 +21,7 @@ def run_cmd(cmd, timeout=600):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_torchrun_and_accelerate_match_the_deepspeed_launcher(token_data, tmp_path):
     common = [f"data.prefix={token_data}", *SMALL, "train.max_steps=3", "model.dropout=0.1"]
     ds = run_deepspeed(2, "--run-dir", tmp_path / "ds", *common)
@@ -71,6 +72,7 @@ wait $pid
 """
 
 
+@pytest.mark.slow
 def test_slurm_script_requeues_a_preempted_run_and_not_a_finished_one(token_data, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -101,6 +103,7 @@ def test_slurm_script_requeues_a_preempted_run_and_not_a_finished_one(token_data
     assert r.returncode == 2 and "--run-dir" in r.stderr
 
 
+@pytest.mark.slow
 def test_pretrain_script_runs_from_another_folder(token_data, tmp_path):
     """The launcher finds configs/ and ds_configs/ beside itself, wherever it is started from."""
     r = subprocess.run([sys.executable, str(PRETRAIN), "--run-dir", str(tmp_path / "run"), f"data.prefix={token_data}",

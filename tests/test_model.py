@@ -55,6 +55,7 @@ def test_tied_embeddings_share_storage():
     assert untied.head.out.weight.data_ptr() != untied.embed.wte.weight.data_ptr()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_layer", [2, 24])
 def test_residual_stream_variance_stable_with_depth(n_layer):
     """With scaled residual projections, the output activations' scale does not grow with depth."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from llmtrain.config import ModelConfig, load_config
 from llmtrain.core.errors import ConfigError
 from llmtrain.model.gpt import GPT, KVCache, apply_rotary, count_params, flops_per_token, lm_loss, sinusoidal_table
-from trainutil import REPO, SMALL, deepspeed_cmd, env, read_metrics, run_python
+from trainutil import REPO, SMALL, env, read_metrics, run_python, torchrun_cmd
 
 
 def small(**kw):
@@ -37,6 +37,7 @@ OPTION_SETS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OPTION_SETS))
 def test_counts_flops_causality_and_cache(name):
     cfg = small(**OPTION_SETS[name])
@@ -186,6 +187,7 @@ TRAIN_OPTIONS = {  # every new option, in two runs: one process, and pipeline x2
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(TRAIN_OPTIONS))
 def test_new_options_train(layout, token_data, tmp_path):
     """A few real optimizer steps with the new options: the loss is finite and falls."""
@@ -194,7 +196,7 @@ def test_new_options_train(layout, token_data, tmp_path):
     if layout == "single":
         r = run_python([REPO / "launcher" / "pretrain.py", *args])
     else:
-        r = subprocess.run(deepspeed_cmd(2, "--deepspeed_config", REPO / "ds_configs" / "zero1.json", *args,
+        r = subprocess.run(torchrun_cmd(2, "--deepspeed_config", REPO / "ds_configs" / "zero1.json", *args,
                                          "parallel.pipeline_stages=2"),
                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])

@@ -14,7 +14,7 @@ from llmtrain.config import Config, ModelConfig, load_config
 from llmtrain.core.errors import ConfigError
 from llmtrain.model import mup
 from llmtrain.model.gpt import GPT
-from trainutil import REPO, SMALL, deepspeed_cmd, env, read_metrics, run_python
+from trainutil import REPO, SMALL, env, read_metrics, run_python, torchrun_cmd
 
 BASE = ModelConfig(n_layer=2, d_model=32, n_head=4, seq_len=16, vocab_size=96)
 
@@ -108,6 +108,7 @@ def test_exported_mup_model_gives_our_logits(opts, arch):
     assert bool(hf.config.tie_word_embeddings) == cfg.tie_embeddings  # the readout folded, ties kept
 
 
+@pytest.mark.slow
 def test_zero3_and_pipeline_train_with_mup_groups_and_export(token_data, tmp_path):
     """Two real 2-process launches (at once) of 2 steps each at twice the base width: ZeRO-3 and a 2-stage
     pipeline; both train (finite losses), and the ZeRO-3 run's checkpoint exports to GPT-2 with
@@ -119,7 +120,7 @@ def test_zero3_and_pipeline_train_with_mup_groups_and_export(token_data, tmp_pat
     procs, logs = {}, {}
     for name, launch in launches.items():
         logs[name] = open(tmp_path / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(deepspeed_cmd(2, *launch[:2], "--run-dir", tmp_path / name, *common,
+        procs[name] = subprocess.Popen(torchrun_cmd(2, *launch[:2], "--run-dir", tmp_path / name, *common,
                                                      *launch[2:]),
                                        cwd=REPO, env=env(), stdout=logs[name], stderr=subprocess.STDOUT)
     for name, p in procs.items():
@@ -136,6 +137,7 @@ def test_zero3_and_pipeline_train_with_mup_groups_and_export(token_data, tmp_pat
     assert rec["architecture"] == "GPT2LMHeadModel" and rec["max_abs_logit_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_coord_check_mup_flat_standard_grows(tmp_path):
     r = run_python([REPO / "launcher" / "coord_check.py", "--widths", "32", "64", "128", "--steps", "5", "--seeds",
                     "1", "--synthetic", "--out", tmp_path, "model.n_layer=2"])

@@ -68,6 +68,7 @@ def _clean_one_process(src: str, out: Path) -> None:
     assert clean.main([src, "--output", str(out), "--workers", "1", "--quiet"]) == 0
 
 
+@pytest.mark.slow
 def test_clean_on_ray_equals_one_process(ray_cluster, corpus, tmp_path):
     src, expected = corpus
     one, on_ray = tmp_path / "one", tmp_path / "ray"
@@ -84,6 +85,7 @@ def test_clean_on_ray_equals_one_process(ray_cluster, corpus, tmp_path):
     assert same_files(one, on_ray, "stats.json") == 1
 
 
+@pytest.mark.slow
 def test_every_task_at_once_through_local_processes(corpus, tmp_path):
     """What Ray does, through the local executor: each stage's 3 tasks at once, 2 processes."""
     src, _ = corpus
@@ -112,6 +114,7 @@ def tok_inputs(tmp_path_factory):
     return root, tok
 
 
+@pytest.mark.slow
 def test_tokenize_on_ray_equals_the_same_tasks_one_by_one(ray_cluster, tok_inputs, tmp_path):
     root, tok = tok_inputs
     kw = dict(valid_fraction=0.2, max_shard_tokens=2000, quiet=True)
@@ -131,6 +134,7 @@ def test_tokenize_on_ray_equals_the_same_tasks_one_by_one(ray_cluster, tok_input
     assert same_files(tmp_path / "one", tmp_path / "ray1") > 8
 
 
+@pytest.mark.slow
 def test_cli_starts_its_own_ray_cluster(tok_inputs, tmp_path):
     """No address: tokenize_corpus.py --executor ray starts a local cluster, runs both tasks and
     merges; the shards are those of the tasks run one by one. --task-index is refused."""

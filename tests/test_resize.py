@@ -87,6 +87,7 @@ def chain(token_data, tmp_path_factory):
     return run, reference, hops, final, weights
 
 
+@pytest.mark.slow
 def test_every_relaunch_on_another_layout_continues_the_run(chain):
     run, reference, hops, *_ = chain
     for (name, start, r, losses), (before, *_) in zip(hops, CHAIN):
@@ -97,6 +98,7 @@ def test_every_relaunch_on_another_layout_continues_the_run(chain):
             assert losses[step] == pytest.approx(reference[step], abs=TOL), (before, "->", name, step)
 
 
+@pytest.mark.slow
 def test_the_optimizer_state_goes_with_the_weights(chain, token_data, tmp_path):
     """After all the relaunches, the weights, both Adam moments and Adam's step match the
     uninterrupted run's; a run that starts from the same weights with fresh moments (a consolidated
@@ -123,6 +125,7 @@ def test_the_optimizer_state_goes_with_the_weights(chain, token_data, tmp_path):
     assert gap > 100 * TOL, gap
 
 
+@pytest.mark.slow
 def test_a_branch_from_another_layout(chain, token_data, tmp_path):
     """checkpoint.init_from=.../global_stepN of a run saved on 2 ranks, started on 1 rank with
     another ZeRO stage (a WSD cooldown branch on another allocation): weights, moments, step and
@@ -137,6 +140,7 @@ def test_a_branch_from_another_layout(chain, token_data, tmp_path):
     assert train_losses(branch)[STEPS] == pytest.approx(reference[STEPS], abs=TOL)
 
 
+@pytest.mark.slow
 def test_another_layout_without_a_layout_free_state_is_refused(token_data, tmp_path):
     """A checkpoint saved with checkpoint.layout_free=false resumes only on its own layout: another
     one is refused with one line naming the layout that can, before the engine is built, and the

@@ -33,6 +33,7 @@ def _crafted(tmp_path) -> tuple[Path, Path]:
     return path, marker
 
 
+@pytest.mark.slow
 def test_crafted_pickle_is_refused_without_running(tmp_path):
     path, marker = _crafted(tmp_path)
     with pytest.raises(CheckpointError) as e:
@@ -64,6 +65,7 @@ def test_consolidated_round_trip_holds_only_tensors_and_plain_data(tmp_path, suf
         torch.load(out, weights_only=True)
 
 
+@pytest.mark.slow
 def test_init_from_a_crafted_pickle_is_refused_by_the_trainer(token_data, tmp_path):
     """checkpoint.init_from=FILE.pt: the trainer reads it through load_consolidated, so the
     crafted file is refused in one line before anything runs from it."""

@@ -43,6 +43,7 @@ def cli(*args, cwd=REPO):
 # approach 3 on Hoffmann's data
 
 
+@pytest.mark.slow
 def test_chinchilla_reproduces_epoch_fit():
     ld = drop_highest_loss(read_csv(CHINCHILLA_CSV), 5)
     assert len(ld.points) == 240 and len(ld.dropped) == 5
@@ -61,6 +62,7 @@ def test_chinchilla_reproduces_epoch_fit():
 # recovery of known laws
 
 
+@pytest.mark.slow
 def test_chinchilla_recovers_synthetic_law_with_bootstrap():
     res = chinchilla.fit(grid_points(noise=0.005, seed=0), n_boot=30, seed=1, target_flops=1e22)
     p = res.parameters
@@ -89,6 +91,7 @@ def isoflop_points(alpha, beta, shifts, noise, seed, width=1.2, n=13):
     return Points(N, D, C, L), a
 
 
+@pytest.mark.slow
 def test_isoflop_recovers_exponent_on_wide_drifting_grids():
     """A wide grid of N (2.4 dex) whose centre drifts from above to below the optimum as C grows
     (as a fixed model ladder does), on a law with alpha != beta: a parabola through all points is
@@ -116,6 +119,7 @@ def test_isoflop_drops_unbracketed_and_small_budgets():
     assert res.a == pytest.approx(a_true, abs=0.01)
 
 
+@pytest.mark.slow
 def test_kaplan_recovers_exponents_on_frontiers():
     res = kaplan.fit(grid_points(noise=0.002, seed=2), n_boot=20, seed=0, target_flops=1e22)
     p = res.parameters
@@ -168,6 +172,7 @@ def sweep(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_cli_fits_sweep_folder(sweep, tmp_path):
     out = tmp_path / "fit"
     r = cli(sweep, "--method", "chinchilla", "--out", out, "--target-flops", "1e22", "--bootstrap", "20")
@@ -189,6 +194,7 @@ def test_cli_fits_sweep_folder(sweep, tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_cli_unfinished_runs(sweep, tmp_path):
     write_run(sweep, "n9_running", 5e7, 1e9, 3.0, status="running")
     write_run(sweep, "n9_nosummary", 5e7, 2e9, 3.0, status=None)
@@ -209,6 +215,7 @@ def test_cli_unfinished_runs(sweep, tmp_path):
     assert (out / "loss_vs_C.png").exists()
 
 
+@pytest.mark.slow
 def test_cli_nothing_usable(tmp_path):
     root = tmp_path / "sweep"
     write_run(root, "a", 5e7, 1e9, 3.0, status="running")
@@ -216,6 +223,7 @@ def test_cli_nothing_usable(tmp_path):
     assert r.returncode == 2 and "nothing usable" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_isoflop_on_csv_with_named_columns(tmp_path):
     pts, a_true = isoflop_points(ALPHA0, BETA0, [0.3, 0.1, -0.1, -0.3], noise=0.001, seed=3, width=1.0, n=9)
     path = tmp_path / "runs.csv"
@@ -249,12 +257,14 @@ def bad(tmp_path, text, *extra, method="chinchilla"):
     return r.stderr
 
 
+@pytest.mark.slow
 def test_bad_csv_missing_columns(tmp_path):
     err = bad(tmp_path, "N,tokens,flops\n1e8,1e9,6e17\n")
     assert "missing column(s) 'params', 'loss'" in err and "columns present: N, tokens, flops" in err
     assert "--n-col" in err and "--loss-col" in err
 
 
+@pytest.mark.slow
 def test_bad_csv_values_name_the_line(tmp_path):
     err = bad(tmp_path, "params,tokens,loss\n1e8,1e9,3.1\n2e8,abc,3.0\n")
     assert "bad.csv:3" in err and "'tokens'" in err and "not a number" in err
@@ -262,6 +272,7 @@ def test_bad_csv_values_name_the_line(tmp_path):
     assert "bad.csv:4" in err and "'loss'" in err and "positive" in err
 
 
+@pytest.mark.slow
 def test_too_few_points_says_how_many(tmp_path):
     rows = "".join(f"{n},{d},{3 + 1 / n}\n" for n, d in [(1e8, 1e9), (2e8, 1e9), (3e8, 2e9)])
     err = bad(tmp_path, "params,tokens,loss\n" + rows)

@@ -21,6 +21,7 @@ def inside(e, truth) -> bool:
     return e.ci_low <= truth <= e.ci_high
 
 
+@pytest.mark.slow
 def test_chinchilla_predicts_the_loss_at_targets():
     """49 points (N 1e7-1e10, D 1e8-1e11, 0.5% noise) from eight data sets: at a target 3x past
     the largest N and 6x past the largest D, and at one inside the grid."""
@@ -44,6 +45,7 @@ def test_chinchilla_predicts_the_loss_at_targets():
     assert again.predictions[0]["loss"].ci_low is None  # no bootstrap, no interval
 
 
+@pytest.mark.slow
 def test_kaplan_predicts_each_frontiers_loss():
     """On the grid the N frontier is the largest D (1e11) and the D frontier the largest N (1e10):
     loss_N at N = 3e10 is the law at (3e10, 1e11), loss_D at D = 6e11 the law at (1e10, 6e11)."""
@@ -90,6 +92,7 @@ def test_isoflop_predicts_the_optimum_at_the_targets_compute(n_boot):
     assert hits >= 3
 
 
+@pytest.mark.slow
 def test_cli_target_for_every_method_and_fit_json_read_back(sweep, tmp_path):  # noqa: F811 (the fixture)
     """--target under chinchilla, kaplan and isoflop: predictions in fit.json and on stdout; the
     typed result read back from fit.json writes the same document and draws the same plots."""
@@ -137,6 +140,7 @@ def test_cli_target_for_every_method_and_fit_json_read_back(sweep, tmp_path):  #
         assert (tmp_path / "task_again" / name).read_bytes() == (out / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_bad_target_is_one_line_for_every_method(sweep, tmp_path):  # noqa: F811 (the fixture)
     for method in ("chinchilla", "kaplan", "isoflop"):
         r = cli(sweep, "--method", method, "--out", tmp_path / "fit", "--target", "1e9,-5")

@@ -220,6 +220,7 @@ def test_bad_sweep_is_one_line_naming_file_and_key(tmp_path, edit, key):
     assert "\n" not in msg and msg.startswith(str(path)) and key in msg, msg
 
 
+@pytest.mark.slow
 def test_bad_sweep_on_the_command_line(tmp_path):
     path = write_sweep(tmp_path / "bad.yaml", hparams={"warmup_steps": 10})
     r = run_python([SWEEP, "--config", path, "--dry-run"], timeout=120)
@@ -313,6 +314,7 @@ def swept(token_data, tmp_path_factory):
     return {"cfg": cfg, "out": out, "stdout": r.stdout, "seconds": time.time() - t0, "plan": plan_doc["runs"]}
 
 
+@pytest.mark.slow
 def test_sweep_trains_every_planned_run(swept):
     out, runs = swept["out"], swept["plan"]
     assert len(runs) == 4 and sum(r["init_from"] is None for r in runs) == 2
@@ -335,6 +337,7 @@ def test_sweep_trains_every_planned_run(swept):
     assert "sweep done" in swept["stdout"]
 
 
+@pytest.mark.slow
 def test_branch_continues_the_trunk_and_cools_down_to_the_minimum(swept):
     out = swept["out"]
     branches = [r for r in swept["plan"] if r["init_from"]]
@@ -360,6 +363,7 @@ def test_branch_continues_the_trunk_and_cools_down_to_the_minimum(swept):
             assert m["lr"] == pytest.approx(want, rel=1e-6), m["step"]
 
 
+@pytest.mark.slow
 def test_branch_first_step_already_cools_down(swept):
     for b in (r for r in swept["plan"] if r["init_from"]):
         first = [m for m in read_metrics(swept["out"] / b["name"]) if m.get("split") is None][0]
@@ -367,6 +371,7 @@ def test_branch_first_step_already_cools_down(swept):
         assert first["lr"] == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(swept):
     out = swept["out"]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*/metrics.jsonl")}
@@ -379,6 +384,7 @@ def test_rerun_skips_finished_runs(swept):
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*/metrics.jsonl")} == before
 
 
+@pytest.mark.slow
 def test_fit_scaling_on_the_sweep(swept, tmp_path):
     out = swept["out"]
     # four runs: too few for approach 3's five parameters, and the fitter says so
@@ -405,6 +411,7 @@ def test_fit_scaling_on_the_sweep(swept, tmp_path):
 # CLI without training
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_writes_nothing(token_data, tmp_path):
     cfg = tiny_sweep(tmp_path / "tiny.yaml", token_data)
     work = tmp_path / "cwd"
@@ -427,6 +434,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(token_data, tmp_path):
     assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "tiny.yaml"]
 
 
+@pytest.mark.slow
 def test_slurm_writes_two_phases_and_a_dependent_submit(token_data, tmp_path):
     cfg = tiny_sweep(tmp_path / "tiny.yaml", token_data)
     out = tmp_path / "sweep"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_deepspeed, run_python
+from trainutil import REPO, SMALL, assert_one_line_error, read_metrics, run_python, run_torchrun
 
 from llmtrain.config import ModelConfig
 from llmtrain.core.errors import ConfigError
@@ -101,6 +101,7 @@ def test_scores_equal_a_direct_computation_with_the_plain_gpt(token_data, tmp_pa
     assert sc.truncated == 3  # the long context's three rows lost their beginning
 
 
+@pytest.mark.slow
 def test_forward_calls_come_in_a_few_fixed_shapes(token_data, tmp_path):
     """Whatever the examples' lengths (one-token choices, contexts past seq_len), every call of
     the logits function has one of at most 4 shapes, the training micro-batch's (micro x
@@ -155,6 +156,7 @@ def test_bad_task_files_name_the_file_the_line_and_the_fix(tmp_path, case):
         assert n in msg, msg
 
 
+@pytest.mark.slow
 def test_bad_task_file_stops_the_launcher_before_the_run_folder(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps(EXAMPLES[0]) + '\n{"context": "a", "choices": [" b", " c"], "label": 5}\n')
@@ -180,6 +182,7 @@ LAYOUTS = {  # processes, DeepSpeed config, overrides
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_every_layout_logs_the_accuracy_of_its_own_weights(token_data, tmp_path, layout, one_thread):
     """Records at each evaluation and at the end, summary.json and HParams; the logged accuracy at
@@ -194,7 +197,7 @@ def test_every_layout_logs_the_accuracy_of_its_own_weights(token_data, tmp_path,
     nproc, ds, overrides = LAYOUTS[layout]
     args = [*ds, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=2", "train.eval_interval=1",
             f"train.eval_tasks=[{task}]", *overrides]
-    r = run_python([PRETRAIN, *args]) if nproc == 1 else run_deepspeed(nproc, *args)
+    r = run_python([PRETRAIN, *args]) if nproc == 1 else run_torchrun(nproc, *args)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     recs = [x for x in read_metrics(run) if x.get("split") == "task:mine"]
     assert [x["step"] for x in recs] == [1, 2]
@@ -216,6 +219,7 @@ def test_every_layout_logs_the_accuracy_of_its_own_weights(token_data, tmp_path,
         "hparam/final_train_loss", "hparam/final_valid_loss", "hparam/task:mine/acc", "hparam/task:mine/acc_norm"}
 
 
+@pytest.mark.slow
 def test_shipped_task_is_valid_and_rebuilt_exactly(tmp_path):
     shipped = REPO / "data" / "tasks" / "python_docs_cloze.jsonl"
     task = load_task(shipped)

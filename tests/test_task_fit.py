@@ -93,6 +93,7 @@ def test_exponential_form_matches_gadre_refit(dataset, split):
     assert (k, gamma, eps) == pytest.approx((k0, gamma0, eps0), rel=2e-4)
 
 
+@pytest.mark.slow
 def test_two_step_predicts_held_out_larger_models_on_gadre_data():
     """Fit both steps on the RedPajama models below 1B parameters (4 sizes x 8 token multipliers), then
     predict the 17-task error of the 1.4B model at 640 tokens/parameter and the 6.9B model at 20."""
@@ -163,6 +164,7 @@ def task_sweep(tmp_path_factory):
     return root, truth
 
 
+@pytest.mark.slow
 def test_cli_task_fit_on_run_folders(task_sweep, tmp_path):
     root, truth = task_sweep
     out = tmp_path / "fit"

@@ -123,6 +123,7 @@ def test_small_shards_hold_every_document_once(single, corpus, tokenizer, tmp_pa
         assert m["splits"][split]["tokens"] == ref["splits"][split]["tokens"]
 
 
+@pytest.mark.slow
 def test_resharding_replaces_the_old_layout(corpus, tokenizer, tmp_path):
     prefix = str(tmp_path / "r")
     small = tokenize_corpus([corpus[0]], tokenizer, prefix, valid_fraction=0.0, max_shard_tokens=3000, quiet=True)
@@ -213,6 +214,7 @@ def test_finished_task_is_skipped(corpus, tokenizer, tmp_path, capsys):
     assert not Path(f"{prefix}_manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_shards(corpus, tokenizer, tmp_path):
     kw = dict(valid_fraction=0.15, max_shard_tokens=6000, quiet=True)
     one = tokenize_corpus([corpus[0]], tokenizer, str(tmp_path / "one"), workers=1, **kw)
@@ -302,6 +304,7 @@ def run_script(script, *args, env=None):
                           capture_output=True, text=True, timeout=120, env=e)
 
 
+@pytest.mark.slow
 def test_cli_slurm_array_merge_and_blend(single, corpus, tokenizer, tmp_path):
     prefix = tmp_path / "cli"
     for tid in (1, 2):  # an array --array=1-2: SLURM_ARRAY_TASK_MIN=1

@@ -13,11 +13,12 @@ import psutil
 import pytest
 
 from trainutil import (REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, free_port, read_metrics, run_deepspeed,
-                       run_python, train_losses)
+                       run_python, run_torchrun, train_losses)
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
 
+@pytest.mark.slow
 def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):
     run = tmp_path / "run"
     r = run_python([PRETRAIN, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=40",
@@ -86,6 +87,7 @@ def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):
         (x["step"], pytest.approx(x["loss"], rel=1e-6)) for x in again]
 
 
+@pytest.mark.slow
 def test_layouts_agree_on_the_same_model(token_data, tmp_path):
     """1 process, ZeRO-2 x2, ZeRO-3 x2 and pipeline x2 (with activation checkpointing) give the same
     losses for the same model, on a blend (each rank computes the blend's order of its own
@@ -93,11 +95,11 @@ def test_layouts_agree_on_the_same_model(token_data, tmp_path):
     common = [f"data.prefix=0.7 {token_data} 0.3 {token_data}", *SMALL, "train.max_steps=3"]
     runs = {
         "single": run_python([PRETRAIN, "--run-dir", tmp_path / "single", *common]),
-        "zero2": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "zero2",
+        "zero2": run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "zero2",
                                *common),
-        "zero3": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", tmp_path / "zero3",
+        "zero3": run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero3.json", "--run-dir", tmp_path / "zero3",
                                *common),
-        "pipe": run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", tmp_path / "pipe",
+        "pipe": run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero1.json", "--run-dir", tmp_path / "pipe",
                               *common, "parallel.pipeline_stages=2", "train.activation_checkpointing=true"),
     }
     for name, r in runs.items():
@@ -127,6 +129,7 @@ def steps_logged(run: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_a_rank_is_killed_matches_uninterrupted(token_data, tmp_path):
     """SIGKILL one rank mid-run, relaunch the same command: step-by-step losses equal an
     uninterrupted run's (model, optimizer, schedule, RNG and data position restored)."""
@@ -160,6 +163,7 @@ def test_resume_after_a_rank_is_killed_matches_uninterrupted(token_data, tmp_pat
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_group_checkpoints_and_exits(token_data, tmp_path):
     run = tmp_path / "run"
     cmd = deepspeed_cmd(2, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=100000")
@@ -182,6 +186,7 @@ def test_sigterm_to_the_launcher_group_checkpoints_and_exits(token_data, tmp_pat
     assert step >= 3 and (run / "checkpoints" / tag).is_dir()
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_machine(token_data, tmp_path):
     """Two launchers, --node_rank 0 and 1, master 127.0.0.1, one process each."""
     hostfile = tmp_path / "hostfile"
@@ -205,16 +210,19 @@ def test_two_nodes_on_one_machine(token_data, tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_unknown_override_key(token_data):
     r = run_python([PRETRAIN, f"data.prefix={token_data}", "train.max_stepz=5"])
     assert_one_line_error(r, "unknown key 'train.max_stepz'")
 
 
+@pytest.mark.slow
 def test_missing_data_path(tmp_path):
     r = run_python([PRETRAIN, f"data.prefix={tmp_path}/nope"])
     assert_one_line_error(r, f"{tmp_path}/nope_manifest.json", "tokenize_corpus.py")
 
 
+@pytest.mark.slow
 def test_malformed_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  n_layer: [2\n")
@@ -222,6 +230,7 @@ def test_malformed_yaml(tmp_path):
     assert_one_line_error(r, str(bad), "malformed YAML")
 
 
+@pytest.mark.slow
 def test_tokenizer_vocab_mismatch(token_data, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -235,11 +244,13 @@ def test_tokenizer_vocab_mismatch(token_data, tmp_path):
     assert_one_line_error(r, str(other), "does not match")
 
 
+@pytest.mark.slow
 def test_model_vocab_smaller_than_tokenizer(token_data):
     r = run_python([PRETRAIN, f"data.prefix={token_data}", "model.vocab_size=100"])
     assert_one_line_error(r, "model.vocab_size=100", "smaller than the tokenizer")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate_idx", "truncate_bin", "bad_magic"])
 def test_corrupt_token_files(token_data, tmp_path, damage):
     import shutil
@@ -263,6 +274,7 @@ def test_corrupt_token_files(token_data, tmp_path, damage):
     assert not (tmp_path / "run").exists(), "nothing may be written before the error"
 
 
+@pytest.mark.slow
 def test_pipeline_with_zero2_is_refused_before_training(token_data, tmp_path):
     r = run_deepspeed(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "run",
                       f"data.prefix={token_data}", *SMALL, "parallel.pipeline_stages=2")
@@ -272,6 +284,7 @@ def test_pipeline_with_zero2_is_refused_before_training(token_data, tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_model_shape_is_refused(token_data, tmp_path):
     run = tmp_path / "run"
     r = run_python([PRETRAIN, "--run-dir", run, f"data.prefix={token_data}", *SMALL, "train.max_steps=2"])
@@ -281,6 +294,7 @@ def test_checkpoint_from_another_model_shape_is_refused(token_data, tmp_path):
     assert_one_line_error(r, str(run / "checkpoints"), "another model shape", "model.d_model=64")
 
 
+@pytest.mark.slow
 def test_global_batch_the_ranks_cannot_split(token_data, tmp_path):
     r = run_deepspeed(2, "--run-dir", tmp_path / "run", f"data.prefix={token_data}", *SMALL,
                       "train.global_batch_size=7")
@@ -289,6 +303,7 @@ def test_global_batch_the_ranks_cannot_split(token_data, tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["zero0_x1", "zero2_x2"])
 def test_non_finite_steps_are_skipped_then_the_run_stops(token_data, tmp_path, layout):
     """An absurd LR blows the gradients up: each such step is skipped and logged, and after
@@ -309,6 +324,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(token_data, tmp_path, l
     assert Path(named).is_dir()
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_like_eager(token_data, tmp_path):
     """train.compile=true (torch.compile through engine.compile) gives the eager losses."""
     common = [f"data.prefix={token_data}", *SMALL, "train.max_steps=4"]
