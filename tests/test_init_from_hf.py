@@ -5,10 +5,8 @@ tokenised with the folder's own tokenizer (a Llama with 8 heads, 2 KV heads and
 ZeRO-3 x2, whose partitions rank 0 fills from the folder's weights."""
 from __future__ import annotations
 
-import pytest
 import gzip
 import json
-
 
 import pytest
 
