@@ -185,6 +185,7 @@ def test_bad_dry_run_arguments_are_one_line(token_data):
     assert_one_line_error(r, "--world-size 3 contradicts the launcher's 2 processes")
 
 
+@pytest.mark.slow
 def test_the_window_not_the_positions_sizes_activations():
     """A Llama-3.1-8B-shaped model at 2048-token windows: its 131072 positions (rotary) change
     nothing; the plan builds the model on the meta device only."""
