@@ -10,7 +10,10 @@
   AdamW's two moments). Partition sizes follow DeepSpeed's own rules: ZeRO-1/2 flatten each
   optimizer group and pad it to a multiple of 2 x data-parallel ranks, ZeRO-3 pads each
   parameter to a multiple of the ranks. The element counts come from the model built on the
-  meta device (nothing is allocated, whatever its size);
+  meta device (nothing is allocated, whatever its size). The precision is the DeepSpeed config's
+  as build_ds_config derives it: under bf16, ZeRO-0 keeps fp32 weights and runs under autocast,
+  ZeRO-1 with fp32 accumulation gets DeepSpeed's BF16_Optimizer (whole fp32 gradients), ZeRO-2/3
+  keep fp32 gradient partitions;
 - communication buffers (gradient buckets; ZeRO-3's prefetch bucket; without ZeRO, the copy of
   the gradients DeepSpeed flattens for their all-reduce), shown with the parameters;
 - activations per micro-batch of ``train.seq_len`` tokens: what each block saves for its
@@ -19,7 +22,8 @@
   (the log-softmax saved and two gradients of the logits' size). Attention is counted as the
   fused kernels save it (output and log-sum-exp); the unfused cases (dropout on CPU, a dense
   document mask) add their (T x T) matrices. A pipeline stage keeps as many micro-batches in
-  flight as DeepSpeed's 1F1B schedule: min(stages - stage, accumulation steps).
+  flight as DeepSpeed's 1F1B schedule: min(stages - stage, accumulation steps). Under autocast the
+  residual stream stays fp32 and a bf16 copy of every matrix weight lives through the forward pass.
 
 The total is the peak, not the sum: the states alive through the step, plus the larger of the
 activations (with the gradients of earlier micro-batches under accumulation) and what the
