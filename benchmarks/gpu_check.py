@@ -16,7 +16,10 @@ tokenizer.json; the model's vocabulary is padded to 50,304). Checks:
    (the steps before the kill, both uninterrupted, give the run-to-run noise floor).
 3. Throughput: the 355M GPT (24 layers, d_model 1024, 16 heads, seq 2048, vocab 50,304, rotary,
    RMSNorm, SwiGLU, bf16, ZeRO-0) with and without train.compile=true: the median of the logged
-   ``tokens_per_s`` and ``mfu`` (datasheet peak) of metrics.jsonl after the first records.
+   ``tokens_per_s`` and ``mfu`` (datasheet peak) of metrics.jsonl after the first records. Then
+   its Mixture-of-Experts twin at the same active compute (8 experts of half the MLP width, top-2,
+   dropless; 964M parameters, 355M active) on ZeRO-1 (bf16 with experts needs ZeRO-1/2), the experts
+   spread over every GPU (parallel.expert_parallel_size = GPUs): its MFU counts active FLOPs.
 
 4. Document masking (data.document_mask): the compiled flex-attention kernel against SDPA with
    the dense mask (outputs and gradients, bf16, grouped-query heads, T=2048), their forward +
@@ -406,7 +409,8 @@ def check_resume(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, o
     return res["ok"]
 
 
-def throughput(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out: dict, compile_too: bool) -> bool:
+def throughput(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out: dict, compile_too: bool,
+               moe_too: bool = True) -> bool:
     model = MODEL_SMOKE if smoke else MODEL_355M
     micro = 4 if smoke else 8
     steps, log_every = (12, 2) if smoke else (50, 5)
@@ -417,9 +421,14 @@ def throughput(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out
             f"train.micro_batch_size={micro}", "checkpoint.save_final=false"]
     res = out.setdefault("throughput", {})
     ok = True
-    for name, extra in (("eager", []), ("compile", ["train.compile=true"]))[: 2 if compile_too else 1]:
-        run_dir = work / f"speed_{name}"
-        rc, la = run_once(f"throughput {name}", launch_cmd(nproc, smoke, run_dir, "zero0.json", base + extra),
+    runs = [("eager", "zero0.json", []), ("compile", "zero0.json", ["train.compile=true"])][: 2 if compile_too else 1]
+    if moe_too:  # the same active compute: 8 experts of half the MLP width, top-2; experts over every GPU
+        runs.append(("moe 8x top-2, eager", "zero1.json", ["model.moe_experts=8", "model.moe_top_k=2",
+                                                          "model.moe_granularity=2",
+                                                          f"parallel.expert_parallel_size={nproc}"]))
+    for name, ds_json, extra in runs:
+        run_dir = work / f"speed_{name.split()[0]}"
+        rc, la = run_once(f"throughput {name}", launch_cmd(nproc, smoke, run_dir, ds_json, base + extra),
                           run_env(smoke), clock, 420, res)
         if la is None:
             ok = False
@@ -724,8 +733,8 @@ def main() -> int:
     ap.add_argument("--out", default="gpu_check.json", help="the JSON result file")
     ap.add_argument("--work", default=None, help="folder for the data and run folders (default: a new temp folder)")
     ap.add_argument("--budget", type=float, default=570.0, help="seconds for the whole script")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["zero", "resume", "throughput", "compile", "docmask",
-                                                                  "memory"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["zero", "resume", "throughput", "compile", "moe", "docmask", "memory"])
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -759,7 +768,7 @@ def check_all(args) -> int:
         out["checks"]["document_kernel"] = check_document_kernel(args.smoke, out)
     if "throughput" not in args.skip:
         out["checks"]["throughput_runs"] = throughput(work, data, nproc, args.smoke, clock, out,
-                                                      "compile" not in args.skip)
+                                                      "compile" not in args.skip, "moe" not in args.skip)
     if "docmask" not in args.skip:
         out["checks"]["document_training"] = check_document_training(work, data, nproc, args.smoke, clock, out)
         out["checks"]["mask_once_task_shapes"] = check_mask_once_and_task_shapes(work, args.smoke, clock, out)

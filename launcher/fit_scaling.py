@@ -34,7 +34,7 @@ from llmtrain.core.files import atomic_write_json
 from llmtrain.scaling.laws import chinchilla, isoflop, kaplan, task
 from llmtrain.scaling.points import FitError
 from llmtrain.scaling.results import jsonable
-from llmtrain.scaling.sources import SourceError, best_of_duplicates, drop_highest_loss, load
+from llmtrain.scaling.sources import BASIS, SourceError, best_of_duplicates, drop_highest_loss, load
 
 
 def main(argv=None) -> int:
@@ -52,8 +52,9 @@ def main(argv=None) -> int:
     ap.add_argument("--d-col", default="tokens", help="CSV column of D (default tokens)")
     ap.add_argument("--loss-col", default="loss", help="CSV column of the loss (default loss)")
     ap.add_argument("--c-col", default="flops", help="CSV column of C (default flops; C = 6ND without it)")
-    ap.add_argument("--params", choices=["total", "non_embedding"], default="total",
-                    help="run folders: N is n_params (default) or n_params_non_embedding")
+    ap.add_argument("--params", choices=["total", "non_embedding", "active", "active_non_embedding"], default="total",
+                    help="run folders: N is n_params (default), n_params_non_embedding, or for Mixture-of-Experts runs "
+                         "the active counts (only the experts a token uses; C = 6 N D with that N)")
     ap.add_argument("--allow-unfinished", action="store_true", help="fit the finished runs, listing the others")
     ap.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
                     help="drop the K highest-loss points (Epoch AI drop 5 on Hoffmann's data)")
@@ -135,8 +136,7 @@ def main(argv=None) -> int:
         "n_points": len(pts),
         "n_rows_read": n_read,
         "loss_source": ld.loss_source,
-        "n_basis": "n_params_non_embedding" if args.params == "non_embedding" and ld.kind != "csv" else
-                   ("n_params" if ld.kind != "csv" else f"column {args.n_col!r}"),
+        "n_basis": BASIS[args.params] if ld.kind != "csv" else f"column {args.n_col!r}",
         "dropped": ld.dropped,
         "unfinished_runs_skipped": ld.unfinished,
         "notes": ld.notes,

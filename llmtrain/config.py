@@ -57,6 +57,32 @@ class ModelConfig:
     # attention stays inside the documents this token ends, positions restart after it; set by the
     # trainer to the data's end-of-document id when data.document_mask is true (None: no masking)
     document_mask_token: Optional[int] = None
+    # Mixture of Experts (llmtrain/model/moe.py); moe_experts 0: every block has a dense MLP
+    moe_experts: int = 0  # routed experts of each MoE layer
+    moe_top_k: int = 2  # experts each token goes to
+    moe_d_ff: Optional[int] = None  # width of one expert; None: ffn_dim / moe_granularity
+    moe_granularity: int = 1  # fine-grained experts (Krajewski et al.'s G): expert width = ffn_dim / G
+    moe_shared_experts: int = 0  # experts every token goes through (one MLP of moe_shared_experts x expert width)
+    moe_shared_gate: bool = False  # Qwen2-MoE: the shared experts' output times sigmoid(w . x)
+    moe_every: int = 1  # block i is an MoE block when (i + 1) % moe_every == 0 (Qwen's decoder_sparse_step)
+    moe_norm_topk: bool = True  # the chosen experts' router probabilities renormalised to sum to 1 (Mixtral)
+    moe_aux_loss: float = 0.01  # coefficient of the load-balancing loss (Switch Transformer)
+    moe_z_loss: float = 0.001  # coefficient of the router z-loss (ST-MoE)
+    # None: dropless; c: in training each expert takes at most ceil(c * top_k * tokens / experts) of a
+    # micro-batch's tokens (highest router probability first), the rest of its assignments are dropped
+    moe_capacity_factor: Optional[float] = None
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_experts > 0
+
+    @property
+    def expert_dim(self) -> int:
+        """Hidden width of one routed expert (and of each shared expert)."""
+        return self.moe_d_ff if self.moe_d_ff is not None else self.ffn_dim // self.moe_granularity
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.is_moe and (i + 1) % self.moe_every == 0
 
     @property
     def kv_heads(self) -> int:
@@ -107,6 +133,49 @@ class ModelConfig:
         for k in ("mup_base_width", "mup_base_head_dim"):
             if getattr(self, k) is not None and getattr(self, k) <= 0:
                 raise ConfigError(f"{where}: model.{k} must be > 0 (got {getattr(self, k)})")
+        self.validate_moe(where)
+
+    def validate_moe(self, where: str) -> None:
+        if self.moe_experts < 0:
+            raise ConfigError(f"{where}: model.moe_experts must be >= 0 (got {self.moe_experts}; 0: dense)")
+        if not self.is_moe:
+            unused = [k for k, default in (("moe_d_ff", None), ("moe_granularity", 1), ("moe_shared_experts", 0),
+                                           ("moe_shared_gate", False), ("moe_every", 1),
+                                           ("moe_capacity_factor", None)) if getattr(self, k) != default]
+            if unused:
+                raise ConfigError(f"{where}: model.{unused[0]} applies only with model.moe_experts > 0; set "
+                                  f"model.moe_experts or remove it")
+            return
+        if not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ConfigError(f"{where}: model.moe_top_k={self.moe_top_k} must be in [1, model.moe_experts="
+                              f"{self.moe_experts}]")
+        if self.moe_d_ff is not None and self.moe_granularity != 1:
+            raise ConfigError(f"{where}: set model.moe_d_ff or model.moe_granularity, not both (moe_d_ff="
+                              f"{self.moe_d_ff} is the expert width; granularity G gives ffn_dim / G)")
+        if self.moe_granularity < 1 or self.ffn_dim % self.moe_granularity:
+            raise ConfigError(f"{where}: model.moe_granularity={self.moe_granularity} must be >= 1 and divide the "
+                              f"MLP width {self.ffn_dim}")
+        if self.expert_dim <= 0:
+            raise ConfigError(f"{where}: model.moe_d_ff must be > 0 (got {self.moe_d_ff})")
+        if self.moe_shared_experts < 0:
+            raise ConfigError(f"{where}: model.moe_shared_experts must be >= 0 (got {self.moe_shared_experts})")
+        if self.moe_shared_gate and not self.moe_shared_experts:
+            raise ConfigError(f"{where}: model.moe_shared_gate=true needs model.moe_shared_experts > 0")
+        if not 1 <= self.moe_every <= self.n_layer:
+            raise ConfigError(f"{where}: model.moe_every={self.moe_every} must be in [1, model.n_layer="
+                              f"{self.n_layer}] (1: every block is MoE; 2: every second)")
+        for k in ("moe_aux_loss", "moe_z_loss"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"{where}: model.{k} must be >= 0 (got {getattr(self, k)})")
+        if self.moe_capacity_factor is not None and not self.moe_capacity_factor > 0:
+            raise ConfigError(f"{where}: model.moe_capacity_factor must be > 0, or null for dropless routing (got "
+                              f"{self.moe_capacity_factor})")
+        if self.bias:
+            raise ConfigError(f"{where}: model.bias=true with model.moe_experts > 0: experts have no biases here; "
+                              f"set model.bias=false")
+        if self.parametrization == "mup":
+            raise ConfigError(f"{where}: model.parametrization=mup is not supported with model.moe_experts > 0 (no "
+                              f"muP rule for routers and experts here); use the standard parametrization")
 
     @property
     def rotary_dim(self) -> int:
@@ -204,6 +273,9 @@ class TrainConfig:
 @dataclass
 class ParallelConfig:
     pipeline_stages: int = 1
+    # ranks that share one copy of the experts, each holding model.moe_experts / expert_parallel_size
+    # of them (tokens travel by all-to-all); the other ranks are data-parallel replicas of that group
+    expert_parallel_size: int = 1
 
 
 @dataclass
@@ -250,6 +322,18 @@ class Config:
         self.resolve_window(where)
         if self.parallel.pipeline_stages < 1:
             raise ConfigError(f"{where}: parallel.pipeline_stages must be >= 1")
+        ep = self.parallel.expert_parallel_size
+        if ep < 1:
+            raise ConfigError(f"{where}: parallel.expert_parallel_size must be >= 1 (got {ep})")
+        if ep > 1 and not self.model.is_moe:
+            raise ConfigError(f"{where}: parallel.expert_parallel_size={ep} needs experts (model.moe_experts > 0)")
+        if self.model.is_moe and self.model.moe_experts % ep:
+            raise ConfigError(f"{where}: parallel.expert_parallel_size={ep} does not divide model.moe_experts="
+                              f"{self.model.moe_experts}; each rank of the group holds the same number of experts")
+        if self.model.is_moe and self.parallel.pipeline_stages > 1:
+            raise ConfigError(f"{where}: model.moe_experts > 0 with parallel.pipeline_stages="
+                              f"{self.parallel.pipeline_stages}: the pipeline carries no router losses between "
+                              f"stages; use data and expert parallelism (parallel.expert_parallel_size)")
         if self.model.n_layer % self.parallel.pipeline_stages:
             raise ConfigError(
                 f"{where}: model.n_layer={self.model.n_layer} is not divisible by parallel.pipeline_stages="

@@ -31,8 +31,10 @@ def option_sets():
 
 
 def test_the_package_finds_every_spec():
-    assert [s.name for s in specs()] == ["qwen3", "stablelm", "gpt2", "gpt_neox", "llama"]  # narrowest layout first
-    assert sorted(t for s in specs() for t in s.reads) == ["gpt2", "gpt_neox", "llama", "mistral", "qwen3"]
+    assert [s.name for s in specs()] == ["mixtral", "qwen2_moe", "qwen3_moe", "qwen3", "stablelm", "gpt2", "gpt_neox",
+                                         "llama"]  # narrowest layout first
+    assert sorted(t for s in specs() for t in s.reads) == ["gpt2", "gpt_neox", "llama", "mistral", "mixtral",
+                                                           "qwen2_moe", "qwen3", "qwen3_moe"]
 
 
 @pytest.mark.slow

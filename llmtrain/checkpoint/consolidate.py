@@ -1,5 +1,5 @@
-"""Read any of the trainer's DeepSpeed checkpoints (ZeRO 0-3, CPU offload, pipeline) back into
-one plain GPT state dict, whatever layout wrote it.
+"""Read any of the trainer's DeepSpeed checkpoints (ZeRO 0-3, CPU offload, pipeline, experts on
+any number of ranks) back into one plain GPT state dict, whatever layout wrote it.
 
     python launcher/consolidate.py RUN_DIR_OR_CHECKPOINT --out model.pt
 
@@ -75,6 +75,26 @@ def _pipeline_state(step_dir: Path, n_layer: int) -> dict:
     return out
 
 
+def _moe_state(step_dir: Path, module: dict) -> dict:
+    """An MoE run's checkpoint (DeepSpeed's MoE format, whatever the expert-parallel size): the
+    module's other weights, plus one file per layer and expert whose tensors are stacked back into
+    the GPT's batched expert weights (llmtrain.model.parallel_moe names them). The weights are the
+    module's own: fp32 in an fp32 run, the bf16 weights (as fp32) in a bf16 run."""
+    from llmtrain.model.parallel_moe import ep_key_to_gpt
+
+    out = dict(module)
+    experts: dict[str, dict[int, torch.Tensor]] = {}
+    for f in sorted(step_dir.glob("layer_*_expert_*_model_states.pt")):
+        for k, v in torch.load(f, map_location="cpu", weights_only=True).items():
+            name, e = ep_key_to_gpt(k)
+            experts.setdefault(name, {})[e] = v
+    for name, parts in experts.items():
+        if sorted(parts) != list(range(len(parts))):
+            raise CheckpointError(f"{step_dir}: expert files of {name} are incomplete (experts {sorted(parts)})")
+        out[name] = torch.stack([parts[e] for e in range(len(parts))])
+    return out
+
+
 def _deepspeed_load(f: Path) -> dict:
     """A DeepSpeed model_states file. These hold DeepSpeed's own objects besides tensors and are
     loaded with full pickle, as DeepSpeed loads them itself: a checkpoint folder must come from a
@@ -90,6 +110,9 @@ def consolidated_state(path: str | os.PathLike) -> dict:
     if any(step_dir.glob("layer_*-model_states.pt")):
         state = _pipeline_state(step_dir, int(model_cfg["n_layer"]))
         meta = _deepspeed_load(next(iter(sorted(step_dir.glob("mp_rank_*_model_states.pt")))))
+    elif any(step_dir.glob("layer_*_expert_*_model_states.pt")):
+        meta = _deepspeed_load(step_dir / "mp_rank_00_model_states.pt")
+        state = _moe_state(step_dir, meta["module"])
     else:
         model_files = sorted(step_dir.glob("*mp_rank_00_model_states.pt"))
         meta = _deepspeed_load(model_files[0])

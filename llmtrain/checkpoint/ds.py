@@ -71,7 +71,7 @@ def same_layout(a: dict, b: dict) -> bool:
     def view(layout: dict) -> tuple:
         accum = layout.get("grad_accum_dtype") if layout.get("zero_stage") == 1 and layout.get("bf16") == "deepspeed" \
             else None
-        return (*(layout.get(k) for k in LAYOUT_KEYS), accum)
+        return (*(layout.get(k) for k in LAYOUT_KEYS), layout.get("expert_parallel", 1), accum)
 
     return view(a) == view(b)
 
@@ -80,6 +80,8 @@ def describe_layout(layout: dict) -> str:
     """'2 ranks, ZeRO-2, fp32' / '2 ranks in 2 pipeline stages, ZeRO-0, bf16 (autocast)'."""
     n, stages = layout["world_size"], layout.get("pipeline_stages", 1)
     where = f"{n} rank{'s' if n != 1 else ''}" + (f" in {stages} pipeline stages" if stages > 1 else "")
+    if layout.get("expert_parallel", 1) > 1:
+        where += f" with experts split over {layout['expert_parallel']}"
     precision = layout.get("precision", "fp32") + (f" ({layout['bf16']})" if layout.get("bf16") == "autocast" else "")
     if layout.get("precision") == "bf16" and layout.get("grad_accum_dtype") == "bf16":
         precision += " with bf16 gradient accumulation"

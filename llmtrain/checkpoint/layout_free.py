@@ -15,7 +15,9 @@ two moments) and an index in the file's metadata, one row per piece,
 meaning elements [start, start + numel) of the flattened parameter ``name`` are elements
 [offset, offset + numel) of master ``master``. A ZeRO-1/2/3 rank holds a slice of many
 parameters; a rank without ZeRO holds whole parameters (only data-parallel rank 0 writes them);
-a pipeline stage holds its own layers (both ends hold the tied embedding: either copy is read).
+a pipeline stage holds its own layers (both ends hold the tied embedding: either copy is read); an
+expert-parallel rank holds its experts, a contiguous run of each GPT expert tensor [E, ...]
+(``Named.base``; the first rank holding each expert writes it without ZeRO).
 
 Loading is the same walk in the other direction on the new layout: each rank reads, from
 whichever files hold them, exactly the slices its own masters need, writes the weights into its
@@ -62,6 +64,7 @@ class Piece:
     numel: int
     master: torch.Tensor  # the fp32 tensor the torch optimizer steps
     offset: int  # where the piece starts in master.view(-1)
+    expert: bool = False  # one of an expert-parallel rank's experts
 
 
 def gpt_names(pipeline: bool, n_layer: int) -> GptName:
@@ -76,12 +79,31 @@ def gpt_names(pipeline: bool, n_layer: int) -> GptName:
 # ----------------------------------------------------------------------------- the optimizers
 
 
-def _named(engine, gpt_name: GptName) -> list[tuple[str, torch.nn.Parameter]]:
+@dataclass
+class Named:
+    """A module parameter as part of the GPT's: the whole GPT parameter's name and shape, and
+    the element of its flattened form where this one starts (non-zero for the experts an
+    expert-parallel rank holds: a run of the GPT's [E, ...] expert tensor)."""
+    name: str
+    param: torch.nn.Parameter
+    shape: tuple[int, ...]
+    base: int = 0
+    expert: bool = False
+
+
+def _named(engine, gpt_name: GptName) -> list[Named]:
+    from llmtrain.model.parallel_moe import expert_places
+
+    experts = expert_places(engine.module)
     out = []
     for name, p in engine.module.named_parameters():
+        if id(p) in experts:
+            g, shape, base = experts[id(p)]
+            out.append(Named(g, p, shape, base, expert=True))
+            continue
         g = gpt_name(name)
         if g is not None and p.requires_grad:
-            out.append((g, p))
+            out.append(Named(g, p, tuple(getattr(p, "ds_shape", p.shape))))
     return out
 
 
@@ -114,18 +136,19 @@ def pieces(engine, gpt_name: GptName) -> tuple[str, list[Piece]]:
     named = _named(engine, gpt_name)
     opt, out = engine.optimizer, []
     if kind == "plain":
-        out = [Piece(g, tuple(p.shape), 0, p.numel(), p, 0) for g, p in named]
+        out = [Piece(n.name, n.shape, n.base, n.param.numel(), n.param, 0, n.expert) for n in named]
     elif kind == "fragments":
         groups = engine.basic_optimizer.param_groups
-        for g, p in named:
-            m = getattr(p, "_hp_mapping", None)
+        for n in named:
+            m = getattr(n.param, "_hp_mapping", None)
             if m is not None and m.lp_fragment_address.numel:
-                out.append(Piece(g, tuple(p.shape), m.lp_fragment_address.start, m.lp_fragment_address.numel,
-                                 groups[m.param_group_index]["params"][0], m.hp_fragment_address.start))
+                out.append(Piece(n.name, n.shape, n.base + m.lp_fragment_address.start, m.lp_fragment_address.numel,
+                                 groups[m.param_group_index]["params"][0], m.hp_fragment_address.start,
+                                 n.expert))
     elif kind == "zero3":
         import torch.distributed as dist
 
-        name_of = {id(p): g for g, p in named}
+        name_of = {id(n.param): n.name for n in named}
         for i, group in enumerate(opt.fp16_groups):
             master = opt.fp32_partitioned_groups_flat[i]
             for p in group:
@@ -137,10 +160,10 @@ def pieces(engine, gpt_name: GptName) -> tuple[str, list[Piece]]:
                 if numel:
                     out.append(Piece(name_of[id(p)], tuple(p.ds_shape), start, numel, master, offset))
     else:  # copies: fp32_groups[i][j] is the fp32 copy of the module's fp16_groups[i][j]
-        name_of = {id(p): g for g, p in named}
+        of = {id(n.param): n for n in named}
         for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups):
-            out += [Piece(name_of[id(p)], tuple(p.shape), 0, p.numel(), hp, 0)
-                    for p, hp in zip(lp_group, hp_group) if id(p) in name_of]
+            out += [Piece(of[id(p)].name, of[id(p)].shape, of[id(p)].base, p.numel(), hp, 0, of[id(p)].expert)
+                    for p, hp in zip(lp_group, hp_group) if id(p) in of]
     return kind, out
 
 
@@ -170,6 +193,18 @@ def _data_parallel_rank(engine) -> int:
     return grid.get_data_parallel_rank() if grid is not None else dist.get_rank()
 
 
+def _expert_data_parallel_rank(engine) -> int:
+    """This rank's place among the ranks holding the same experts (0 without expert parallelism)."""
+    from llmtrain.model.parallel_moe import ExpertParallelMoE
+
+    moe = next((m for m in engine.module.modules() if isinstance(m, ExpertParallelMoE)), None)
+    if moe is None:
+        return 0
+    from deepspeed.utils import groups
+
+    return groups._get_expert_data_parallel_rank(moe.expert_group_name)
+
+
 # ----------------------------------------------------------------------------- saving
 
 
@@ -179,8 +214,9 @@ def save(engine, step_dir: Path, rank: int, client_state: dict, gpt_name: GptNam
     from safetensors.torch import save_file
 
     kind, held = pieces(engine, gpt_name)
-    if kind in ("plain", "copies") and _data_parallel_rank(engine) != 0:
-        held = []  # every data-parallel rank holds the same whole parameters: rank 0 writes them
+    if kind in ("plain", "copies"):  # whole parameters, the same on every data-parallel rank: the first writes them
+        first = _data_parallel_rank(engine) == 0, _expert_data_parallel_rank(engine) == 0
+        held = [p for p in held if first[p.expert]]
     base = engine.basic_optimizer
     masters = {id(m): m for m, _ in _masters(engine, kind)}
     used = list(dict.fromkeys(id(p.master) for p in held))
@@ -358,12 +394,12 @@ def _load_module_weights(kind: str, engine, store: Store, gpt_name: GptName, hel
         return  # the masters are the module's parameters
     named = _named(engine, gpt_name)
     if kind != "zero3":
-        for g, p in named:
-            p.data.copy_(store.full(g).to(p.dtype))
+        for n in named:
+            n.param.data.copy_(store.read(n.name, "weight", n.base, n.param.numel()).view_as(n.param))
         return
     import torch.distributed as dist
 
-    for g, p in named:
+    for g, p in ((n.name, n.param) for n in named):
         part = p.ds_tensor.numel()
         start = dist.get_rank(group=p.ds_process_group) * part
         numel = max(0, min(part, p.ds_numel - start))

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from llmtrain.config import ModelConfig
 from llmtrain.model import mup
+from llmtrain.model.moe import MoE, Experts
 
 
 class RMSNorm(nn.Module):
@@ -282,11 +283,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, hidden: int | None = None):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
         self.gelu_approximate = "tanh" if cfg.gelu == "tanh" else "none"
-        hidden = cfg.ffn_dim
+        hidden = hidden or cfg.ffn_dim
         self.up = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * hidden, bias=cfg.bias)
         self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
@@ -302,12 +303,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Attention and an MLP, or an MoE (llmtrain/model/moe.py) in the blocks model.moe_every picks."""
+
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.norm1 = make_norm(cfg)
         self.attn = Attention(cfg)
         self.norm2 = make_norm(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg, MLP) if cfg.is_moe_layer(layer) else MLP(cfg)
         self.parallel = cfg.parallel_residual
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, docs: Documents | None = None) -> torch.Tensor:
@@ -367,7 +370,10 @@ def init_weights(module: nn.Module, cfg: ModelConfig, seed: int | None = None) -
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
     for name, m in module.named_modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, Experts):  # all experts in one draw each, so a slice of them is the same on any rank
+            nn.init.normal_(m.up, 0.0, cfg.init_std, generator=gen)
+            nn.init.normal_(m.down, 0.0, resid_std, generator=gen)
+        elif isinstance(m, nn.Linear):
             std = resid_std if name.endswith(("attn.proj", "mlp.down")) else cfg.init_std
             std *= mup.init_std_factor(cfg, name + ".weight")  # muP: hidden weights var ~ 1/fan_in
             nn.init.normal_(m.weight, 0.0, std, generator=gen)
@@ -405,7 +411,7 @@ class GPT(nn.Module):
             raise ValueError("model.vocab_size must be set (the trainer takes it from the tokenizer)")
         self.cfg = cfg
         self.embed = Embedding(cfg)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.head = Head(cfg)
         if init:
             for i, (_, piece) in enumerate(self.pieces()):
@@ -425,7 +431,18 @@ class GPT(nn.Module):
             x = block(x, None if cache is None else cache.layers[i], docs)
         x = self.head(x)
         logits = self.embed.logits(x) if self.head.out is None else x
-        return logits if targets is None else lm_loss(logits, targets, self.cfg.z_loss)
+        if self.training:
+            for m in self.moe_layers():
+                m.stats.add(*m.record)
+        if targets is None:
+            return logits
+        loss = lm_loss(logits, targets, self.cfg.z_loss)
+        if self.cfg.is_moe and torch.is_grad_enabled():  # training: plus the routers' losses
+            loss = loss + sum(m.aux_loss for m in self.moe_layers())
+        return loss
+
+    def moe_layers(self) -> list[MoE]:
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
 
     def documents(self, idx: torch.Tensor) -> Documents | None:
         """The packed documents of idx under document masking; None without it."""
@@ -439,6 +456,9 @@ def count_params(cfg: ModelConfig) -> dict:
     n_params: every trained parameter once (a tied head is not counted twice).
     n_params_non_embedding: n_params less the token and learned-position embeddings
     (Kaplan et al.'s N); an untied output head counts as non-embedding.
+    n_params_active: the parameters one token goes through: n_params with only model.moe_top_k of
+    each MoE layer's routed experts (router and shared experts included); n_params for a dense model.
+    n_params_active_non_embedding: the same less the embeddings.
     """
     d, L, V, f = cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.ffn_dim
     b = 1 if cfg.bias else 0
@@ -448,22 +468,38 @@ def count_params(cfg: ModelConfig) -> dict:
     attn = d * qkv + qkv * b + d * d + d * b
     if cfg.qk_norm:
         attn += 2 * (d // cfg.n_head) * per_dim
-    up = (2 if cfg.mlp == "swiglu" else 1) * f
-    mlp = d * up + up * b + f * d + d * b
-    per_layer = attn + mlp + 2 * norm
+    up = 2 if cfg.mlp == "swiglu" else 1
+
+    def mlp(width: int) -> int:
+        return d * up * width + up * width * b + width * d + d * b
+
+    total = active = L * (attn + 2 * norm)
+    for i in range(L):
+        if cfg.is_moe_layer(i):
+            router_shared = d * cfg.moe_experts
+            if cfg.moe_shared_experts:
+                router_shared += mlp(cfg.moe_shared_experts * cfg.expert_dim) + (d if cfg.moe_shared_gate else 0)
+            total += router_shared + cfg.moe_experts * mlp(cfg.expert_dim)
+            active += router_shared + cfg.moe_top_k * mlp(cfg.expert_dim)
+        else:
+            total += mlp(f)
+            active += mlp(f)
     emb = V * d + (cfg.seq_len * d if cfg.pos_encoding == "learned" else 0)
     head = norm + (0 if cfg.tie_embeddings else V * d)
-    n_params = emb + L * per_layer + head
-    return {"n_params": n_params, "n_params_non_embedding": n_params - emb}
+    n_params, n_active = emb + total + head, emb + active + head
+    return {"n_params": n_params, "n_params_non_embedding": n_params - emb, "n_params_active": n_active,
+            "n_params_active_non_embedding": n_active - emb}
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Training FLOPs per token counting every matmul (forward + backward = 3x forward):
-    6 x (non-embedding params + the V x d output projection) + 12 x n_layer x seq_len x d_model
-    for attention scores and values (causal masking not discounted, as in PaLM's MFU), where
+    6 x (active non-embedding params + the V x d output projection) + 12 x n_layer x seq_len x
+    d_model for attention scores and values (causal masking not discounted, as in PaLM's MFU), where
     seq_len is the window trained (train.seq_len; default the model's positions). Fewer
     key/value heads shrink only the qkv projection (in the parameters): every query head still
-    scores seq_len keys."""
+    scores seq_len keys. An MoE layer counts its router, shared experts and top_k routed experts
+    (the active parameters), not the experts a token skips."""
     counts = count_params(cfg)
-    matmul_params = counts["n_params_non_embedding"] + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)
+    matmul_params = (counts["n_params_active_non_embedding"]
+                     + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0))
     return 6.0 * matmul_params + 12.0 * cfg.n_layer * (seq_len or cfg.seq_len) * cfg.d_model

@@ -2,11 +2,15 @@
 
 Shape rule: a target non-embedding size N ≈ 12·n_layer·d_model² is met at a fixed aspect ratio
 d_model / n_layer (Kaplan et al. found loss flat over a wide band of shapes), d_model a
-multiple of head_dim, n_head = d_model / head_dim.
+multiple of head_dim, n_head = d_model / head_dim. For a Mixture-of-Experts base model (its
+``model.moe_*`` settings in the base config or the overrides) N is the active non-embedding size:
+the ladder is a ladder of compute per token.
 
 Token budgets: ``tokens_per_param`` (D = k·N for each k) or ``isoflop`` (D = C / (6N) for each
 compute budget C and each ladder size whose D stays within [min_tokens_per_param,
-max_tokens_per_param]·N).
+max_tokens_per_param]·N), N by ``tokens.basis``: total, non_embedding, active or
+active_non_embedding (the last two count only the experts a token uses; for a dense model they
+are total and non_embedding). FLOPs are 6 x active parameters x D.
 
 Hyperparameter rule: lr = lr · (lr_ref_params / N)^lr_exponent; global batch fixed (in
 sequences); warmup = warmup_fraction of the shortest run of a size, clamped to
@@ -39,6 +43,8 @@ SWEEP_KEYS = {"name", "base", "deepspeed_config", "nproc", "vocab_size", "overri
 LADDER_KEYS = {"params", "aspect_ratio", "head_dim", "rows"}
 TOKENS_KEYS = {"tokens_per_param", "isoflop", "basis"}
 ISOFLOP_KEYS = {"flops", "min_tokens_per_param", "max_tokens_per_param"}
+BASIS = {"total": "n_params", "non_embedding": "n_params_non_embedding", "active": "n_params_active",
+         "active_non_embedding": "n_params_active_non_embedding"}  # tokens.basis -> count_params key
 HP_KEYS = {"lr", "lr_grid", "lr_ref_params", "lr_exponent", "global_batch_size", "warmup_fraction", "warmup_min_steps",
            "warmup_max_steps", "schedule", "decay_fraction", "branch"}
 
@@ -52,10 +58,11 @@ class RunSpec:
     n_head: int
     n_params: int
     n_params_non_embedding: int
-    n_basis: int  # the N that token budgets are relative to (total or non-embedding)
+    n_params_active: int  # n_params with only the experts a token uses (= n_params for a dense model)
+    n_basis: int  # the N that token budgets are relative to (tokens.basis)
     tokens: int
     steps: int
-    flops: float  # 6·N·D
+    flops: float  # 6·N_active·D
     flops_with_attention: float
     lr: float
     global_batch_size: int
@@ -141,8 +148,8 @@ def load_sweep(path: str | Path) -> dict:
     if tok.get("isoflop"):
         _check_keys(where, "tokens.isoflop", tok["isoflop"], ISOFLOP_KEYS)
     tok.setdefault("basis", "total")
-    if tok["basis"] not in ("total", "non_embedding"):
-        raise ConfigError(f"{where}: tokens.basis must be 'total' or 'non_embedding'")
+    if tok["basis"] not in BASIS:
+        raise ConfigError(f"{where}: tokens.basis must be one of {', '.join(BASIS)} (got {tok['basis']!r})")
     if "lr_grid" in hp:
         if "lr" in hp:
             raise ConfigError(f"{where}: hparams has both 'lr' and 'lr_grid'; keep one (lr_grid plans one run per "
@@ -185,7 +192,7 @@ def load_sweep(path: str | Path) -> dict:
 
 def shape_for(target_non_embedding: float, aspect_ratio: float, head_dim: int,
               base: ModelConfig | None = None) -> tuple[int, int, int]:
-    """(n_layer, d_model, n_head) whose exact non-embedding count is closest to the target,
+    """(n_layer, d_model, n_head) whose exact (active) non-embedding count is closest to the target,
     preferring d_model / n_layer near aspect_ratio: the score is |log(N/target)| +
     0.25·|log((d/L)/aspect_ratio)| over depths 1..128 and widths that are multiples of head_dim."""
     best, best_score = None, math.inf
@@ -195,8 +202,9 @@ def shape_for(target_non_embedding: float, aspect_ratio: float, head_dim: int,
         for d in widths:
             if base is not None:
                 mc = ModelConfig(**{**base.__dict__, "n_layer": L, "d_model": d, "n_head": d // head_dim,
-                                    "vocab_size": base.vocab_size or 256, "d_ff": None})
-                n = count_params(mc)["n_params_non_embedding"]
+                                    "vocab_size": base.vocab_size or 256, "d_ff": None,
+                                    "moe_every": min(base.moe_every, L)})
+                n = count_params(mc)["n_params_active_non_embedding"]
             else:
                 n = 12 * L * d * d
             score = abs(math.log(n / target_non_embedding)) + 0.25 * abs(math.log((d / L) / aspect_ratio))
@@ -221,7 +229,7 @@ def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> li
     for L, d, h in shapes:
         mcfg = ModelConfig(**{**base_model.__dict__, "n_layer": L, "d_model": d, "n_head": h, "vocab_size": vocab_size})
         counts = count_params(mcfg)
-        N = counts["n_params"] if tok["basis"] == "total" else counts["n_params_non_embedding"]
+        N = counts[BASIS[tok["basis"]]]
         if tok.get("tokens_per_param"):
             budgets = sorted({float(k) * N for k in tok["tokens_per_param"]})
         else:
@@ -235,8 +243,8 @@ def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> li
         warmup = int(min(hp["warmup_max_steps"], max(hp["warmup_min_steps"], round(hp["warmup_fraction"] * shortest))))
         size = f"L{L}_d{d}"
         base = dict(size=size, n_layer=L, d_model=d, n_head=h, n_params=counts["n_params"],
-                    n_params_non_embedding=counts["n_params_non_embedding"], n_basis=N, global_batch_size=G,
-                    warmup_steps=warmup)
+                    n_params_non_embedding=counts["n_params_non_embedding"], n_params_active=counts["n_params_active"],
+                    n_basis=N, global_batch_size=G, warmup_steps=warmup)
         fpt = flops_per_token(mcfg, seq_len)
         for lr0, suffix in lr_values:
             lr = lr0 * (float(hp["lr_ref_params"]) / N) ** float(hp["lr_exponent"])
@@ -255,7 +263,7 @@ def _size_runs(sw: dict, base: dict, steps_list: list[int], tokens_per_step: int
 
     def spec(steps: int, **kw) -> RunSpec:
         D = steps * tokens_per_step
-        return RunSpec(name=f"{size}_D{D}{suffix}", tokens=D, steps=steps, flops=6.0 * base["n_params"] * D,
+        return RunSpec(name=f"{size}_D{D}{suffix}", tokens=D, steps=steps, flops=6.0 * base["n_params_active"] * D,
                        flops_with_attention=fpt * D, lr=lr, lr_grid_value=grid_value, **base, **kw)
 
     longest = steps_list[-1]
@@ -282,9 +290,9 @@ def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_m
                  memory: list | None = None) -> str:
     """The plan as a Markdown table; ``memory``: each run's MemoryPlan (llmtrain/scaling/memory.py),
     shown as memory per rank, whether it fits and the largest micro-batch that does."""
-    head = ("| run | L | d | N | N non-emb | D (tokens) | D/N | steps | FLOPs 6ND | lr | from | est. time |"
+    head = ("| run | L | d | N | N non-emb | D (tokens) | D/N | steps | FLOPs 6ND | lr | from | est. time | N active |"
             + (" mem/rank | fits | max micro |" if memory else "") + "\n"
-            + "|---" * (12 + (3 if memory else 0)) + "|")
+            + "|---" * (13 + (3 if memory else 0)) + "|")
     rows, total = [head], 0.0
     for i, r in enumerate(runs):
         t = estimate_seconds(r, seq_len, rate_flops * nproc, assumed_mfu)
@@ -292,7 +300,8 @@ def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_m
         src = f"{r.init_from}@{r.init_step}" if r.init_from else "-"
         rows.append(
             f"| {r.name} | {r.n_layer} | {r.d_model} | {r.n_params:,} | {r.n_params_non_embedding:,} | {r.tokens:,} | "
-            f"{r.tokens / r.n_basis:.1f} | {r.steps} | {r.flops:.2e} | {r.lr:.2e} | {src} | {_fmt_time(t)} |"
+            f"{r.tokens / r.n_basis:.1f} | {r.steps} | {r.flops:.2e} | {r.lr:.2e} | {src} | {_fmt_time(t)} | "
+            f"{r.n_params_active:,} |"
             + (f" {memory[i].total / 2**30:.2f} GiB | {'yes' if memory[i].fits else 'NO'} | "
                f"{memory[i].max_micro_batch or '-'} |" if memory else "")
         )

@@ -1,8 +1,11 @@
 """Read scaling-law points from a CSV, a run folder or a sweep folder (a folder of run folders).
 
 A run folder holds summary.json (status "finished" when complete; n_params,
-n_params_non_embedding, tokens, flops, final_valid_loss, final_train_loss, ...) and
-metrics.jsonl. A run with WSD cooldown branches may list several points in summary.json
+n_params_non_embedding, n_params_active, tokens, flops, final_valid_loss, final_train_loss, ...)
+and metrics.jsonl. N is read by ``basis`` (``BASIS``): total, non_embedding, active (only the
+experts a token uses: a Mixture of Experts' compute per token) or active_non_embedding; a summary
+written before the active counts existed is a dense run's, whose active counts are its total ones.
+A run with WSD cooldown branches may list several points in summary.json
 ``points``: [{"tokens", "flops", "valid_loss"}, ...]; each is one (N, D) point.
 
 Logged metrics (``--metric`` for the task method, ``--loss-metric`` in place of the loss) are
@@ -35,6 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from llmtrain.scaling.points import Points
+
+
+# --params / basis -> the summary.json key of N
+BASIS = {"total": "n_params", "non_embedding": "n_params_non_embedding", "active": "n_params_active",
+         "active_non_embedding": "n_params_active_non_embedding"}
 
 
 class SourceError(ValueError):
@@ -261,7 +269,9 @@ def read_run(run: Path, basis: str = "total", metric: str | None = None, loss_me
         return [], f"summary.json unreadable ({e.msg} at line {e.lineno}); not finished?", [], set()
     if s.get("status") != "finished":
         return [], f"status {s.get('status')!r}", [], set()
-    key = "n_params" if basis == "total" else "n_params_non_embedding"
+    key = BASIS[basis]
+    if key not in s and key.startswith("n_params_active"):  # an older dense run: active = all
+        key = key.replace("_active", "")
     if key not in s:
         raise SourceError(f"{sp}: key {key!r} missing (keys present: {', '.join(s)})")
     N = _positive(s[key], str(sp), f"key {key!r}")
@@ -396,7 +406,7 @@ def read_runs(source: Path, basis: str = "total", allow_unfinished: bool = False
         loss_source = ("final train loss (no validation loss recorded)" if srcs == {"train"} else
                        f"validation loss; final train loss for {len(train)} point(s) without one: {', '.join(train)}")
     if basis != "total":
-        notes.append("N = non-embedding parameters; C = 6 N D with that N")
+        notes.append(f"N = {basis.replace('_', '-')} parameters; C = 6 N D with that N")
     arr = np.array([r[:4] for r in rows], float)
     M = np.array([r[6] for r in rows], float) if metric else None
     return Loaded(Points(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], [r[4] for r in rows], M), kind, loss_source,

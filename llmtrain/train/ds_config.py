@@ -148,6 +148,7 @@ def layout_of(cfg: Config, ds: dict, world: int) -> dict:
     return {
         "world_size": world,
         "pipeline_stages": cfg.parallel.pipeline_stages,
+        "expert_parallel": cfg.parallel.expert_parallel_size,
         "data_parallel": world // cfg.parallel.pipeline_stages,
         "zero_stage": zero_stage(ds),
         "precision": cfg.train.precision,

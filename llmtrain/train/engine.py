@@ -1,5 +1,6 @@
-"""Engine set-up: the model (GPT or its pipeline form), AdamW and the LR schedule handed to
-deepspeed.initialize, and loading a consolidated state dict into any layout."""
+"""Engine set-up: the model (GPT or its pipeline form; an MoE GPT laid out for expert
+parallelism), AdamW and the LR schedule handed to deepspeed.initialize, and loading a
+consolidated state dict into any layout."""
 from __future__ import annotations
 
 import torch
@@ -118,17 +119,27 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
 
         model = gpt_pipeline(cfg.model, cfg.parallel.pipeline_stages, seed=cfg.train.seed,
                              activation_checkpoint_interval=1 if cfg.train.activation_checkpointing else 0)
+        if init_state is not None:
+            load_weights(model, init_state, cfg, pipeline)
     else:
         from llmtrain.model.gpt import GPT
 
         model = GPT(cfg.model, seed=cfg.train.seed)
+        if init_state is not None:
+            load_weights(model, init_state, cfg, pipeline)
+        if cfg.model.is_moe:  # every MoE block: this rank's experts, the others by all-to-all
+            from llmtrain.model.parallel_moe import apply_expert_parallel
+
+            apply_expert_parallel(model, cfg.parallel.expert_parallel_size)
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(model.blocks)
-    if init_state is not None and zero_stage(ds_config) != 3:
-        load_weights(model, init_state, cfg, pipeline)
     from llmtrain.model.mup import mup_param_groups
 
     groups = mup_param_groups(model, cfg)  # decay / no-decay, and muP's per-role LR factors
+    if cfg.model.is_moe:  # experts in groups of their own, reduced over the ranks that hold them
+        from llmtrain.model.parallel_moe import split_expert_groups
+
+        groups = split_expert_groups(groups)
     t = cfg.train
     # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop.
     # Where DeepSpeed checks no gradient overflow itself (no ZeRO and no DeepSpeed bf16/fp16: fp32,
@@ -148,23 +159,60 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
             group["lr"] = base * scheduler.lr_lambdas[0](start_step)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     if own_check:
-        keep_clip_norm(engine)
+        keep_clip_norm(engine, expert_parallel_group(cfg))
     if cfg.train.compile:
         engine.compile()
     return engine
 
 
-def keep_clip_norm(engine) -> None:
+def expert_parallel_group(cfg: Config):
+    """The expert-parallel process group of an MoE model (None for a dense one)."""
+    if not cfg.model.is_moe:
+        return None
+    from llmtrain.model.parallel_moe import expert_groups
+
+    return expert_groups(cfg.parallel.expert_parallel_size)[0]
+
+
+def keep_clip_norm(engine, ep_group=None) -> None:
     """fp32 without ZeRO: DeepSpeed clips with a global norm (across pipeline stages too) but
-    discards it; keep it, so the logged gradient norm is the pre-clipping one on every layout."""
+    discards it; keep it, so the logged gradient norm is the pre-clipping one on every layout.
+    With experts (``ep_group``) the norm is our own: DeepSpeed's averages each rank's norm, which
+    is not the norm of the whole gradient when the ranks hold different experts."""
     from deepspeed.runtime.utils import clip_grad_norm_
 
     def clip() -> None:
-        norm = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(),
-                               mpu=engine.mpu)
+        if ep_group is not None:
+            norm = clip_grad_norm_experts(list(engine.module.parameters()), engine.gradient_clipping(), ep_group)
+        else:
+            norm = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(),
+                                   mpu=engine.mpu)
         engine._global_grad_norm = engine.basic_optimizer.clip_norm = norm  # the optimizer's check reuses it
 
     engine.clip_fp32_gradients = clip
+
+
+def clip_grad_norm_experts(params: list, max_norm: float, ep_group) -> torch.Tensor:
+    """Clip reduced gradients by the norm of the whole model's gradient: the other parameters'
+    (the same on every rank) and the experts' summed over the expert-parallel group, whose ranks
+    hold different experts. Device-side; returns the norm before clipping."""
+    from llmtrain.model.parallel_moe import is_expert_param
+    from llmtrain.train.dist import accelerator_device
+
+    device = accelerator_device()
+    sq = torch.zeros(2, device=device)  # [other parameters, this rank's experts]
+    for p in params:
+        if p.grad is not None:
+            sq[int(is_expert_param(p))] += p.grad.detach().float().pow(2).sum().to(device)
+    experts = sq[1:].clone()
+    torch.distributed.all_reduce(experts, group=ep_group)
+    norm = (sq[0] + experts[0]).sqrt()
+    if max_norm > 0:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(coef.to(p.grad.device))
+    return norm
 
 
 def precision_in_use(engine) -> dict:

@@ -59,7 +59,8 @@ def peak_flops(device: torch.device, precision: str, configured: float | None) -
 
 class MetricsLogger:
     """Writes each record to RUN/metrics.jsonl (one JSON object a line, flushed) and its
-    numeric fields to TensorBoard under train/ or valid/ by the record's split."""
+    numeric fields to TensorBoard under train/ or valid/ by the record's split (a list of numbers
+    as a histogram)."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -78,6 +79,8 @@ class MetricsLogger:
             split = record.get("split", "train")
             step = record["step"]
             for k, v in record.items():
+                if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
+                    self.tb.add_histogram(f"{split}/{k}", torch.tensor(v, dtype=torch.float64), step)
                 if k in ("step", "split") or not isinstance(v, (int, float)) or isinstance(v, bool):
                     continue
                 self.tb.add_scalar(f"{split}/{k}", v, step)

@@ -92,7 +92,31 @@ def check_layout(cfg: Config, user_ds: dict, ds_path: str, config_path: str, wor
     if world % cfg.parallel.pipeline_stages:
         raise ConfigError(f"{config_path}: parallel.pipeline_stages={cfg.parallel.pipeline_stages} does not divide "
                           f"the {world} processes; launch a multiple of the stage count")
-    return build_ds_config(cfg, user_ds, ds_path, config_path, world // cfg.parallel.pipeline_stages)
+    ds = build_ds_config(cfg, user_ds, ds_path, config_path, world // cfg.parallel.pipeline_stages)
+    if cfg.model.is_moe:
+        check_moe_layout(cfg, ds, ds_path, config_path, world)
+    return ds
+
+
+def check_moe_layout(cfg: Config, ds: dict, ds_path: str, config_path: str, world: int) -> None:
+    """Experts run with data parallelism and ZeRO-0/1/2 (llmtrain/model/parallel_moe.py); the
+    rest is refused here, before start-up."""
+    from llmtrain.train.ds_config import zero_stage
+
+    ep = cfg.parallel.expert_parallel_size
+    if world % ep:
+        raise ConfigError(f"{config_path}: parallel.expert_parallel_size={ep} does not divide the {world} processes; "
+                          f"launch a multiple of it")
+    if zero_stage(ds) == 3:
+        raise ConfigError(f"{ds_path}: ZeRO stage 3 with experts (model.moe_experts={cfg.model.moe_experts}): "
+                          f"DeepSpeed does not support its MoE layers (which the experts are, for its engine) "
+                          f"with ZeRO-3; use ds_configs/zero2.json (or zero0/zero1)")
+    deepspeed_half = any(ds.get(k, {}).get("enabled") for k in ("bf16", "fp16"))  # not bf16 under autocast
+    if zero_stage(ds) == 0 and deepspeed_half:
+        fix = "train.grad_accum_dtype=fp32 (autocast) or " if cfg.train.precision == "bf16" else ""
+        raise ConfigError(f"{ds_path}: train.precision={cfg.train.precision} without ZeRO and with experts runs "
+                          f"DeepSpeed's {cfg.train.precision} optimizer, which leaves the experts out of the "
+                          f"gradient-clipping norm; use {fix}ds_configs/zero1.json or zero2.json")
 
 
 def total_steps_of(cfg: Config) -> int:
@@ -264,8 +288,10 @@ def describe(t: Trainer, stage: int, threads: int | None) -> str:
     """The one-line description of the run printed at start."""
     cfg, counts, plan = t.cfg, t.param_counts, t.plan
     m = cfg.model
+    moe = (f", {m.moe_experts} experts top-{m.moe_top_k} ({counts['n_params_active'] / 1e6:.2f}M active), expert "
+           f"parallel {cfg.parallel.expert_parallel_size}" if m.is_moe else "")
     return (f"model: {counts['n_params'] / 1e6:.2f}M params ({counts['n_params_non_embedding'] / 1e6:.2f}M "
-            f"non-embedding), {m.n_layer}L d{m.d_model} h{m.n_head} T{cfg.train.seq_len}"
+            f"non-embedding{moe}), {m.n_layer}L d{m.d_model} h{m.n_head} T{cfg.train.seq_len}"
             + (f" (of {m.seq_len} positions)" if cfg.train.seq_len != m.seq_len else "")
             + f" V{m.vocab_size}; {t.world} rank(s), "
             f"ZeRO-{stage}, {cfg.parallel.pipeline_stages} stage(s), micro {plan.micro} x accum {plan.gas} x dp "

@@ -27,9 +27,17 @@ def legacy_keys(cfg) -> dict:
     return {"rope_theta": float(cfg.rope_theta), **scaling}
 
 
-def layers(cfg, norm_bias: bool = False) -> list:
+def dense_mlp(cfg, i: int, p: str, q: str) -> list:
+    """A block's SwiGLU MLP as gate_proj / up_proj / down_proj."""
+    f = cfg.ffn_dim
+    return [split(p + "mlp.up.weight", [q + "mlp.gate_proj.weight", q + "mlp.up_proj.weight"], [f, f]),
+            same(p + "mlp.down.weight", q + "mlp.down_proj.weight")]
+
+
+def layers(cfg, norm_bias: bool = False, mlp=dense_mlp) -> list:
     """The decoder layers of a Llama-style model (model.layers.I.*): separate q/k/v and gate/up
-    projections; per-head q/k norms with model.qk_norm; LayerNorm biases with ``norm_bias``."""
+    projections; per-head q/k norms with model.qk_norm; LayerNorm biases with ``norm_bias``;
+    ``mlp(cfg, i, ours, theirs)`` gives block i's MLP rows (experts: llmtrain/checkpoint/hf/mixtral.py)."""
     d, f = cfg.d_model, cfg.ffn_dim
     kv = cfg.kv_heads * (d // cfg.n_head)
     t = []
@@ -41,9 +49,7 @@ def layers(cfg, norm_bias: bool = False) -> list:
             t += [bias(cfg, p + "norm1.bias", q + "input_layernorm.bias", d),
                   bias(cfg, p + "norm2.bias", q + "post_attention_layernorm.bias", d)]
         t += [split(p + "attn.qkv.weight", [q + f"self_attn.{n}_proj.weight" for n in "qkv"], [d, kv, kv]),
-              same(p + "attn.proj.weight", q + "self_attn.o_proj.weight"),
-              split(p + "mlp.up.weight", [q + "mlp.gate_proj.weight", q + "mlp.up_proj.weight"], [f, f]),
-              same(p + "mlp.down.weight", q + "mlp.down_proj.weight")]
+              same(p + "attn.proj.weight", q + "self_attn.o_proj.weight"), *mlp(cfg, i, p, q)]
         if cfg.qk_norm:  # one norm over head_dim, shared by the heads, as ours
             t += [same(p + "attn.q_norm.weight", q + "self_attn.q_norm.weight"),
                   same(p + "attn.k_norm.weight", q + "self_attn.k_norm.weight")]

@@ -100,6 +100,22 @@ OPTIONS: dict[str, tuple[Callable, Callable]] = {
                      lambda c, arch: f"model.rope_scaling={c.rope_scaling}: only Llama-style models take Llama 3 rope "
                                      f"scaling here"),
     "exact_gelu": (lambda c: c.gelu != "tanh" and c.mlp == "gelu", lambda c, arch: "model.gelu=exact"),
+    "moe": (lambda c: c.is_moe,
+            lambda c, arch: f"model.moe_experts={c.moe_experts}: {arch} has no experts (Mixtral, Qwen2-MoE and "
+                            f"Qwen3-MoE do: rotary, RMSNorm, SwiGLU, model.bias=false)"),
+    "moe_ungated_shared": (lambda c: c.is_moe and c.moe_shared_experts and not c.moe_shared_gate,
+                           lambda c, arch: f"model.moe_shared_experts={c.moe_shared_experts} without "
+                                           f"model.moe_shared_gate: the one exported architecture with shared "
+                                           f"experts, Qwen2-MoE, gates them (set model.moe_shared_gate=true)"),
+    "moe_shared": (lambda c: c.is_moe and c.moe_shared_experts,
+                   lambda c, arch: f"model.moe_shared_experts={c.moe_shared_experts}: {arch} has no shared experts "
+                                   f"(Qwen2-MoE has, gated: model.moe_shared_gate=true, no model.qk_norm)"),
+    "moe_dense_layers": (lambda c: c.is_moe and c.moe_every > 1,
+                         lambda c, arch: f"model.moe_every={c.moe_every}: {arch} has experts in every layer "
+                                         f"(Qwen2-MoE and Qwen3-MoE have decoder_sparse_step)"),
+    "moe_unnormalised": (lambda c: c.is_moe and not c.moe_norm_topk,
+                         lambda c, arch: f"model.moe_norm_topk=false: {arch} always renormalises the top-k weights "
+                                         f"(Qwen2-MoE and Qwen3-MoE have norm_topk_prob)"),
 }
 
 # layouts no spec has: (does the model have it, why), the first that holds names the reason

@@ -28,14 +28,15 @@ from llmtrain.train.callbacks.evaluation import Evaluate, PeriodicEval, eval_due
 from llmtrain.train.callbacks.guards import NonFiniteGuard, StopOnSignal
 from llmtrain.train.callbacks.harness import HarnessEval
 from llmtrain.train.callbacks.metrics import Console, JsonlAndTensorBoard, Throughput
+from llmtrain.train.callbacks.moe import MoEMetrics
 from llmtrain.train.callbacks.profiler import Profiler
 from llmtrain.train.callbacks.summary import Summary
 from llmtrain.train.callbacks.tasks import TaskEval
 from llmtrain.train.callbacks.wandb import WandbSink
 
-__all__ = ["Callback", "Checkpointing", "Console", "Evaluate", "HarnessEval", "JsonlAndTensorBoard", "NonFiniteGuard",
-           "PeriodicEval", "Profiler", "StopOnSignal", "Summary", "TaskEval", "Throughput", "WandbSink",
-           "default_callbacks", "eval_due"]
+__all__ = ["Callback", "Checkpointing", "Console", "Evaluate", "HarnessEval", "JsonlAndTensorBoard", "MoEMetrics",
+           "NonFiniteGuard", "PeriodicEval", "Profiler", "StopOnSignal", "Summary", "TaskEval", "Throughput",
+           "WandbSink", "default_callbacks", "eval_due"]
 
 
 def default_callbacks(cfg, run_dir: Path, rank: int, stop: StopOnSignal) -> list[Callback]:
@@ -44,6 +45,8 @@ def default_callbacks(cfg, run_dir: Path, rank: int, stop: StopOnSignal) -> list
     if cfg.train.profile_steps:
         cbs.append(Profiler(run_dir, cfg.train.profile_steps))
     cbs.append(Throughput())
+    if cfg.model.is_moe:
+        cbs.append(MoEMetrics())
     if rank == 0:
         cbs.append(JsonlAndTensorBoard(run_dir, cfg.log.tensorboard))
         cbs.append(Console())

@@ -25,9 +25,11 @@ class Summary(Callback):
             "name": t.cfg.log.name,
             "n_params": counts["n_params"],
             "n_params_non_embedding": counts["n_params_non_embedding"],
+            "n_params_active": counts["n_params_active"],  # = n_params for a dense model
+            "n_params_active_non_embedding": counts["n_params_active_non_embedding"],
             "steps": t.step,
             "tokens": t.tokens,
-            "flops": 6.0 * counts["n_params"] * t.tokens,
+            "flops": 6.0 * counts["n_params_active"] * t.tokens,
             "flops_with_attention": t.flops_per_token * t.tokens,
             "flops_per_token": t.flops_per_token,
             "final_train_loss": final_train,
@@ -50,7 +52,7 @@ class Summary(Callback):
         d = t.cfg.to_dict()
         hp = {f"model.{k}": v for k, v in d["model"].items()}
         hp.update({f"train.{k}": v for k, v in d["train"].items()})
-        hp.update({"n_params": counts["n_params"], "tokens": t.tokens})
+        hp.update({"n_params": counts["n_params"], "n_params_active": counts["n_params_active"], "tokens": t.tokens})
         t.summary = summary
         for cb in t.callbacks:
             cb.log_summary(t, summary, hp)
