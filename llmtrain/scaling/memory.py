@@ -200,6 +200,7 @@ class MemoryPlan:
     budget_source: str
     max_micro_batch: int | None
     stages: list[dict] = field(default_factory=list)  # per pipeline stage: its states and activations
+    notes: list[str] = field(default_factory=list)  # what the plan leaves out for this run
 
     @property
     def total(self) -> int:
@@ -225,7 +226,7 @@ class MemoryPlan:
                        "activations_bytes_with_checkpointing": self.activations_checkpointed,
                        "activation_checkpointing": self.checkpointing, "micro_batch": self.layout.micro,
                        "zero_stage": self.layout.zero, "data_parallel": self.layout.dp,
-                       "pipeline_stages": self.layout.stages, "stages": self.stages},
+                       "pipeline_stages": self.layout.stages, "stages": self.stages, "notes": self.notes},
         }
 
     def format(self) -> str:
@@ -255,6 +256,7 @@ class MemoryPlan:
         if len(self.stages) > 1:
             rows += [f"  stage {st['stage']}: {gib(st['total_bytes'])} ({st['blocks']} blocks, "
                      f"{st['in_flight']} micro-batch(es) in flight)" for st in self.stages]
+        rows += [f"  note: {n}" for n in self.notes]
         return "\n".join(rows)
 
 
@@ -560,8 +562,15 @@ def plan_memory(cfg: Config, ds_config: dict, world: int, budget: int | None = N
     rows = [{"stage": sp.stage, "blocks": sp.n_blocks, "params": sp.numel,
              "in_flight": in_flight_micro_batches(sp, lay), "states_bytes": st.total, "activations_bytes": a,
              "total_bytes": st.peak_with(a)} for sp, st, a in zip(stages, states, acts(lay.micro))]
+    notes = []
+    if cfg.model.is_moe:
+        notes.append("experts: an MoE block's activations are counted as the dense MLP's (the router, the "
+                     "dispatch and the experts' hidden states are not modelled)")
+    if cfg.model.is_moe and cfg.parallel.expert_parallel_size > 1:
+        notes.append(f"expert parallelism (parallel.expert_parallel_size={cfg.parallel.expert_parallel_size}) is "
+                     f"not modelled: every expert is counted on every rank, an upper bound")
     return MemoryPlan(lay, states[top], act, fullest(lay.micro, False)[1], fullest(lay.micro, True)[1], ckpt,
-                      int(budget), source, max(fitting) if fitting else None, rows)
+                      int(budget), source, max(fitting) if fitting else None, rows, notes)
 
 
 def parse_bytes(text: str) -> int:
