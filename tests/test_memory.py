@@ -201,3 +201,18 @@ def test_the_window_not_the_positions_sizes_activations():
     assert plans[0].to_json()["per_rank"] == plans[1].to_json()["per_rank"]
     assert plans[0].stages[0]["params"] == 8_030_261_248  # Llama 3.1 8B
     assert plans[0].activations > 0
+
+
+def test_a_plan_with_experts_says_what_it_leaves_out():
+    from llmtrain.config import load_config
+    from llmtrain.scaling.memory import plan_memory
+
+    moe = ["model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.vocab_size=512", "model.moe_experts=4",
+           "model.moe_top_k=2", "train.global_batch_size=8"]
+    ds = {"zero_optimization": {"stage": 2}}
+    dense = plan_memory(load_config(None, moe[:4] + moe[-1:]), ds, 2, 1 << 30, "cuda")
+    assert dense.notes == [] and "note:" not in dense.format()
+    ep = plan_memory(load_config(None, [*moe, "parallel.expert_parallel_size=2"]), ds, 2, 1 << 30, "cuda")
+    assert [n.split(":")[0].split(" (")[0] for n in ep.to_json()["detail"]["notes"]] == ["experts",
+                                                                                         "expert parallelism"]
+    assert "note: expert parallelism (parallel.expert_parallel_size=2) is not modelled" in ep.format()
