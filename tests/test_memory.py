@@ -203,6 +203,7 @@ def test_the_window_not_the_positions_sizes_activations():
     assert plans[0].activations > 0
 
 
+@pytest.mark.slow
 def test_a_plan_with_experts_says_what_it_leaves_out():
     from llmtrain.config import load_config
     from llmtrain.scaling.memory import plan_memory
