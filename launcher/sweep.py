@@ -6,6 +6,8 @@
 
 With hparams.lr_grid: [1e-3, 3e-3, 1e-2] in the YAML every size and budget runs once per LR
 (names end in _lr<value>); fit such a sweep with fit_scaling.py --best-of-duplicates.
+With cooldown_prefix (a blend, or a mapping of labels to blends) the WSD cooldowns read another
+mixture from the step they start (a data stage; names end in _cd-<label> for a mapping).
 
 Runs go to SWEEP_DIR/<run name>/ (default SWEEP_DIR: runs/sweeps/<sweep name>). A finished run
 (summary.json with status finished) is skipped, an interrupted one resumes from its latest
@@ -65,6 +67,17 @@ def memory_plans(runs, sw: dict, base_cfg: str, vocab: int, budget: int | None) 
         ds = build_ds_config(cfg, user, ds_path, base_cfg, nproc // cfg.parallel.pipeline_stages)
         plans.append(plan_memory(cfg, ds, nproc, budget))
     return plans
+
+
+def check_cooldown_data(sw: dict) -> None:
+    """Every cooldown_prefix blend parses and names datasets that exist (ConfigError, one line), before
+    any run starts; each run checks its tokenizer and the rest when it opens its data."""
+    from llmtrain.data.dataset import parse_blend, read_manifest
+
+    for label, blend in sw["_cooldowns"]:
+        if blend:
+            for prefix in parse_blend(blend, "cooldown_prefix" + (f".{label}" if label else ""))[1]:
+                read_manifest(prefix)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -138,6 +151,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         sw = load_sweep(args.config)
+        check_cooldown_data(sw)
         seq_len, base_model, base_cfg = seq_len_and_model(sw)
         vocab = vocab_size_for(sw, base_model, base_cfg)
         runs = plan(sw, seq_len, vocab, base_model)

@@ -6,6 +6,7 @@ key and the file. ``load_config(path, overrides)`` returns a validated ``Config`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,11 +193,23 @@ class ModelConfig:
 
 
 @dataclass
+class StageConfig:
+    """One data stage: from ``at`` on, the run reads the blend ``prefix`` (data.prefix's notation)."""
+
+    at: Optional[float] = None  # a fraction of the run's steps in (0, 1), or a step (an integer >= 1)
+    prefix: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
     # PREFIX as given to data_prep/tokenize_corpus.py: PREFIX_train.{bin,idx},
     # PREFIX_valid.{bin,idx} and PREFIX_manifest.json. None: the bundled sample corpus,
     # prepared on first use in the user cache ($LLMTRAIN_CACHE, else ~/.cache/llmtrain).
+    # Or a blend in Megatron's notation: "0.7 PREFIX_A 0.3 PREFIX_B".
     prefix: Optional[str] = None
+    # Mixtures that change during the run: [{at: 0.8, prefix: "0.3 A 0.7 B"}, ...]; each stage's
+    # blend applies from its point on, data.prefix before the first (a stage at 0 is data.prefix).
+    stages: list[StageConfig] = field(default_factory=list)
     tokenizer: Optional[str] = None  # tokenizer.json; None: the one named in the manifest
     # Preparing the bundled corpus (used only when prefix is None):
     sample_vocab_size: int = 4096
@@ -290,8 +303,9 @@ class CheckpointConfig:
     # With init_from a consolidated file or an imported model: the step to start at (its
     # schedule position; 0 for fine-tuning); None: the step the file records.
     init_step: Optional[int] = None
-    # A resume refuses a changed data.prefix, train.global_batch_size or train.seed (the data
-    # position would no longer be exact); true accepts the change and goes on from the step.
+    # A resume refuses a changed data.prefix, train.global_batch_size or train.seed, or a changed
+    # data stage before its checkpoint (the data position would no longer be exact); true accepts
+    # the change and goes on from the step.
     allow_data_change: bool = False
     # Beside each DeepSpeed checkpoint, the layout-free state (fp32 weights, Adam moments and step
     # by parameter name; checkpoint/layout_free.py): a relaunch on another number of ranks, ZeRO
@@ -320,6 +334,7 @@ class Config:
         self.model.validate(where)
         self.train.validate(where)
         self.resolve_window(where)
+        self._validate_stages(where)
         if self.parallel.pipeline_stages < 1:
             raise ConfigError(f"{where}: parallel.pipeline_stages must be >= 1")
         ep = self.parallel.expert_parallel_size
@@ -355,6 +370,58 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def total_steps(self) -> int:
+        """train.max_steps, or fewer when train.max_tokens is reached first."""
+        steps = self.train.max_steps
+        if self.train.max_tokens:
+            window = self.train.seq_len or self.model.seq_len  # the window trained (resolve_window)
+            steps = min(steps, math.ceil(self.train.max_tokens / (self.train.global_batch_size * window)))
+        return steps
+
+    def stage_steps(self) -> list[int]:
+        """The step each of data.stages starts at: ``at`` itself, or for a fraction f of a run of T
+        steps T - round((1 - f)·T), so that f = 1 - train.decay_fraction starts with the WSD cooldown."""
+        total = self.total_steps()
+        return [int(st.at) if st.at >= 1 else total - round((1.0 - st.at) * total) for st in self.data.stages]
+
+    def _validate_stages(self, where: str) -> None:
+        """data.stages: each {at, prefix}, at a fraction in (0, 1) or a whole step, in increasing
+        order inside the run; a first stage at 0 is the run's first blend (it becomes data.prefix)."""
+        stages = self.data.stages
+        for i, st in enumerate(stages):
+            key = f"data.stages[{i}]"
+            if not st.prefix or not str(st.prefix).strip():
+                raise ConfigError(f"{where}: {key}.prefix is missing; give the blend the stage reads, e.g. "
+                                  f"{{at: 0.8, prefix: '0.3 tok/web 0.7 tok/books'}}")
+            if st.at is None or not math.isfinite(st.at) or st.at < 0:
+                raise ConfigError(f"{where}: {key}.at={st.at} must be a fraction of the run in (0, 1) or a step >= 1 "
+                                  f"(e.g. at: 0.8 or at: 800)")
+            if st.at >= 1 and not float(st.at).is_integer():
+                raise ConfigError(f"{where}: {key}.at={st.at:g} is neither a fraction in (0, 1) nor a whole step; "
+                                  f"write a fraction below 1 or an integer step")
+            if st.at == 0 and i > 0:
+                raise ConfigError(f"{where}: {key}.at=0: only the first stage can start at 0; list the stages in order")
+        shift = 0  # the index the user wrote, once a stage at 0 became data.prefix
+        if stages and stages[0].at == 0:
+            first, shift = stages.pop(0), 1
+            if self.data.prefix is not None and self.data.prefix.split() != first.prefix.split():
+                raise ConfigError(f"{where}: data.stages[0] (at 0) reads '{first.prefix}' but data.prefix is "
+                                  f"'{self.data.prefix}': the stage at 0 is the run's first blend; remove one of them")
+            self.data.prefix = first.prefix
+        total, prev = self.total_steps(), 0
+        for i, (st, step) in enumerate(zip(stages, self.stage_steps())):
+            key = f"data.stages[{i + shift}].at={st.at:g}"
+            if step <= 0:
+                raise ConfigError(f"{where}: {key} is step {step} of a {total}-step run; a later stage starts at "
+                                  f"step 1 or after (data.prefix is the blend from step 0): give a step")
+            if step <= prev:
+                raise ConfigError(f"{where}: {key} starts at step {step}, not after the stage before it (step "
+                                  f"{prev}); list the stages in order, each later than the one before")
+            if step >= total:
+                raise ConfigError(f"{where}: {key} starts at step {step}, but the run ends at step {total} "
+                                  f"(train.max_steps / train.max_tokens); start it earlier or remove it")
+            prev = step
 
 
 def _choice(where: str, key: str, value: Any, choices) -> None:

@@ -233,6 +233,47 @@ def check_resume_compatible(run_dir: Path, cfg: Config) -> None:
                 f"data position. Keep {section}.{key}={was}, use a new --run-dir, or pass "
                 f"checkpoint.allow_data_change=true to go on anyway"
             )
+    check_stages_compatible(run_dir, cfg)
+
+
+def _blend_key(spec: str):
+    """A blend as what it reads: the shares and the resolved paths (spelling aside)."""
+    from llmtrain.data.dataset import parse_blend
+
+    try:
+        weights, prefixes = parse_blend(spec)
+    except ConfigError:
+        return spec
+    total = sum(weights)
+    return [(round(w / total, 12), str(Path(p).resolve())) for w, p in zip(weights, prefixes)]
+
+
+def check_stages_compatible(run_dir: Path, cfg: Config) -> None:
+    """Refuse a resume whose data stages before the checkpoint's step differ from the ones the run
+    read (data_manifest.json records the steps they resolved to): what the run trained on would no
+    longer be what the sample positions say. A stage that starts at or after the checkpoint may
+    change (a fraction moves with train.max_steps), unless checkpoint.allow_data_change=true."""
+    manifest, latest = run_dir / "data_manifest.json", run_dir / "checkpoints" / "latest"
+    if cfg.checkpoint.allow_data_change or not manifest.is_file() or not latest.is_file():
+        return
+    try:
+        step = int(latest.read_text().strip().removeprefix("global_step"))
+        recorded = json.loads(manifest.read_text()).get("stages") or []
+    except (ValueError, json.JSONDecodeError, AttributeError):
+        return  # not ours to judge here: the checkpoint readers name a malformed file
+    was = [(int(st["step"]), st["prefix"]) for st in recorded if 0 < int(st["step"]) < step]
+    now = [(s, st.prefix) for s, st in zip(cfg.stage_steps(), cfg.data.stages) if s < step]
+    if [(s, _blend_key(p)) for s, p in was] == [(s, _blend_key(p)) for s, p in now]:
+        return
+
+    def show(stages):
+        return "[" + ", ".join(f"step {s}: '{p}'" for s, p in stages) + "]" if stages else "none"
+
+    raise ConfigError(
+        f"{manifest}: before its checkpoint at step {step} the run read the data stages {show(was)}, now "
+        f"{show(now)}; resuming would break the exact data position. Keep those stages at the steps they started "
+        f"(a fraction moves with train.max_steps: give data.stages[i].at as that step), use a new --run-dir, or "
+        f"pass checkpoint.allow_data_change=true to go on anyway")
 
 
 def check_sample_order(run_dir: Path, cfg: Config) -> None:

@@ -24,7 +24,15 @@ def coerce(value: Any, hint: Any, key: str, where: str) -> Any:
             value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {key}={value!r} is not a list")
-        return [coerce(v, inner, key, where) for v in value]
+        return [coerce(v, inner, f"{key}[{i}]" if dataclasses.is_dataclass(inner) else key, where)
+                for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):  # an entry of a list of records (data.stages)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}={value!r} must be a mapping of its fields "
+                              f"({', '.join(f.name for f in fields(hint))})")
+        obj = hint()
+        apply_updates(obj, value, key + ".", where)
+        return obj
     if origin is Union:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None

@@ -5,7 +5,10 @@ token); window j of it is tokens[j*T : j*T + T + 1] (inputs and shifted targets)
 visits every window once in a fresh order: a seeded permutation of the window indices
 (``WindowPermutation``), computed for the samples asked for, never stored.
 
-Because the sample for global index g is a pure function of (g, seed), the data position of a
+Several datasets are mixed by ``BlendedSamples``; a mixture that changes during the run (data
+stages) is ``StagedSamples``, one blend per stage.
+
+Because the sample for global index g is a pure function of (g, seed, stages), the data position of a
 run is just the number of samples it has consumed: resuming at step s reads exactly the
 samples an uninterrupted run would have read, and every rank computes its own share without
 communication. Nothing is built at start-up and nothing grows with the corpus: a rank's memory
@@ -96,7 +99,7 @@ class TokenWindows:
         if self.num_samples < 1:
             raise ValueError(
                 f"{shards[0].prefix}: {sum(d.num_tokens for d in shards)} tokens are fewer than one sample of "
-                f"seq_len+1={seq_len + 1}; use more data or a shorter model.seq_len"
+                f"seq_len+1={seq_len + 1}; use more data or a shorter train.seq_len"
             )
         self._perm: WindowPermutation | None = None
         self._perm_epoch = -1
@@ -160,9 +163,12 @@ class BlendedSamples:
     K datasets: within one sample of the share for two equal weights, a few samples at most.
 
     Any stretch of the order is computed on its own, from its start position, in time and memory
-    proportional to its length (``order(n, start)``): nothing is built or stored per run."""
+    proportional to its length (``order(n, start)``): nothing is built or stored per run.
 
-    def __init__(self, sources: list[TokenWindows], weights: list[float]):
+    ``offsets``: where each dataset's stream starts (its k-th sample in this blend is sample
+    offsets[d] + k of its TokenWindows): a data stage continues the streams its earlier stages read."""
+
+    def __init__(self, sources: list[TokenWindows], weights: list[float], offsets=None):
         if len(sources) != len(weights) or not sources:
             raise ValueError("need one weight per dataset")
         w = np.asarray(weights, dtype=np.float64)
@@ -170,31 +176,45 @@ class BlendedSamples:
             raise ValueError("blend weights must be > 0")
         self.sources = sources
         self.weights = w / w.sum()
+        self.offsets = np.zeros(len(sources), dtype=np.int64) if offsets is None else np.asarray(offsets, np.int64)
 
-    def order(self, n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(dataset, index of the sample within that dataset) of the global samples [start, start+n).
-
-        The samples due before t_lo = start - K - 1 are fewer than ``start`` and all come first;
-        those due in [t_lo, t_hi), t_hi = start + n + 2K + 2, are at least start + n in all. So
-        sorting that window's due times (stable, datasets in order: the ties as listed) places
-        [start, start+n) exactly as sorting every due time from 0 would."""
+    def _window(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lo, hi, sorted): the samples due before t_lo = start - K - 1 (fewer than ``start``, and all
+        of them come first), those due before t_hi = start + n + 2K + 2 (at least start + n in all),
+        and the due times in between sorted (stable, datasets in order: the ties as listed), which
+        place [start, start+n) exactly as sorting every due time from 0 would."""
         K = len(self.weights)
         t_lo, t_hi = float(start - K - 1), float(start + n + 2 * K + 2)
         lo = np.array([_due_before(t_lo, wd) for wd in self.weights], dtype=np.int64)
         hi = np.array([_due_before(t_hi, wd) for wd in self.weights], dtype=np.int64)
         due = np.concatenate([np.arange(a + 1, b + 1, dtype=np.float64) / wd for a, b, wd in zip(lo, hi, self.weights)])
-        picked = np.argsort(due, kind="stable")[start - int(lo.sum()):][:n]
+        return lo, hi, np.argsort(due, kind="stable")
+
+    def order(self, n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset, index of the sample within that dataset) of the global samples [start, start+n)."""
+        lo, hi, ordered = self._window(start, n)
+        picked = ordered[start - int(lo.sum()):][:n]
         if len(picked) != n:
             raise AssertionError(f"blend window too short at {start} (+{n})")
         blocks = np.concatenate([[0], np.cumsum(hi - lo)])
         choice = (np.searchsorted(blocks, picked, side="right") - 1).astype(np.uint16)
         return choice, picked - blocks[choice] + lo[choice]
 
+    def counts(self, n: int) -> np.ndarray:
+        """How many samples of each dataset the first ``n`` samples of the blend hold (int64, one per
+        dataset), in time and memory independent of n."""
+        if len(self.weights) == 1:
+            return np.array([n], dtype=np.int64)
+        lo, hi, ordered = self._window(n, 0)
+        first = ordered[:n - int(lo.sum())]
+        blocks = np.concatenate([[0], np.cumsum(hi - lo)])
+        return lo + np.bincount(np.searchsorted(blocks, first, side="right") - 1, minlength=len(lo))
+
     def take(self, positions) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
         """The samples at global ``positions`` and their loss masks (as TokenWindows.take)."""
         pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
         if len(self.sources) == 1:
-            return self.sources[0].take(pos)
+            return self.sources[0].take(pos + self.offsets[0])
         first = int(pos.min())
         choice, local = self.order(int(pos.max()) - first + 1, first)
         choice, local = choice[pos - first], local[pos - first]
@@ -202,7 +222,7 @@ class BlendedSamples:
         masks: list = [None] * len(pos)
         for d in np.unique(choice):
             at = np.flatnonzero(choice == d)
-            r, m = self.sources[int(d)].take(local[at])
+            r, m = self.sources[int(d)].take(local[at] + self.offsets[d])
             for i, a in enumerate(at.tolist()):
                 rows[a], masks[a] = r[i], m[i]
         return rows, masks
@@ -212,6 +232,70 @@ class BlendedSamples:
 
     def loss_mask(self, g: int) -> np.ndarray | None:
         return self.take(g)[1][0]
+
+
+class StagedSamples:
+    """The training samples of a run whose mixture changes (data.stages): stage s reads its own
+    blend from global sample ``start_s`` on, addressed by the position within the stage
+    (g - start_s), so the sample at g is a pure function of (g, seed, stages) and every stage keeps
+    the blend's bound on the counts per dataset, counted from the stage's start.
+
+    A dataset read in several stages continues its stream where the earlier stages left it (its
+    epoch and shuffled order go on; no window is read twice within an epoch across a boundary),
+    rather than starting its epoch again: the offsets are the exact counts the earlier stages read
+    (``BlendedSamples.counts``), computed once here. One stage from 0 is the plain blend."""
+
+    def __init__(self, sources: list[TokenWindows], stages: list[tuple[int, list[int], list[float]]]):
+        """sources: every dataset of the run; stages: (first global sample, indices into sources,
+        weights), the first from 0, in increasing order."""
+        starts = [s for s, _, _ in stages]
+        if not stages or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"stages must start at 0 and increase (got {starts})")
+        self.sources = sources
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.ids = [np.asarray(ids, dtype=np.int64) for _, ids, _ in stages]
+        self.blends: list[BlendedSamples] = []
+        used = np.zeros(len(sources), dtype=np.int64)  # samples of each dataset read before the stage
+        self._before = []
+        for k, (start, ids, weights) in enumerate(stages):
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"stage {k} lists a dataset twice")
+            self._before.append(used.copy())
+            blend = BlendedSamples([sources[i] for i in ids], weights, offsets=used[self.ids[k]])
+            self.blends.append(blend)
+            if k + 1 < len(stages):
+                used[self.ids[k]] += blend.counts(starts[k + 1] - start)
+
+    def stage_of(self, g) -> np.ndarray:
+        """The stage each global sample position belongs to."""
+        return np.searchsorted(self.starts, np.atleast_1d(np.asarray(g, dtype=np.int64)), side="right") - 1
+
+    def counts(self, n: int) -> np.ndarray:
+        """How many samples of each dataset (of ``sources``) the first ``n`` samples of the run hold."""
+        if n <= 0:
+            return np.zeros(len(self.sources), dtype=np.int64)
+        k = int(self.stage_of(n - 1)[0])
+        out = self._before[k].copy()
+        out[self.ids[k]] += self.blends[k].counts(n - int(self.starts[k]))
+        return out
+
+    def take(self, positions) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """The samples at global ``positions`` and their loss masks (as TokenWindows.take)."""
+        pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
+        stage = self.stage_of(pos)
+        if (stage == stage[0]).all():
+            return self.blends[int(stage[0])].take(pos - self.starts[stage[0]])
+        rows: list = [None] * len(pos)
+        masks: list = [None] * len(pos)
+        for k in np.unique(stage):
+            at = np.flatnonzero(stage == k)
+            r, m = self.blends[int(k)].take(pos[at] - self.starts[k])
+            for i, a in enumerate(at.tolist()):
+                rows[a], masks[a] = r[i], m[i]
+        return rows, masks
+
+    def __getitem__(self, g: int) -> np.ndarray:
+        return self.take(g)[0][0]
 
 
 def batch(samples, start: int, count: int):

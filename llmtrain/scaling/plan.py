@@ -25,10 +25,17 @@ One run, many points: with ``branch: true`` and schedule wsd, each size trains o
 largest D at constant LR, saving checkpoints where the shorter budgets' cooldowns must start;
 each shorter budget is a branch that starts from that checkpoint and cools down over its last
 decay_fraction of steps, so it costs only its cooldown.
+
+Cooling down on another mixture: ``cooldown_prefix: BLEND`` (schedule wsd) gives every run a data
+stage (data.stages) that reads BLEND from the step its cooldown starts; a mapping
+``cooldown_prefix: {plain: null, books: "0.3 A 0.7 B"}`` plans every budget once per entry (names
+end in ``_cd-<label>``; null: no stage), all of a size's cooldowns branching from one trunk.
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +46,7 @@ from llmtrain.core.yamlconf import read_yaml
 from llmtrain.model.gpt import count_params, flops_per_token
 
 SWEEP_KEYS = {"name", "base", "deepspeed_config", "nproc", "vocab_size", "overrides", "ladder", "tokens", "hparams",
-              "assumed_mfu"}
+              "assumed_mfu", "cooldown_prefix"}
 LADDER_KEYS = {"params", "aspect_ratio", "head_dim", "rows"}
 TOKENS_KEYS = {"tokens_per_param", "isoflop", "basis"}
 ISOFLOP_KEYS = {"flops", "min_tokens_per_param", "max_tokens_per_param"}
@@ -72,6 +79,9 @@ class RunSpec:
     init_step: int = 0
     save_steps: list = field(default_factory=list)
     lr_grid_value: float | None = None  # the hparams.lr_grid entry this run was planned for (None: no grid)
+    cooldown: str | None = None  # the cooldown_prefix label this run was planned for (None: no mapping)
+    cooldown_prefix: str | None = None  # the blend its cooldown reads (None: the base config's data)
+    cooldown_step: int | None = None  # the step that data stage starts at: where the cooldown starts
 
     def overrides(self, sweep: dict) -> list[str]:
         hp = sweep["hparams"]
@@ -85,7 +95,10 @@ class RunSpec:
             ov.append(f"model.vocab_size={sweep['vocab_size']}")
         if self.save_steps:
             ov.append("checkpoint.save_steps=" + ",".join(map(str, self.save_steps)))
-        return ov + list(sweep.get("overrides", []))
+        ov += list(sweep.get("overrides", []))
+        if self.cooldown_prefix:  # after the sweep's own overrides: the cooldown's stage wins
+            ov.append("data.stages=" + json.dumps([{"at": self.cooldown_step, "prefix": self.cooldown_prefix}]))
+        return ov
 
 
 def _check_keys(where: str, section: str, d: dict, allowed: set) -> None:
@@ -186,8 +199,33 @@ def load_sweep(path: str | Path) -> dict:
     if hp["branch"] and hp["schedule"] != "wsd":
         raise ConfigError(f"{where}: hparams.branch needs hparams.schedule: wsd (cooldown branches need a "
                           "constant-LR trunk)")
+    sw["_cooldowns"] = _cooldowns(where, sw.get("cooldown_prefix"), hp["schedule"])
     sw["_path"] = where
     return sw
+
+
+def _cooldowns(where: str, value, schedule: str) -> list[tuple[str | None, str | None]]:
+    """cooldown_prefix as [(label, blend)]: [(None, None)] without it, [(None, BLEND)] for one blend
+    for every run, [(label, BLEND or None), ...] for a mapping."""
+    if value is None:
+        return [(None, None)]
+    if schedule != "wsd":
+        raise ConfigError(f"{where}: cooldown_prefix needs hparams.schedule: wsd (the blend starts with the "
+                          f"cooldown); remove it or use wsd")
+    if isinstance(value, str) and value.strip():
+        return [(None, value)]
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: cooldown_prefix must be a blend ('0.3 tok/web 0.7 tok/books') or a mapping of "
+                          f"labels to blends (null: the base data), e.g. {{plain: null, books: tok/books}}")
+    out = []
+    for label, blend in value.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(label)):
+            raise ConfigError(f"{where}: cooldown_prefix label {label!r} names runs: use letters, digits, "
+                              f"'_', '.', '-'")
+        if blend is not None and (not isinstance(blend, str) or not blend.strip()):
+            raise ConfigError(f"{where}: cooldown_prefix.{label} must be a blend or null (got {blend!r})")
+        out.append((str(label), blend))
+    return out
 
 
 def shape_for(target_non_embedding: float, aspect_ratio: float, head_dim: int,
@@ -257,19 +295,29 @@ def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> li
 
 def _size_runs(sw: dict, base: dict, steps_list: list[int], tokens_per_step: int, fpt: float, lr: float,
                suffix: str, grid_value: float | None) -> list[RunSpec]:
-    """The runs of one size at one LR: every budget separately, or one trunk and its cooldown branches."""
+    """The runs of one size at one LR: every budget (once per cooldown mixture) separately, or one
+    trunk and its cooldown branches. The trunk cools down on the first cooldown mixture; the others
+    of its own budget branch where its cooldown starts."""
     hp = sw["hparams"]
     size, warmup = base["size"], base["warmup_steps"]
+    cooldowns = sw.get("_cooldowns") or [(None, None)]
 
-    def spec(steps: int, **kw) -> RunSpec:
+    def decay_start(steps: int) -> int:
+        return steps - max(1, round(hp["decay_fraction"] * steps))
+
+    def spec(steps: int, cooldown: tuple[str | None, str | None], **kw) -> RunSpec:
         D = steps * tokens_per_step
-        return RunSpec(name=f"{size}_D{D}{suffix}", tokens=D, steps=steps, flops=6.0 * base["n_params_active"] * D,
-                       flops_with_attention=fpt * D, lr=lr, lr_grid_value=grid_value, **base, **kw)
+        label, blend = cooldown
+        return RunSpec(name=f"{size}_D{D}{suffix}" + (f"_cd-{label}" if label else ""), tokens=D, steps=steps,
+                       flops=6.0 * base["n_params_active"] * D, flops_with_attention=fpt * D, lr=lr,
+                       lr_grid_value=grid_value, cooldown=label, cooldown_prefix=blend,
+                       cooldown_step=decay_start(steps) if blend else None, **base, **kw)
 
     longest = steps_list[-1]
-    if not (hp["branch"] and len(steps_list) > 1):
-        return [spec(s, compute_steps=s) for s in steps_list]
-    starts = {s: s - max(1, round(hp["decay_fraction"] * s)) for s in steps_list[:-1]}
+    if not (hp["branch"] and (len(steps_list) > 1 or len(cooldowns) > 1)):
+        return [spec(s, cd, compute_steps=s) for s in steps_list for cd in cooldowns]
+    branched = steps_list[:-1] + ([longest] if len(cooldowns) > 1 else [])
+    starts = {s: decay_start(s) for s in branched}
     for s, b in starts.items():
         if b <= warmup:
             raise ConfigError(
@@ -277,8 +325,10 @@ def _size_runs(sw: dict, base: dict, steps_list: list[int], tokens_per_step: int
                 f"{warmup}-step warmup; raise tokens.tokens_per_param or lower hparams.warmup_min_steps / "
                 "warmup_fraction"
             )
-    trunk = spec(longest, compute_steps=longest, save_steps=sorted(set(starts.values())))
-    return [trunk] + [spec(s, compute_steps=s - b, init_from=trunk.name, init_step=b) for s, b in starts.items()]
+    trunk = spec(longest, cooldowns[0], compute_steps=longest, save_steps=sorted(set(starts.values())))
+    branches = [spec(s, cd, compute_steps=s - b, init_from=trunk.name, init_step=b)
+                for s, b in starts.items() for cd in (cooldowns[1:] if s == longest else cooldowns)]
+    return [trunk] + branches
 
 
 def estimate_seconds(run: RunSpec, seq_len: int, rate_flops: float, assumed_mfu: float) -> float:
@@ -290,17 +340,20 @@ def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_m
                  memory: list | None = None) -> str:
     """The plan as a Markdown table; ``memory``: each run's MemoryPlan (llmtrain/scaling/memory.py),
     shown as memory per rank, whether it fits and the largest micro-batch that does."""
-    head = ("| run | L | d | N | N non-emb | D (tokens) | D/N | steps | FLOPs 6ND | lr | from | est. time | N active |"
+    staged = any(r.cooldown_prefix for r in runs)  # a column for the cooldown's data when a run has one
+    head = ("| run | L | d | N | N non-emb | D (tokens) | D/N | steps | FLOPs 6ND | lr | from | "
+            + ("cooldown data | " if staged else "") + "est. time | N active |"
             + (" mem/rank | fits | max micro |" if memory else "") + "\n"
-            + "|---" * (13 + (3 if memory else 0)) + "|")
+            + "|---" * (13 + staged + (3 if memory else 0)) + "|")
     rows, total = [head], 0.0
     for i, r in enumerate(runs):
         t = estimate_seconds(r, seq_len, rate_flops * nproc, assumed_mfu)
         total += t
         src = f"{r.init_from}@{r.init_step}" if r.init_from else "-"
+        cd = (f"{r.cooldown_prefix} from step {r.cooldown_step} | " if r.cooldown_prefix else "- | ") if staged else ""
         rows.append(
             f"| {r.name} | {r.n_layer} | {r.d_model} | {r.n_params:,} | {r.n_params_non_embedding:,} | {r.tokens:,} | "
-            f"{r.tokens / r.n_basis:.1f} | {r.steps} | {r.flops:.2e} | {r.lr:.2e} | {src} | {_fmt_time(t)} | "
+            f"{r.tokens / r.n_basis:.1f} | {r.steps} | {r.flops:.2e} | {r.lr:.2e} | {src} | {cd}{_fmt_time(t)} | "
             f"{r.n_params_active:,} |"
             + (f" {memory[i].total / 2**30:.2f} GiB | {'yes' if memory[i].fits else 'NO'} | "
                f"{memory[i].max_micro_batch or '-'} |" if memory else "")

@@ -76,14 +76,12 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")
         if self.tb is not None:
-            split = record.get("split", "train")
-            step = record["step"]
-            for k, v in record.items():
+            for k, v in record.items():  # a list of numbers (per-expert loads): a histogram
                 if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
-                    self.tb.add_histogram(f"{split}/{k}", torch.tensor(v, dtype=torch.float64), step)
-                if k in ("step", "split") or not isinstance(v, (int, float)) or isinstance(v, bool):
-                    continue
-                self.tb.add_scalar(f"{split}/{k}", v, step)
+                    self.tb.add_histogram(f"{record.get('split', 'train')}/{k}", torch.tensor(v, dtype=torch.float64),
+                                          record["step"])
+            for tag, v in scalars(record).items():
+                self.tb.add_scalar(tag, v, record["step"])
 
     def log_hparams(self, hparams: dict, final_metrics: dict) -> None:
         if self.tb is None:
@@ -105,6 +103,21 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """A record's numbers by the tag a sink shows them under: <split>/<key> (split: train unless
+    the record names one), and <split>/<key>/<name> for each number of a mapping
+    (tokens_by_source: train/tokens_by_source/<source>)."""
+    split = record.get("split", "train")
+    out = {}
+    for k, v in record.items():
+        if k in ("step", "split"):
+            continue
+        for tag, x in (v.items() if isinstance(v, dict) else [(None, v)]):
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                out[f"{split}/{k}" + (f"/{tag}" if tag is not None else "")] = x
+    return out
 
 
 def memory_stats(device: torch.device) -> dict:

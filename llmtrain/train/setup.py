@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import socket
 import subprocess
@@ -120,11 +119,8 @@ def check_moe_layout(cfg: Config, ds: dict, ds_path: str, config_path: str, worl
 
 
 def total_steps_of(cfg: Config) -> int:
-    """train.max_steps, or fewer when train.max_tokens is reached first."""
-    steps = cfg.train.max_steps
-    if cfg.train.max_tokens:
-        steps = min(steps, math.ceil(cfg.train.max_tokens / (cfg.train.global_batch_size * cfg.train.seq_len)))
-    return steps
+    """train.max_steps, or fewer when train.max_tokens is reached first (Config.total_steps)."""
+    return cfg.total_steps()
 
 
 def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
@@ -175,7 +171,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     peak, peak_src = peak_flops(device, cfg.train.precision, cfg.train.peak_flops)
     if callbacks is None:
         callbacks = default_callbacks(cfg, run_dir, rank, stop or StopOnSignal())
-    masked = any(m.get("loss_mask") for m in data.manifests)  # prompt/response data: weigh tokens alike
+    masked = data.has_loss_mask()  # prompt/response data: weigh tokens alike
     module = train_module(engine, cfg.parallel.pipeline_stages > 1, dp_world, masked)
     t = Trainer(cfg, run_dir, engine, module, data, callbacks, rank=rank, world=world, device=device,
                 total_steps=total_steps, plan=plan, param_counts=count_params(cfg.model),
@@ -338,8 +334,7 @@ def write_run_files(run_dir: Path, cfg: Config, ds_config: dict, data: DataBundl
 
     dump_config(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "ds_config.json", ds_config)
-    atomic_write_json(run_dir / "data_manifest.json", {"prefixes": data.prefixes, "weights": data.weights,
-                                                       "sample_order": SAMPLE_ORDER, "manifests": data.manifests})
+    atomic_write_json(run_dir / "data_manifest.json", {**data.record(), "sample_order": SAMPLE_ORDER})
     env = {
         "torch": torch.__version__,
         "deepspeed": deepspeed.__version__,

@@ -93,11 +93,12 @@ class Trainer:
     def elapsed(self) -> float:
         return self.wall_before + time.time() - self._t_start
 
-    def evaluate(self) -> float | None:
+    def evaluate(self, valid=None) -> float | None:
         """Mean loss over the first eval_batches x global_batch_size windows of the valid split
         (the same windows every time), over every data-parallel rank: one pass over all their
-        micro-batches, so that with a loss mask it is the mean over every counted target."""
-        valid = self.data.valid
+        micro-batches, so that with a loss mask it is the mean over every counted target.
+        ``valid``: other held-out samples (one source's valid split) instead of the run's."""
+        valid = self.data.valid if valid is None else valid
         if valid is None:
             return None
         G = self.cfg.train.global_batch_size

@@ -28,21 +28,29 @@ class PeriodicEval(Callback):
 
 
 class Evaluate(PeriodicEval):
-    """Valid loss every train.eval_interval steps and at the end."""
+    """Valid loss every train.eval_interval steps and at the end: the run's blended valid split
+    ("split": "valid"), and, when the run reads several datasets (a blend or data stages), each
+    dataset's valid split alone ("split": "valid:NAME")."""
 
     name = "eval"
 
     def __init__(self):
         self.last_valid_loss: float | None = None
+        self.last_by_source: dict[str, float] = {}
 
     def _run(self, t) -> None:
         vl = t.evaluate()
         if vl is not None:
             self.last_valid_loss = vl
             t.log({"step": t.step, "tokens": t.tokens, "split": "valid", "loss": vl})
+        for name, samples in t.data.per_source_valid().items():
+            loss = t.evaluate(samples)
+            self.last_by_source[name] = loss
+            t.log({"step": t.step, "tokens": t.tokens, "split": f"valid:{name}", "loss": loss})
 
     def state_dict(self) -> dict:
-        return {"last_valid_loss": self.last_valid_loss}
+        return {"last_valid_loss": self.last_valid_loss, "last_by_source": self.last_by_source}
 
     def load_state_dict(self, state: dict) -> None:
         self.last_valid_loss = state.get("last_valid_loss")
+        self.last_by_source = dict(state.get("last_by_source") or {})

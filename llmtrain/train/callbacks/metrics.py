@@ -48,7 +48,7 @@ class Throughput(Callback):
             "grad_norm": float(gn) if gn is not None else None,
             "tokens_per_s": tps, "tflops_per_device": achieved / 1e12,
             "mfu": achieved / t.peak_flops if t.peak_flops else None, "elapsed_s": t.elapsed(),
-            **memory_stats(t.device),
+            **memory_stats(t.device), **data_position(t),
         })
         self.t_last, self.tokens_last = time.time(), t.tokens
 
@@ -57,6 +57,13 @@ class Throughput(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.last_train_losses = list(state.get("last_train_losses", []))
+
+
+def data_position(t) -> dict:
+    """The data stage of the step just trained and the training tokens each source has given so
+    far (host arithmetic on the sample positions; no device work)."""
+    samples = t.step * t.cfg.train.global_batch_size
+    return {"stage": t.data.stage_at(samples - 1), "tokens_by_source": t.data.tokens_by_source(samples)}
 
 
 class JsonlAndTensorBoard(Callback):
@@ -89,6 +96,7 @@ class JsonlAndTensorBoard(Callback):
 
     def log_summary(self, t, summary: dict, hparams: dict) -> None:
         final = {"final_train_loss": summary["final_train_loss"], "final_valid_loss": summary["final_valid_loss"]}
+        final.update({f"valid:{name}/loss": v for name, v in (summary.get("valid_loss_by_source") or {}).items()})
         for name, r in (summary.get("tasks") or {}).items():
             final.update({f"task:{name}/acc": r["acc"], f"task:{name}/acc_norm": r["acc_norm"]})
         for name, r in (summary.get("harness") or {}).items():

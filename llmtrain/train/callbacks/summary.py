@@ -41,7 +41,11 @@ class Summary(Callback):
             "global_batch_size": t.cfg.train.global_batch_size,
             "lr": t.cfg.train.lr,
             "checkpoint": t.last_checkpoint,
+            "tokens_by_source": t.data.tokens_by_source(t.step * t.cfg.train.global_batch_size),
+            "stages": t.data.stage_summary(t.step * t.cfg.train.global_batch_size, t.cfg.train.global_batch_size),
         }
+        if ev and ev.last_by_source:
+            summary["valid_loss_by_source"] = dict(ev.last_by_source)
         tasks = t.callback("tasks")
         if tasks is not None:
             summary["tasks"] = tasks.summary()

@@ -27,10 +27,9 @@ class WandbSink(Callback):
                               dir=str(self.run_dir), resume="allow", config=t.cfg.to_dict())
 
     def log_metrics(self, t, record: dict) -> None:
-        split = record.get("split", "train")
-        data = {f"{split}/{k}": v for k, v in record.items()
-                if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.run.log(data, step=record["step"])
+        from llmtrain.train.metrics import scalars
+
+        self.run.log(scalars(record), step=record["step"])
 
     def log_summary(self, t, summary: dict, hparams: dict) -> None:
         self.run.summary.update({k: v for k, v in summary.items() if v is not None})
