@@ -23,6 +23,10 @@ import os
 import sys
 from pathlib import Path
 
+from llmtrain.core.signals import catch_stop_signals
+
+# first thing: a scheduler's SIGTERM during the slow imports and set-up below is kept, not fatal
+catch_stop_signals()
 # configs/, ds_configs/ and the bundled corpus are found beside this script, wherever the
 # package itself is installed
 os.environ.setdefault("LLMTRAIN_HOME", str(Path(__file__).resolve().parents[1]))

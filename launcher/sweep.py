@@ -87,54 +87,65 @@ def is_finished(run_dir: Path) -> bool:
         return False
 
 
-def command(run, sw: dict, out: Path, base_cfg: str) -> list[str]:
+def pretrain_args(run, sw: dict, out: Path, base_cfg: str) -> list[str]:
+    """launcher/pretrain.py's arguments for one run of the sweep."""
     ds = resolve(sw["deepspeed_config"], sw["_path"])
+    args = ["--config", base_cfg, "--deepspeed_config", ds, "--run-dir", str(out / run.name)]
+    args += run.overrides(sw)
+    if run.init_from:
+        args.append(f"checkpoint.init_from={out / run.init_from / 'checkpoints' / f'global_step{run.init_step}'}")
+    return args
+
+
+def command(run, sw: dict, out: Path, base_cfg: str) -> list[str]:
     script = str(REPO_ROOT / "launcher" / "pretrain.py")
     if int(sw["nproc"]) > 1:
         head = ["deepspeed", "--num_gpus", str(sw["nproc"]), script]
     else:
         head = [sys.executable, script]
-    cmd = head + ["--config", base_cfg, "--deepspeed_config", ds, "--run-dir", str(out / run.name)]
-    cmd += run.overrides(sw)
-    if run.init_from:
-        cmd.append(f"checkpoint.init_from={out / run.init_from / 'checkpoints' / f'global_step{run.init_step}'}")
-    return cmd
+    return head + pretrain_args(run, sw, out, base_cfg)
 
 
 def write_slurm(runs, sw: dict, out: Path, base_cfg: str) -> None:
-    """Two arrays: trunks (and unbranched runs), then branches after them (afterok)."""
+    """Two arrays of launcher/slurm/pretrain.sbatch (one run per task, one rank per GPU, requeued
+    until its run finishes): trunks (and unbranched runs), then branches after them (afterok)."""
     slurm = out / "slurm"
     phase1 = [r for r in runs if not r.init_from]
     phase2 = [r for r in runs if r.init_from]
     for name, group in (("phase1", phase1), ("phase2", phase2)):
-        lines = "".join(shlex.join(command(r, sw, out, base_cfg)) + "\n" for r in group)
+        lines = "".join(shlex.join(pretrain_args(r, sw, out, base_cfg)) + "\n" for r in group)
         atomic_write_text(slurm / f"{name}.txt", lines)
     nproc = int(sw["nproc"])
     sbatch = f"""#!/bin/bash
 #SBATCH --job-name={sw['name']}
 #SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node={nproc}
 #SBATCH --cpus-per-task={8 * nproc}
 #SBATCH --time=24:00:00
+#SBATCH --signal=B:TERM@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
 #SBATCH --output={slurm}/%x-%A_%a.out
-#SBATCH --signal=TERM@120
-# One sweep run per array task; its command is line SLURM_ARRAY_TASK_ID (1-based) of $1.
-# A requeued or repeated task resumes from the run's latest checkpoint; finished runs exit at once.
-set -euo pipefail
-cd {REPO_ROOT}
-CMD=$(sed -n "${{SLURM_ARRAY_TASK_ID}}p" "$1")
-exec bash -c "$CMD"
+# One sweep run per array task: line SLURM_ARRAY_TASK_ID (1-based) of $1 holds its
+# launcher/pretrain.py arguments. The project's batch script runs it (one rank per GPU), passes
+# the SIGTERM Slurm sends before the time limit on to the ranks, which checkpoint, and requeues
+# the task until its run has finished; a finished run ends at once.
+export LLMTRAIN_HOME={REPO_ROOT}
+exec bash {REPO_ROOT}/launcher/slurm/pretrain.sbatch --args-file "$1"
 """
     atomic_write_text(slurm / "run.sbatch", sbatch)
     submit = f"""#!/bin/bash
 # Submit the sweep: trunks first, then the cooldown branches once every trunk has finished.
+# Arguments go to both sbatch calls (e.g. --partition=gpu, or --time=4:00:00).
 set -euo pipefail
-J1=$(sbatch --parsable --array=1-{len(phase1)} {slurm}/run.sbatch {slurm}/phase1.txt)
+J1=$(sbatch --parsable --array=1-{len(phase1)} "$@" {slurm}/run.sbatch {slurm}/phase1.txt)
 echo "phase 1: job $J1 ({len(phase1)} runs)"
 """
     if phase2:
-        submit += (f"J2=$(sbatch --parsable --dependency=afterok:$J1 --array=1-{len(phase2)} {slurm}/run.sbatch "
-                   f"{slurm}/phase2.txt)\necho \"phase 2: job $J2 ({len(phase2)} cooldown branches)\"\n")
+        submit += (f"J2=$(sbatch --parsable --dependency=afterok:$J1 --array=1-{len(phase2)} \"$@\" "
+                   f"{slurm}/run.sbatch {slurm}/phase2.txt)\n"
+                   f"echo \"phase 2: job $J2 ({len(phase2)} cooldown branches)\"\n")
     atomic_write_text(slurm / "submit.sh", submit)
     os.chmod(slurm / "submit.sh", 0o755)
     print(f"wrote {slurm}/submit.sh ({len(phase1)} + {len(phase2)} runs); run it on the cluster's login node")

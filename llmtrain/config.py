@@ -293,7 +293,11 @@ class ParallelConfig:
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 0  # steps between checkpoints; 0: only at the end
+    interval: int = 0  # steps between checkpoints; 0: none by steps
+    # wall-clock minutes between checkpoints (rank 0's clock; every rank saves the same step); 0: none by time
+    interval_minutes: float = 60.0
+    # keep only the newest N checkpoints (0: keep all); `latest` and the save_steps ones are always kept
+    keep_last: int = 0
     save_steps: list[int] = field(default_factory=list)  # extra steps to checkpoint at (WSD branch points)
     resume: bool = True  # resume from RUN_DIR/checkpoints/latest when present
     save_final: bool = True
@@ -311,6 +315,11 @@ class CheckpointConfig:
     # by parameter name; checkpoint/layout_free.py): a relaunch on another number of ranks, ZeRO
     # stage or pipeline layout resumes from it. Off: only the same layout can resume.
     layout_free: bool = True
+
+    def validate(self, where: str) -> None:
+        if self.interval < 0 or self.interval_minutes < 0 or self.keep_last < 0:
+            raise ConfigError(f"{where}: checkpoint.interval, checkpoint.interval_minutes and checkpoint.keep_last "
+                              f"must be >= 0 (0 turns each off)")
 
 
 @dataclass
@@ -334,6 +343,7 @@ class Config:
         self.model.validate(where)
         self.train.validate(where)
         self.resolve_window(where)
+        self.checkpoint.validate(where)
         self._validate_stages(where)
         if self.parallel.pipeline_stages < 1:
             raise ConfigError(f"{where}: parallel.pipeline_stages must be >= 1")

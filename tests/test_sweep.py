@@ -7,9 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shlex
-import stat
 import subprocess
 import sys
 import time
@@ -436,54 +434,48 @@ def test_dry_run_prints_the_plan_and_writes_nothing(token_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_slurm_writes_two_phases_and_a_dependent_submit(token_data, tmp_path):
-    cfg = tiny_sweep(tmp_path / "tiny.yaml", token_data)
+def test_slurm_arrays_run_the_sweep_and_a_preempted_run_resumes(swept, slurm, tmp_path):
+    """--slurm writes the phase files, run.sbatch and submit.sh; submit.sh under the real Slurm
+    runs the trunks, then the branches (afterok); a trunk preempted mid-way (SIGTERM to its batch
+    shell) checkpoints, requeues its array task and resumes. Every run ends with the losses of the
+    same sweep run locally, step by step."""
+    from slurmutil import CPU_JOB, attempts, job, output, preempt, scancel, wait_for
+
     out = tmp_path / "sweep"
-    r = run_python([SWEEP, "--config", cfg, "--out", out, "--slurm"], timeout=120)
+    r = run_python([SWEEP, "--config", swept["cfg"], "--out", out, "--slurm"], timeout=120)
     assert r.returncode == 0, r.stderr
-    _, _, runs = plan_of(cfg)
-    slurm = out / "slurm"
-    phase1 = [shlex.split(ln) for ln in (slurm / "phase1.txt").read_text().splitlines()]
-    phase2 = [shlex.split(ln) for ln in (slurm / "phase2.txt").read_text().splitlines()]
-    trunks, branches = [x for x in runs if not x.init_from], [x for x in runs if x.init_from]
+    runs = swept["plan"]
+    slurm_dir = out / "slurm"
+    phase1 = [shlex.split(ln) for ln in (slurm_dir / "phase1.txt").read_text().splitlines()]
+    phase2 = [shlex.split(ln) for ln in (slurm_dir / "phase2.txt").read_text().splitlines()]
+    trunks, branches = [x for x in runs if not x["init_from"]], [x for x in runs if x["init_from"]]
     assert len(phase1) == len(trunks) == 2 and len(phase2) == len(branches) == 2
+    for args, run in zip(phase1 + phase2, trunks + branches):  # launcher/pretrain.py's arguments
+        assert Path(args[args.index("--run-dir") + 1]) == out / run["name"]
+        assert f"train.max_steps={run['steps']}" in args
+    assert not any((out / x["name"]).exists() for x in runs)  # nothing trained yet
 
-    def arg(cmd, flag):
-        return cmd[cmd.index(flag) + 1]
-
-    for cmd, run in zip(phase1, trunks):
-        assert Path(arg(cmd, "--run-dir")) == out / run.name and cmd[1].endswith("launcher/pretrain.py")
-        assert f"train.max_steps={run.steps}" in cmd
-        assert "checkpoint.save_steps=" + ",".join(map(str, run.save_steps)) in cmd
-        assert not any(c.startswith("checkpoint.init_from") for c in cmd)
-    for cmd, run in zip(phase2, branches):
-        assert Path(arg(cmd, "--run-dir")) == out / run.name
-        init = [c for c in cmd if c.startswith("checkpoint.init_from=")]
-        assert init == [f"checkpoint.init_from={out / run.init_from / 'checkpoints' / f'global_step{run.init_step}'}"]
-    assert not any((out / x.name).exists() for x in runs)  # nothing trained
-
-    sbatch = (slurm / "run.sbatch").read_text()
-    assert sbatch.startswith("#!/bin/bash") and "SLURM_ARRAY_TASK_ID" in sbatch
-    submit = slurm / "submit.sh"
-    assert submit.stat().st_mode & stat.S_IXUSR
-    for f in (slurm / "run.sbatch", submit):
-        assert subprocess.run(["bash", "-n", str(f)]).returncode == 0
-    # run submit.sh against a stand-in sbatch that records its arguments and hands out job ids
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "sbatch").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/sbatch.log\n'
-                                 f'echo $((1000 + $(wc -l < {tmp_path}/sbatch.log)))\n')
-    (fake / "sbatch").chmod(0o755)
-    r = subprocess.run([str(submit)], env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    calls = (tmp_path / "sbatch.log").read_text().splitlines()
-    assert len(calls) == 2
-    assert "--array=1-2" in calls[0] and calls[0].endswith(f"{slurm}/run.sbatch {slurm}/phase1.txt")
-    assert "--dependency=afterok:1001" in calls[1] and "--array=1-2" in calls[1]
-    assert calls[1].endswith(f"{slurm}/run.sbatch {slurm}/phase2.txt")
-    # each array task picks its own line of the phase file, as run.sbatch does
-    for i, cmd in enumerate(phase2, 1):
-        line = subprocess.run(["sed", "-n", f"{i}p", str(slurm / "phase2.txt")], capture_output=True,
-                              text=True).stdout
-        assert shlex.split(line) == cmd
+    submit = subprocess.run(["bash", str(slurm_dir / "submit.sh"), *CPU_JOB, "--cpus-per-task=1",
+                             "--export=ALL,SLURM_GPUS_ON_NODE=1"], cwd=REPO, env=slurm, capture_output=True,
+                            text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    j1 = submit.stdout.split("phase 1: job ")[1].split()[0]
+    j2 = submit.stdout.split("phase 2: job ")[1].split()[0]
+    trunk = out / trunks[0]["name"]
+    try:
+        # the tiny trunk trains in a blink: preempt it once its rank made the run folder (set-up)
+        wait_for(trunk.is_dir, 300, "the first trunk to start", every=0.05)
+        preempt(slurm, f"{j1}_1")
+        wait_for(lambda: all(job(slurm, j).get("JobState") == "COMPLETED" for j in
+                             (f"{j1}_1", f"{j1}_2", f"{j2}_1", f"{j2}_2")), 600,
+                 f"both phases to finish ({[output(f)[-1500:] for f in slurm_dir.glob('*.out')]})")
+    finally:
+        scancel(slurm, j1)
+        scancel(slurm, j2)
+    assert [a.split(": ")[-1] for a in attempts(trunk)] == ["requeued", "finished"]
+    assert int(job(slurm, f"{j1}_1")["Restarts"]) == 1
+    for run in runs:
+        got, want = train_losses(out / run["name"]), train_losses(swept["out"] / run["name"])
+        assert sorted(got) == sorted(want), run["name"]
+        for step in want:
+            assert got[step] == pytest.approx(want[step], abs=1e-6), (run["name"], step)

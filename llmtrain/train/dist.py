@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+from collections.abc import Mapping
 
 import torch
 
+from llmtrain.core.errors import ConfigError
 from llmtrain.core.tasks import free_port
 
 
@@ -39,12 +42,86 @@ def skip_cpu_inference_comm_build() -> None:
         deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm host list: "gpu[07-09,12],cpu1" -> "gpu07"."""
+    depth, end = 0, len(nodelist)
+    for i, ch in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            end = i
+            break
+    return re.sub(r"\[([^],-]+)[^]]*\]", r"\1", nodelist[:end].strip())
+
+
+def tasks_on_node(tasks_per_node: str, node: int) -> int:
+    """Slurm's SLURM_STEP_TASKS_PER_NODE ("4(x2),3": 4 tasks on nodes 0 and 1, 3 on node 2) for one node."""
+    counts = []
+    for part in tasks_per_node.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not m:
+            raise ValueError(f"cannot read the tasks per node {tasks_per_node!r}")
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    return counts[node]
+
+
+def slurm_port(job_id: str, step_id: str) -> int:
+    """A port every task of one Slurm job step derives alike (below Linux's ephemeral range), so
+    no task has to tell the others; concurrent jobs on a node differ unless their ids match mod 1000."""
+    step = int(step_id) if step_id.isdigit() else 0
+    return 20000 + (int(job_id) % 1000) * 10 + step % 10
+
+
+def launcher_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The torch.distributed variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT) of a process started one per GPU by srun or by Open MPI's mpirun, from their own
+    variables; {} when a torch-style launcher (deepspeed, torchrun, accelerate) already set RANK or
+    nothing launched it. MASTER_ADDR and MASTER_PORT already set are kept. Under srun, MASTER_ADDR
+    is the step's first node and MASTER_PORT comes from the job id, so every task agrees. Under
+    mpirun outside Slurm across nodes, export MASTER_ADDR yourself (mpirun -x MASTER_ADDR=host)."""
+    if "RANK" in env:
+        return {}
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:  # a task of an srun step (not the batch shell)
+        node = int(env.get("SLURM_NODEID", "0"))
+        out = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")),
+               "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+               "LOCAL_WORLD_SIZE": str(tasks_on_node(env.get("SLURM_STEP_TASKS_PER_NODE", "1"), node)),
+               "MASTER_ADDR": first_host(env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", "127.0.0.1"))),
+               "MASTER_PORT": str(slurm_port(env.get("SLURM_JOB_ID", "0"), env["SLURM_STEP_ID"]))}
+    elif "OMPI_COMM_WORLD_RANK" in env:
+        world, local_size = env.get("OMPI_COMM_WORLD_SIZE", "1"), env.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1")
+        if "SLURM_JOB_NODELIST" in env:
+            addr, port = first_host(env["SLURM_JOB_NODELIST"]), str(slurm_port(env.get("SLURM_JOB_ID", "0"), "9"))
+        elif world == local_size:
+            addr, port = "127.0.0.1", "29500"
+        elif "MASTER_ADDR" in env:
+            addr, port = env["MASTER_ADDR"], env.get("MASTER_PORT", "29500")
+        else:
+            raise ConfigError("mpirun across nodes: export the first node's address to every rank "
+                              "(mpirun -x MASTER_ADDR=<first host> -x MASTER_PORT=29500 ...)")
+        out = {"RANK": env["OMPI_COMM_WORLD_RANK"], "WORLD_SIZE": world,
+               "LOCAL_RANK": env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"), "LOCAL_WORLD_SIZE": local_size,
+               "MASTER_ADDR": addr, "MASTER_PORT": port}
+    else:
+        return {}
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        if env.get(key):
+            out[key] = env[key]
+    return out
+
+
+def apply_launcher_env() -> None:
+    """Set the variables of ``launcher_env`` in this process (before anything reads RANK)."""
+    os.environ.update(launcher_env(os.environ))
+
+
 def init_distributed() -> tuple[int, int, int, torch.device]:
     """(rank, world, local rank, device): torch.distributed through DeepSpeed (nccl on GPUs,
-    gloo on CPU), under the deepspeed launcher, torchrun, accelerate or as a plain process."""
+    gloo on CPU), under the deepspeed launcher, torchrun, accelerate, srun or mpirun (one task
+    per GPU), or as a plain process."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    apply_launcher_env()
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")

@@ -74,6 +74,7 @@ class StepOutput:
     skipped: bool  # the optimizer did not move the weights (non-finite loss or gradients)
     grad_norm: torch.Tensor | float | None  # before clipping when DeepSpeed computed it
     stop: torch.Tensor | None = None  # > 0 when any rank received a stop signal (on the accelerator)
+    save: torch.Tensor | None = None  # > 0 when rank 0 asked for a checkpoint (on the accelerator)
     loss_tokens: torch.Tensor | None = None  # targets counted in the loss over the global batch (not -100)
 
 
@@ -112,12 +113,14 @@ class DenseTrainModule:
     def weights(self, micro_batches) -> torch.Tensor | None:
         return token_weights(micro_batches, self.device, self.dp_world) if self.token_weighted else None
 
-    def train_batch(self, micro_batches, stop_flag: bool = False) -> StepOutput:
+    def train_batch(self, micro_batches, stop_flag: bool = False, save_flag: bool = False) -> StepOutput:
         """One optimizer step over this rank's micro-batches. ``stop_flag`` (this rank received a
-        stop signal) is summed over ranks in the same all-reduce as the loss."""
+        stop signal) and ``save_flag`` (this rank asks for a checkpoint) are summed over ranks in
+        the same all-reduce as the loss."""
         engine = self.engine
         before, ds_before = skip_counter(engine), engine.skipped_steps
-        total = torch.zeros(3, device=self.device, dtype=torch.float32)  # [loss sum, ranks asked to stop, counted]
+        # [loss sum, ranks asked to stop, counted targets, ranks asked for a checkpoint]
+        total = torch.zeros(4, device=self.device, dtype=torch.float32)
         weights = self.weights(micro_batches)
         for i, (x, y) in enumerate(micro_batches):
             loss = engine(x, y)
@@ -128,12 +131,11 @@ class DenseTrainModule:
             total[0] += loss.detach().float()
             total[2] += (y != -100).sum()
         step_schedule_after_skip(engine, ds_before)
-        if stop_flag:
-            total[1] = 1.0
+        total[1], total[3] = float(stop_flag), float(save_flag)
         all_reduce(total)
         skipped = skip_counter(engine) > before
         loss = total[0] / (len(micro_batches) * self.dp_world)
-        return StepOutput(loss, skipped, self.grad_norm(skipped), total[1], total[2])
+        return StepOutput(loss, skipped, self.grad_norm(skipped), stop=total[1], loss_tokens=total[2], save=total[3])
 
     def grad_norm(self, skipped: bool):
         if skipped:
@@ -193,22 +195,22 @@ class PipelineTrainModule(DenseTrainModule):
         w = self.weights(micro_batches)
         self._weights = [] if w is None or not self.engine.is_last_stage() else list(w)
 
-    def train_batch(self, micro_batches, stop_flag: bool = False) -> StepOutput:
+    def train_batch(self, micro_batches, stop_flag: bool = False, save_flag: bool = False) -> StepOutput:
         engine = self.engine
         before, ds_before = skip_counter(engine), engine.skipped_steps
         self._set_weights(micro_batches)
         loss = engine.train_batch(data_iter=iter(micro_batches))
         step_schedule_after_skip(engine, ds_before)
-        # [ranks asked to stop, counted targets]: every stage of a replica reads the same batches,
-        # so the count is divided by the number of stages.
-        flags = torch.zeros(2, device=self.device, dtype=torch.float32)
-        flags[0] = float(stop_flag)
+        # [ranks asked to stop, counted targets, ranks asked for a checkpoint]: every stage of a
+        # replica reads the same batches, so the count is divided by the number of stages.
+        flags = torch.zeros(3, device=self.device, dtype=torch.float32)
+        flags[0], flags[2] = float(stop_flag), float(save_flag)
         for _, y in micro_batches:
             flags[1] += (y.to(self.device) != -100).sum()
         all_reduce(flags)
         skipped = skip_counter(engine) > before
         return StepOutput(loss.detach().float().to(self.device).reshape(()), skipped, self.grad_norm(skipped),
-                          flags[0], flags[1] / engine.num_stages)
+                          stop=flags[0], loss_tokens=flags[1] / engine.num_stages, save=flags[2])
 
     @torch.no_grad()
     def eval_batch(self, micro_batches) -> torch.Tensor:

@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-import dataclasses
+import os
 import random
 import socket
 import subprocess
@@ -26,14 +26,14 @@ import torch
 
 from llmtrain.config import Config, dump_config, load_config
 from llmtrain.core.errors import ConfigError, RunError
-from llmtrain.core.files import atomic_write_json
+from llmtrain.core.files import atomic_write_json, atomic_write_text
 from llmtrain.core.paths import REPO_ROOT
 from llmtrain.data.dataset import DataBundle, load_data, padded_vocab
 from llmtrain.data.sampler import SAMPLE_ORDER
 from llmtrain.train.callbacks import Callback, StopOnSignal, default_callbacks
-from llmtrain.train.dist import broadcast_object, env_int, init_distributed, set_cpu_threads
+from llmtrain.train.dist import apply_launcher_env, broadcast_object, env_int, init_distributed, set_cpu_threads
 from llmtrain.train.ds_config import zero_stage
-from llmtrain.train.start import Start, decide_start, model_from_hf_folder
+from llmtrain.train.start import Start, agree_on_start, model_from_hf_folder
 from llmtrain.train.trainer import Trainer
 
 # prepare_sample(cfg, rank) -> PREFIX: makes the bundled corpus's token data when data.prefix is
@@ -52,6 +52,9 @@ class RunSpec:
     data: DataBundle | None = None
     run_dir: str | None = None
     prepare_sample: PrepareSample | None = field(default=None, repr=False)
+    # where each rank writes its traceback should the run fail: RUN/errors/<launch time>/ (set
+    # once every rank knows the run folder)
+    errors: Path | None = None
 
 
 def validate(config: str | None = None, overrides: list[str] = (), deepspeed_config: str | None = None,
@@ -152,10 +155,12 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     if cfg.data.document_mask:
         cfg.model.document_mask_token = data.end_of_document_id()
 
-    run_dir = resolve_run_dir(spec.run_dir, cfg)
+    run_dir, launch = resolve_run_dir(spec.run_dir, cfg)
+    spec.run_dir, spec.errors = str(run_dir), run_dir / "errors" / launch
     total_steps = total_steps_of(cfg)
     layout = layout_of(cfg, spec.ds_config, world)
-    start = decide_start_on(rank, zero_stage(spec.ds_config) == 3, cfg, run_dir, data, total_steps, layout)
+    start = agree_on_start(cfg, run_dir, data, total_steps, rank, layout,
+                           weights_on_every_rank=zero_stage(spec.ds_config) != 3)
     if start.kind == "finished":
         say(f"{run_dir}: this run already finished at step {start.step} (summary.json); nothing to do. Raise "
             f"train.max_steps to train on, or use a new --run-dir")
@@ -195,36 +200,17 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     return t, start
 
 
-def decide_start_on(rank: int, partitioned: bool, cfg: Config, run_dir: Path, data: DataBundle,
-                    total_steps: int, layout: dict) -> Start:
-    """decide_start on every rank; under ZeRO-3 (``partitioned``) on rank 0 alone, which then holds
-    the only copy of checkpoint.init_from's weights and fills every rank's partitions from it
-    (engine.build_partitioned): the other ranks get the decision without the tensors, or rank 0's
-    error to raise."""
-    if not partitioned:
-        return decide_start(cfg, run_dir, data, total_steps, layout)
-    start = told = None
-    if rank == 0:
-        try:
-            start = decide_start(cfg, run_dir, data, total_steps, layout)
-            told = dataclasses.replace(start, state=None)
-        except Exception as e:  # every rank stops with rank 0's error
-            told = e
-    told = broadcast_object(told)
-    if isinstance(told, Exception):
-        raise told
-    return start if rank == 0 else told
-
-
 def run_training(spec_args: dict, prepare_sample: PrepareSample | None = None) -> int:
     """The whole job for launcher/pretrain.py: ``validate(**spec_args)``, build, fit, report.
-    Exit code 0, or 2 with one line "error: ..." for bad input or a run that cannot go on."""
+    Exit code 0; 2 with one line "error: ..." for bad input or a run that cannot go on; 1 with
+    one line naming the traceback's file for anything else that fails on any rank."""
     stop = StopOnSignal()
     stop.install()  # before anything slow: a preemption during start-up is not lost
     try:
+        apply_launcher_env()  # srun / mpirun: RANK and WORLD_SIZE from their variables
         spec = validate(**spec_args, prepare_sample=prepare_sample)
-    except (ConfigError, ValueError, OSError) as e:
-        return report_error(e, env_int("RANK", 0))
+    except (ConfigError, ValueError, OSError) as e:  # before RANK is known under mpirun, its own rank
+        return report_error(e, env_int("RANK", env_int("OMPI_COMM_WORLD_RANK", 0)))
     try:
         t, _ = build_trainer(spec, stop=stop)
         if t is not None:
@@ -235,6 +221,8 @@ def run_training(spec_args: dict, prepare_sample: PrepareSample | None = None) -
         return 0
     except (ConfigError, RunError, ValueError) as e:
         return report_error(e, env_int("RANK", 0))
+    except Exception as e:  # a DeepSpeed, NCCL, out-of-memory, ... error, on one rank or many
+        return report_crash(e, spec.errors, env_int("RANK", 0))
     finally:
         import torch.distributed as dist
 
@@ -269,6 +257,33 @@ def report_error(e: Exception, rank: int) -> int:
     return 2
 
 
+def report_crash(e: Exception, errors: Path | None, rank: int) -> int:
+    """Exit code 1. Each failing rank writes its traceback to ERRORS/rank{R}.log; the first to
+    fail (the first to create ERRORS/reported) prints the one line naming its file, so a failure
+    on every rank is still one line. Before the run folder is known, the traceback is printed."""
+    import traceback
+
+    text = "".join(traceback.format_exception(e))
+    if errors is None:
+        print(f"rank {rank}:\n{text}", file=sys.stderr, flush=True)
+        return 1
+    log = errors / f"rank{rank}.log"
+    try:
+        errors.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(log, text)
+        os.close(os.open(errors / "reported", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return 1  # another rank failed first and said so
+    except OSError as write_error:
+        print(f"rank {rank} (its traceback could not be written to {log}: {write_error}):\n{text}", file=sys.stderr,
+              flush=True)
+        return 1
+    reason = (str(e).strip().splitlines() or [""])[0][:300]
+    print(f"error: rank {rank} failed: {type(e).__name__}: {reason} (traceback: {log}; every failing rank's in "
+          f"{errors})", file=sys.stderr, flush=True)
+    return 1
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -296,15 +311,16 @@ def describe(t: Trainer, stage: int, threads: int | None) -> str:
             + (f", {threads} threads/rank" if threads else ""))
 
 
-def resolve_run_dir(run_dir: str | None, cfg: Config) -> Path:
-    """Rank 0 picks the folder (a new timestamped one under ./runs unless --run-dir); every rank
-    gets the same path."""
+def resolve_run_dir(run_dir: str | None, cfg: Config) -> tuple[Path, str]:
+    """Rank 0 picks the folder (a new timestamped one under ./runs unless --run-dir) and names
+    this launch (its start time, to file this launch's errors under); every rank gets the same."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     if run_dir:
         path = str(Path(run_dir).resolve())
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         path = str((Path.cwd() / "runs" / f"{cfg.log.name}-{stamp}").resolve())
-    return Path(broadcast_object(path))
+    path, launch = broadcast_object((path, f"{stamp}-{os.getpid()}"))
+    return Path(path), launch
 
 
 def seed_everything(seed: int, rank: int) -> None:

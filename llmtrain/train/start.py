@@ -129,6 +129,34 @@ def step_folder_start(kind: str, step_dir: Path, layout: dict | None) -> Start:
     return Start(kind, step_dir, step=int(saved["step"]), tokens=int(saved.get("tokens") or 0), saved=saved)
 
 
+def agree_on_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int, rank: int,
+                   layout: dict | None = None, weights_on_every_rank: bool = True) -> Start:
+    """``decide_start`` on rank 0 only, told to every rank: on a shared filesystem another node may
+    still see an older ``latest`` or no summary.json, and ranks that resumed from different steps
+    would train apart. A refusal on rank 0 is raised on every rank (the same one line). The other
+    ranks open a ``weights`` start's file themselves (its path is in the config, not decided),
+    unless ``weights_on_every_rank`` is False (ZeRO-3: rank 0 fills every rank's partitions,
+    train/engine.build_partitioned)."""
+    from llmtrain.train.dist import broadcast_object
+
+    start, refusal = None, None
+    if rank == 0:
+        try:
+            start = decide_start(cfg, run_dir, data, total_steps, layout)
+        except (ConfigError, RunError) as e:
+            refusal = (type(e).__name__, str(e))
+    told = None if start is None else (start.kind, None if start.source is None else str(start.source), start.step,
+                                        start.tokens, start.saved)
+    told, refusal = broadcast_object((told, refusal))
+    if refusal is not None:
+        raise {"ConfigError": ConfigError, "RunError": RunError}[refusal[0]](refusal[1])
+    if rank == 0:
+        return start
+    kind, source, step, tokens, saved = told
+    state = open_init_from(cfg, data)[0] if kind == "weights" and weights_on_every_rank else None
+    return Start(kind, None if source is None else Path(source), state, step, tokens, saved)
+
+
 def model_from_hf_folder(cfg: Config, overrides: list[str], where: str) -> None:
     """checkpoint.init_from=HF_DIR (a transformers folder): the model section comes from the
     folder; a model.* override on the command line that contradicts it is an error naming both."""

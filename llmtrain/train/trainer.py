@@ -8,6 +8,7 @@ engine), module.py (one optimizer step per layout), loader.py (batches prepared 
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +21,14 @@ from llmtrain.train.callbacks import Callback
 from llmtrain.train.loader import BatchPlan, PrefetchLoader, host_micro_batches, to_device
 
 __all__ = ["Trainer"]
+
+
+def slow_save_for_tests() -> None:
+    """LLMTRAIN_TEST_SAVE_SECONDS=S: every save takes S seconds longer, as a big model's save on a
+    slow shared filesystem does (the Slurm tests check that a job lives until every rank saved)."""
+    seconds = float(os.environ.get("LLMTRAIN_TEST_SAVE_SECONDS", "0") or 0)
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 class Trainer:
@@ -58,7 +67,9 @@ class Trainer:
                 self._each("pre_step")
                 self.last_lr = self.engine.get_lr()[0]  # the LR this step uses
                 stop = getattr(self.callback("stop_signal"), "received", None) is not None
-                out = self.module.train_batch(micro_batches, stop_flag=stop)
+                ckpt = self.callback("checkpoint")
+                save = ckpt is not None and ckpt.asks_by_time(self)
+                out = self.module.train_batch(micro_batches, stop_flag=stop, save_flag=save)
                 self.step += 1
                 self.tokens += self.tokens_per_step
                 self._each("post_step", out)
@@ -116,6 +127,7 @@ class Trainer:
 
         names = (gpt_names(self.cfg.parallel.pipeline_stages > 1, self.cfg.model.n_layer)
                  if self.cfg.checkpoint.layout_free else None)
+        slow_save_for_tests()
         path = save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), self.rank, self.layout, names)
         self.last_checkpoint = path
         self._each("on_checkpoint", path)

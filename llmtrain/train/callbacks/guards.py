@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-import signal
 
 import torch
 
 from llmtrain.core.errors import RunError
+from llmtrain.core.signals import catch_stop_signals, stop_signal
 from llmtrain.train.callbacks.base import Callback
 
 
@@ -52,20 +52,20 @@ class NonFiniteGuard(Callback):
 class StopOnSignal(Callback):
     """SIGTERM/SIGINT (preemption): every rank finishes its step, a checkpoint is saved and the
     run exits 0. The flag travels with the step's loss reduction (no extra collective) and is
-    read one step later, when that reduction is long done, so the host never waits for it."""
+    read one step later, when that reduction is long done, so the host never waits for it. The
+    signals are caught by llmtrain.core.signals (launcher/pretrain.py catches them first thing)."""
 
     name = "stop_signal"
 
     def __init__(self):
-        self.received: str | None = None
         self.pending: torch.Tensor | None = None
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        catch_stop_signals()
 
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
+    @property
+    def received(self) -> str | None:
+        return stop_signal()
 
     def post_step(self, t, out) -> None:
         if self.pending is not None and float(self.pending) > 0:
