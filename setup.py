@@ -12,9 +12,11 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         # torch is installed first by the README/CI command (torch==2.13.0, the CPU wheel on
-        # machines without a GPU); any torch >= 2.1 works.
-        "torch>=2.1",
-        "deepspeed>=0.14",
+        # machines without a GPU). 2.6: torch.nn.utils.get_total_norm (the logged gradient norm);
+        # older needs met on the way: flex attention with enable_gqa (2.5, data.document_mask on a GPU),
+        # F.rms_norm and fused AdamW on CPU (2.4)
+        "torch>=2.6",
+        "deepspeed>=0.14",  # engine.compile() (train.compile); deepspeed.zero.Init and GatheredParameters
         "numpy",
         "pyyaml",
         "tokenizers>=0.15",

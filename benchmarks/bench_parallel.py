@@ -3,6 +3,7 @@ and optimizer states under ZeRO-1/2/3 against the expected 1/N shrink.
 
     python benchmarks/bench_parallel.py throughput [--steps 40]
     python benchmarks/bench_parallel.py memory [--ranks 2 4]
+    python benchmarks/bench_parallel.py configs [--rounds 3 --steps 10]
 
 throughput: the tiny default model on the bundled corpus, trained by launcher/pretrain.py as a
 user would, 1 process vs ZeRO-3 x2 vs pipeline x2 (+ZeRO-1), same global batch; tokens/s is
@@ -12,6 +13,12 @@ memory: a ~20M-parameter GPT under deepspeed.initialize with each ZeRO stage and
 after one optimizer step every rank counts the bytes it holds of fp32 parameters (its ZeRO-3
 partition, or all of them) and of AdamW state (exp_avg, exp_avg_sq, and the fp32 master
 partition where ZeRO keeps one).
+
+configs: the shipped ds_configs/zero2.json and zero3.json (set for GPUs: overlapped
+communication, 2e8-element ZeRO-2 buckets, DeepSpeed's ZeRO-3 defaults) against the CPU-tuned
+values they replaced (no overlap, 5e7 buckets, a 5e6 prefetch bucket), each x2 on CPU with a
+4 x 256 GPT, in alternating rounds; tokens/s medians and the per-round ratio, and the losses
+(which must be equal).
 """
 from __future__ import annotations
 
@@ -61,6 +68,47 @@ def throughput(steps: int) -> None:
     print("\n| layout | tokens/s | vs 1 process |\n|---|---|---|")
     for name, r in rates.items():
         print(f"| {name} | {r:,.0f} | {r / base:.2f}x |")
+
+
+CPU_TUNED = {  # what ds_configs/zero2.json and zero3.json held before they were set for GPUs
+    "zero2": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True, "reduce_scatter": True,
+              "reduce_bucket_size": 50000000, "allgather_bucket_size": 50000000},
+    "zero3": {"stage": 3, "overlap_comm": False, "contiguous_gradients": True, "reduce_bucket_size": 50000000,
+              "stage3_prefetch_bucket_size": 5000000, "stage3_param_persistence_threshold": 10000},
+}
+
+
+def configs(rounds: int, steps: int) -> None:
+    out = Path(tempfile.mkdtemp(prefix="bench_cfg_"))
+    script = str(REPO / "launcher" / "pretrain.py")
+    common = ["model.n_layer=4", "model.d_model=256", "model.n_head=4", "model.seq_len=128",
+              "train.global_batch_size=16", f"train.max_steps={steps}", "train.log_interval=1", "train.eval_interval=0",
+              "train.warmup_steps=2", "checkpoint.save_final=false", "log.tensorboard=false", "train.peak_flops=1e11"]
+    rates: dict[tuple[str, str], list[float]] = {}
+    losses: dict[tuple[str, str], list[float]] = {}
+    for rnd in range(rounds):
+        for stage, old in CPU_TUNED.items():
+            for which in (("shipped", "cpu-tuned") if rnd % 2 == 0 else ("cpu-tuned", "shipped")):
+                ds = REPO / "ds_configs" / f"{stage}.json"
+                if which == "cpu-tuned":
+                    ds = out / f"{stage}_cpu.json"
+                    ds.write_text(json.dumps({"zero_optimization": old}))
+                run_dir = out / f"{stage}_{which}_{rnd}"
+                run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), script, "--deepspeed_config",
+                     str(ds), "--run-dir", str(run_dir), *common])
+                recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                recs = [r for r in recs if "tokens_per_s" in r]
+                rates.setdefault((stage, which), []).append(statistics.median(r["tokens_per_s"] for r in recs[2:]))
+                losses[(stage, which)] = [r["loss"] for r in recs]
+                print(f"round {rnd} {stage} {which}: {rates[(stage, which)][-1]:,.0f} tok/s", flush=True)
+    print("\n| layout | shipped (GPU) tok/s | CPU-tuned tok/s | per-round ratio | median ratio | losses equal |")
+    print("|---|---|---|---|---|---|")
+    for stage in CPU_TUNED:
+        a, b = rates[(stage, "shipped")], rates[(stage, "cpu-tuned")]
+        ratios = [x / y for x, y in zip(a, b)]
+        print(f"| {stage} x2 | {statistics.median(a):,.0f} | {statistics.median(b):,.0f} | "
+              f"{', '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f}x | "
+              f"{losses[(stage, 'shipped')] == losses[(stage, 'cpu-tuned')]} |")
 
 
 MEMORY_WORKER = r'''
@@ -125,11 +173,15 @@ def memory(ranks: list[int]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["throughput", "memory"])
+    ap.add_argument("what", choices=["throughput", "memory", "configs"])
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
     a = ap.parse_args()
-    throughput(a.steps) if a.what == "throughput" else memory(a.ranks)
+    if a.what == "configs":
+        configs(a.rounds, a.steps)
+    else:
+        throughput(a.steps) if a.what == "throughput" else memory(a.ranks)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,11 @@ tokenizer.json; the model's vocabulary is padded to 50,304). Checks:
    at most 4 fixed shapes (micro x seq_len tokens each) whatever the examples' lengths, so the
    compiled kernel compiles in the first evaluation and never after, and its scores equal each
    row's run alone on the CPU.
+6. The memory plan (llmtrain/scaling/memory.py, what ``launcher/pretrain.py --dry-run`` prints)
+   against ``torch.cuda.max_memory_allocated`` (the ``mem_allocated_gb`` of metrics.jsonl, the
+   peak since start) of the check-1 runs (ZeRO 0-3, bf16, fp32) and of one more ZeRO-0 bf16 run
+   with activation checkpointing: each planned total per rank within MEMORY_TOL of the measured
+   peak. No extra GPU time but that one run.
 
 Writes one JSON file (--out), prints Markdown rows for benchmarks/BENCHMARKS.md, and exits 1 when
 a check fails. Under 10 minutes on one H200 (--budget caps the whole script; a part that no
@@ -71,6 +76,7 @@ MODEL_SMOKE = ["model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.s
 COMMON = ["train.eval_interval=0", "train.eval_batches=1", "train.warmup_steps=2", "train.lr=1e-3",
           "log.tensorboard=false"]
 
+MEMORY_TOL = 0.25  # |planned / measured peak - 1| per run (the CUDA context is outside both)
 BF16_FIRST_LOSS_TOL = 0.05  # |first-step loss - fp32's| for bf16 (ln V ~ 10.8 at init; bf16 keeps ~3 digits)
 
 
@@ -267,7 +273,8 @@ def check_zero(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out
         if la is None:
             continue
         losses = train_losses(run_dir)
-        res[name] = {"rc": rc, "wall_s": la.wall, "losses": [losses.get(s) for s in range(1, steps + 1)]}
+        res[name] = {"rc": rc, "wall_s": la.wall, "losses": [losses.get(s) for s in range(1, steps + 1)],
+                     "overrides": base + [f"train.precision={prec}"], "ds": ds, "run_dir": str(run_dir)}
         if rc != 0:
             res[name]["tail"] = la.tail()
     ref = (res.get("fp32-zero0") or {}).get("losses") or [None]
@@ -282,6 +289,48 @@ def check_zero(work: Path, data: str, nproc: int, smoke: bool, clock: Clock, out
         ok &= r["ok"]
     firsts = [res[n]["losses"][0] for n, _, _ in layouts if res.get(n, {}).get("ok")]
     out["zero_first_loss_spread"] = max(firsts) - min(firsts) if firsts else None
+    return ok
+
+
+def peak_allocated_gib(run_dir: Path) -> float | None:
+    """The last mem_allocated_gb logged (torch.cuda.max_memory_allocated since start, GiB)."""
+    mem = [r["mem_allocated_gb"] for r in read_metrics(run_dir) if r.get("mem_allocated_gb") is not None]
+    return mem[-1] if mem else None
+
+
+def planned_gib(overrides: list[str], ds_json: str, nproc: int) -> float:
+    """The memory plan's total per rank (GiB) for a launch's overrides on nproc GPUs."""
+    from llmtrain.config import load_config
+    from llmtrain.scaling.memory import plan_memory
+    from llmtrain.train.ds_config import build_ds_config, load_ds_json
+
+    cfg = load_config(None, overrides)
+    cfg.model.vocab_size = cfg.model.vocab_size or 512  # the smoke model: the synthetic tokenizer's 512
+    user, path = load_ds_json(DS / ds_json)
+    ds = build_ds_config(cfg, user, path, "gpu_check", nproc // cfg.parallel.pipeline_stages)
+    return plan_memory(cfg, ds, nproc, budget=1 << 50, device_type="cuda").total / 2**30
+
+
+def check_memory(work: Path, nproc: int, smoke: bool, clock: Clock, out: dict) -> bool:
+    """Planned memory per rank against the measured peak of the check-1 runs and one more with
+    activation checkpointing (on CPU, --smoke: the plans only, nothing to compare)."""
+    res = out.setdefault("memory", {})
+    runs = {n: r for n, r in out.get("zero", {}).items() if isinstance(r, dict) and r.get("rc") == 0}
+    if "bf16-zero0" in runs:
+        name, r0 = "bf16-zero0-ckpt", runs["bf16-zero0"]
+        ov = r0["overrides"] + ["train.activation_checkpointing=true"]
+        run_dir = work / "memory_ckpt"
+        rc, la = run_once(name, launch_cmd(nproc, smoke, run_dir, "zero0.json", ov), run_env(smoke), clock, 240, res)
+        if la is not None and rc == 0:
+            runs[name] = {"overrides": ov, "ds": "zero0.json", "run_dir": str(run_dir)}
+    ok = bool(runs)
+    for name, r in runs.items():
+        planned = planned_gib(r["overrides"], r["ds"], nproc)
+        measured = None if smoke else peak_allocated_gib(Path(r["run_dir"]))
+        ratio = planned / measured if measured else None
+        res[name] = {"planned_gib": planned, "measured_gib": measured, "planned_over_measured": ratio}
+        ok &= smoke or (ratio is not None and abs(ratio - 1) <= MEMORY_TOL)
+    print(f"[gpu_check] memory: {res}", flush=True)
     return ok
 
 
@@ -645,6 +694,14 @@ def markdown(out: dict) -> list[str]:
         rows.append(f"| document mask kernel {k.get('shape')} {k.get('dtype')} | {'pass' if k.get('ok') else 'FAIL'} | "
                     f"out diff {k.get('max_abs_diff_out')}, grad rel diff {k.get('max_rel_diff_grads')}; "
                     f"fwd+bwd {times or '-'} {k.get('error', '')} |")
+    for name, m in (out.get("memory") or {}).items():
+        if isinstance(m, dict) and "planned_gib" in m:
+            meas, ratio = m.get("measured_gib"), m.get("planned_over_measured")
+            verdict = ("plan only (CPU)" if out.get("smoke") else
+                       "pass" if ratio and abs(ratio - 1) <= MEMORY_TOL else "FAIL")
+            rows.append(f"| memory plan {name} | {verdict} | "
+                        f"planned {m['planned_gib']:.2f} GiB, max_memory_allocated "
+                        f"{f'{meas:.2f} GiB' if meas else '-'}, ratio {f'{ratio:.3f}' if ratio else '-'} |")
     d = out.get("document_training")
     if d:
         rows.append(f"| document mask training, eager / compile | "
@@ -677,7 +734,7 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="folder for the data and run folders (default: a new temp folder)")
     ap.add_argument("--budget", type=float, default=570.0, help="seconds for the whole script")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["zero", "resume", "throughput", "compile", "moe", "docmask"])
+                    choices=["zero", "resume", "throughput", "compile", "moe", "docmask", "memory"])
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -703,6 +760,8 @@ def check_all(args) -> int:
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checks": {}}
     if "zero" not in args.skip:
         out["checks"]["zero_stages_agree"] = check_zero(work, data, nproc, args.smoke, clock, out)
+    if "zero" not in args.skip and "memory" not in args.skip:
+        out["checks"]["memory_plan"] = check_memory(work, nproc, args.smoke, clock, out)
     if "resume" not in args.skip:
         out["checks"]["sigkill_resume_exact"] = check_resume(work, data, nproc, args.smoke, clock, out)
     if "docmask" not in args.skip:

@@ -95,7 +95,7 @@ def train_and_measure(cfg, draw, steps: int, seed: int) -> dict:
     from llmtrain.scaling.width import train_plain
 
     gen = torch.Generator().manual_seed(seed)
-    B, T = cfg.train.global_batch_size, cfg.model.seq_len
+    B, T = cfg.train.global_batch_size, cfg.train.seq_len
     probe = draw(B, T, torch.Generator().manual_seed(10_000 + seed))[:, :-1]
     model, _ = train_plain(cfg, lambda: draw(B, T, gen), steps, seed)
     return measure(model, probe)
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
             print(f"{kind:8s} width {w:5d}: logits {result[kind]['logits'][-1]:.4f}  "
                   f"embed {result[kind]['embed'][-1]:.4f}  ({time.time() - started:.0f}s)", flush=True)
     result["settings"] = {"steps": args.steps, "seeds": args.seeds, "mup_base_width": base, "lr": cfg.train.lr,
-                          "batch": cfg.train.global_batch_size, "seq_len": cfg.model.seq_len,
+                          "batch": cfg.train.global_batch_size, "seq_len": cfg.train.seq_len,
                           "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "vocab_size": vocab,
                           "data": "synthetic bigram chain" if args.synthetic else (cfg.data.prefix or "bundled corpus"),
                           "config": args.config or "configs/tiny.yaml", "overrides": overrides}

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from llmtrain.core.errors import ConfigError
 from llmtrain.core.paths import REPO_ROOT
+from llmtrain.scaling.memory import parse_bytes
 from llmtrain.scaling.plan import format_table, load_sweep, plan, resolve, seq_len_and_model
 from llmtrain.core.files import atomic_write_json, atomic_write_text
 
@@ -49,6 +50,23 @@ def vocab_size_for(sw: dict, base_model, base_cfg_path: str) -> int:
     else:
         v = cfg.data.sample_vocab_size  # the bundled corpus' tokenizer has exactly this size
     return padded_vocab(v)
+
+
+def memory_plans(runs, sw: dict, base_cfg: str, vocab: int, budget: int | None) -> list:
+    """Each run's memory plan per rank (llmtrain/scaling/memory.py) on the sweep's processes and
+    DeepSpeed config."""
+    from llmtrain.config import load_config
+    from llmtrain.scaling.memory import plan_memory
+    from llmtrain.train.ds_config import build_ds_config, load_ds_json
+
+    user, ds_path = load_ds_json(resolve(sw["deepspeed_config"], sw["_path"]))
+    nproc, plans = int(sw["nproc"]), []
+    for r in runs:
+        cfg = load_config(base_cfg, r.overrides(sw))
+        cfg.model.vocab_size = cfg.model.vocab_size or vocab
+        ds = build_ds_config(cfg, user, ds_path, base_cfg, nproc // cfg.parallel.pipeline_stages)
+        plans.append(plan_memory(cfg, ds, nproc, budget))
+    return plans
 
 
 def check_cooldown_data(sw: dict) -> None:
@@ -139,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="sweep folder (default runs/sweeps/<name>)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     ap.add_argument("--slurm", action="store_true", help="write Slurm array scripts instead of running")
+    ap.add_argument("--gpu-memory", default=None,
+                    help="memory per GPU for the plan's memory columns, e.g. 80GiB (default: the visible device's)")
     args = ap.parse_args(argv)
     try:
         sw = load_sweep(args.config)
@@ -146,6 +166,7 @@ def main(argv=None) -> int:
         seq_len, base_model, base_cfg = seq_len_and_model(sw)
         vocab = vocab_size_for(sw, base_model, base_cfg)
         runs = plan(sw, seq_len, vocab, base_model)
+        memory = memory_plans(runs, sw, base_cfg, vocab, parse_bytes(args.gpu_memory) if args.gpu_memory else None)
     except (ConfigError, OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,7 +174,7 @@ def main(argv=None) -> int:
     from llmtrain.train.metrics import measure_matmul_flops
 
     rate = measure_matmul_flops(seconds=0.5)
-    table = format_table(runs, seq_len, rate, float(sw["assumed_mfu"]), int(sw["nproc"]))
+    table = format_table(runs, seq_len, rate, float(sw["assumed_mfu"]), int(sw["nproc"]), memory)
     print(table)
     if args.dry_run:
         return 0

@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Optional
 
 import yaml
@@ -220,6 +221,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    # tokens per training (and evaluation) window; None: the model's positions, model.seq_len. Shorter
+    # windows train a long-context model (Llama 3.1: 131072 positions) at 2048 or 4096 tokens
+    seq_len: Optional[int] = None
     max_steps: int = 300
     max_tokens: Optional[int] = None  # stop at this many training tokens (whichever comes first)
     global_batch_size: int = 16  # sequences per optimizer step, over all data-parallel ranks
@@ -338,6 +342,7 @@ class Config:
     def validate(self, where: str = "config") -> Config:
         self.model.validate(where)
         self.train.validate(where)
+        self.resolve_window(where)
         self.checkpoint.validate(where)
         self._validate_stages(where)
         if self.parallel.pipeline_stages < 1:
@@ -361,6 +366,18 @@ class Config:
             )
         return self
 
+    def resolve_window(self, where: str) -> None:
+        """train.seq_len, the window trained and evaluated: the model's positions unless set, and
+        never longer than them."""
+        if self.train.seq_len is None:
+            self.train.seq_len = self.model.seq_len
+        if self.train.seq_len <= 0:
+            raise ConfigError(f"{where}: train.seq_len must be > 0 (got {self.train.seq_len})")
+        if self.train.seq_len > self.model.seq_len:
+            raise ConfigError(f"{where}: train.seq_len={self.train.seq_len} is longer than the model's "
+                              f"{self.model.seq_len} positions (model.seq_len); use train.seq_len<="
+                              f"{self.model.seq_len}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -368,7 +385,8 @@ class Config:
         """train.max_steps, or fewer when train.max_tokens is reached first."""
         steps = self.train.max_steps
         if self.train.max_tokens:
-            steps = min(steps, math.ceil(self.train.max_tokens / (self.train.global_batch_size * self.model.seq_len)))
+            window = self.train.seq_len or self.model.seq_len  # the window trained (resolve_window)
+            steps = min(steps, math.ceil(self.train.max_tokens / (self.train.global_batch_size * window)))
         return steps
 
     def stage_steps(self) -> list[int]:
@@ -421,8 +439,11 @@ def _choice(where: str, key: str, value: Any, choices) -> None:
         raise ConfigError(f"{where}: {key}={value!r} is not one of {', '.join(choices)}")
 
 
-def load_config(path: Optional[str | os.PathLike] = None, overrides: list[str] = ()) -> Config:
-    """YAML file (default configs/tiny.yaml) + ``section.key=value`` overrides → validated Config."""
+def load_config(path: Optional[str | os.PathLike] = None, overrides: list[str] = (),
+                before_validate: Optional[Callable[[Config], None]] = None) -> Config:
+    """YAML file (default configs/tiny.yaml) + ``section.key=value`` overrides → validated Config.
+    ``before_validate`` may fill in sections first (the model of a transformers folder), so that
+    what validation resolves from them (train.seq_len) sees them."""
     path = Path(path) if path else DEFAULT_CONFIG
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -432,6 +453,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: list[str] =
     apply_overrides(cfg, overrides)
     if cfg.log.name is None:
         cfg.log.name = path.stem
+    if before_validate is not None:
+        before_validate(cfg)
     return cfg.validate(str(path))
 
 

@@ -87,7 +87,7 @@ def test_resume_refuses_what_breaks_exactness(token_data, tmp_path):
     for f in Path(token_data).parent.glob(Path(token_data).name + "_*"):
         shutil.copy(f, other.parent / f.name)
     for change, key in (("train.global_batch_size=16", "train.global_batch_size"), ("train.seed=7", "train.seed"),
-                        (f"data.prefix={other}", "data.prefix")):
+                        (f"data.prefix={other}", "data.prefix"), ("train.seq_len=32", "train.seq_len")):
         r = run_python([PRETRAIN, *common, "train.max_steps=6", change])
         assert_one_line_error(r, key, "checkpoint.allow_data_change=true")
         assert {f: (run / f).read_bytes() for f in before} == before

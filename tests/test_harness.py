@@ -103,7 +103,7 @@ def test_every_layout_logs_lm_eval_metrics_of_its_own_weights(token_data, runs_r
         ours = [r for r in recs if r.get("split") == f"task:{CLOZE}"]
         assert [(r["acc"], r["acc_norm"]) for r in cloze] == [(r["acc"], r["acc_norm"]) for r in ours]
     else:
-        assert "harness: 4 continuations longer than model.seq_len were scored on their last 64 tokens" in stdout
+        assert "harness: 4 continuations longer than train.seq_len were scored on their last 64 tokens" in stdout
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["harness"] == {CLOZE: {k: cloze[-1][k] for k in ("acc", "acc_norm")},

@@ -426,7 +426,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(token_data, tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[0] == run.name and int(cells[7]) == run.steps
         assert cells[10] == (f"{run.init_from}@{run.init_step}" if run.init_from else "-")
+        assert cells[12] == f"{run.n_params_active:,}"
+        assert cells[13].endswith(" GiB") and cells[14] == "yes" and int(cells[15]) >= 1  # memory per rank
     assert any(ln.startswith("4 runs; estimated total ") for ln in lines)
+    assert any(ln.startswith("memory per rank against ") for ln in lines)
     assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "tiny.yaml"]
 
 

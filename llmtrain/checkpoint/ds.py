@@ -206,9 +206,9 @@ def check_checkpoint_shape(ckpt_dir: Path, cfg: Config) -> None:
     check_same_model(old, cfg, ckpt_dir, f"; use a new --run-dir or the checkpoint's config {saved}")
 
 
-# Settings a resume must keep for the data position to stay exact (seq_len is a model field,
-# checked with the model's shape). Raising max_steps or max_tokens is fine.
-RESUME_FIXED = (("data", "prefix"), ("train", "global_batch_size"), ("train", "seed"))
+# Settings a resume must keep for the data position to stay exact (model.seq_len, the positions,
+# is checked with the model's shape; train.seq_len is the window). Raising max_steps or max_tokens is fine.
+RESUME_FIXED = (("data", "prefix"), ("train", "global_batch_size"), ("train", "seed"), ("train", "seq_len"))
 
 
 def check_resume_compatible(run_dir: Path, cfg: Config) -> None:
@@ -223,6 +223,8 @@ def check_resume_compatible(run_dir: Path, cfg: Config) -> None:
     now = cfg.to_dict()
     for section, key in RESUME_FIXED:
         was, is_ = (old.get(section) or {}).get(key), now[section][key]
+        if (section, key) == ("train", "seq_len") and was is None:  # a run from before train.seq_len: its positions
+            was = (old.get("model") or {}).get("seq_len")
         if section == "data" and was and is_ and Path(str(was)).resolve() == Path(str(is_)).resolve():
             continue
         if was is not None and was != is_:

@@ -310,7 +310,7 @@ def load_data(cfg: Config, spec: str, config_path: str) -> DataBundle:
             f"{config_path}: model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
             f"({tok_path}); remove model.vocab_size to take it from the tokenizer"
         )
-    T, seed = cfg.model.seq_len, cfg.train.seed
+    T, seed = cfg.train.seq_len, cfg.train.seed  # the window trained, at most the model's positions
     shards, valid = {}, {}
     for n in distinct:
         p, m = first_prefix[n][0], manifests[n]

@@ -99,7 +99,7 @@ class TokenWindows:
         if self.num_samples < 1:
             raise ValueError(
                 f"{shards[0].prefix}: {sum(d.num_tokens for d in shards)} tokens are fewer than one sample of "
-                f"seq_len+1={seq_len + 1}; use more data or a shorter model.seq_len"
+                f"seq_len+1={seq_len + 1}; use more data or a shorter train.seq_len"
             )
         self._perm: WindowPermutation | None = None
         self._perm_epoch = -1

@@ -5,7 +5,7 @@
 Data: a tokenised dataset PREFIX (its manifest, llmtrain.data.manifest.Manifest, lists the
 valid split's shards: one file, several shards, or the shards of merged tasks) or one
 PREFIX.bin/.idx file. Windows: each shard's tokens are one stream (documents end with the
-end-of-document token); window j of a shard is tokens[j*T : j*T + T + 1] (T = model.seq_len),
+end-of-document token); window j of a shard is tokens[j*T : j*T + T + 1] (T = train.seq_len),
 inputs the first T, targets the last T; the windows of shard 0 come first, then shard 1's, ...
 (windows never cross a shard boundary): the non-overlapping windows the trainer's validation
 uses, in order. With --batches N only
@@ -81,6 +81,11 @@ def _loss_masks(label: str, shards: list) -> list | None:
     return open_loss_masks(manifest, shards)
 
 
+def window_of(config: dict) -> int:
+    """The window a run trained on: train.seq_len, or (runs from before it existed) model.seq_len."""
+    return int((config.get("train") or {}).get("seq_len") or config["model"]["seq_len"])
+
+
 def window_counts(shards: list, seq_len: int) -> np.ndarray:
     """Whole windows of each shard; window g overall is window g - starts[k] of shard k, shard
     by shard: the order of the trainer's validation (llmtrain.data.sampler.TokenWindows without
@@ -118,7 +123,7 @@ def evaluate(checkpoint, data: str | None = None, batches: int | None = None, ba
     label, shards = resolve_data(info, data)
     tok = load_tokenizer(tokenizer_path(info, tokenizer))
     eod = eod_token_id(info, tok)
-    T = int(info.config["model"]["seq_len"])
+    T = window_of(info.config)
     B = batch_size or int((info.config.get("train") or {}).get("global_batch_size") or 8)
     if B < 1 or (batches is not None and batches < 1) or micro_batch_size < 1:
         raise ExportError("--batches, --batch-size and --micro-batch-size must be >= 1")

@@ -96,10 +96,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: i
 
 def sinusoidal_table(seq_len: int, dim: int) -> torch.Tensor:
     """The fixed positions of "Attention is all you need": sin at even, cos at odd dimensions."""
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32),
-                         torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim)))
-    table = torch.zeros(seq_len, dim)
-    table[:, 0::2], table[:, 1::2] = angles.sin(), angles.cos()
+    return sinusoidal_at(torch.arange(seq_len), dim)
+
+
+def sinusoidal_at(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sinusoidal embeddings (..., dim) of integer ``positions`` (...), in fp32 on their device:
+    made per call for the positions used, so no table of the model's whole context is kept."""
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) * (-math.log(10000.0) / dim))
+    angles = positions.float()[..., None] * freq
+    table = torch.zeros(*positions.shape, dim, device=positions.device)
+    table[..., 0::2], table[..., 1::2] = angles.sin(), angles.cos()
     return table
 
 
@@ -321,10 +327,7 @@ class Embedding(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
-        if cfg.pos_encoding == "sinusoidal":  # fixed, not a parameter (and not in the state dict)
-            self.register_buffer("sin_pos", sinusoidal_table(cfg.seq_len, cfg.d_model), persistent=False)
-        else:
-            self.sin_pos = None
+        self.sinusoidal = cfg.pos_encoding == "sinusoidal"  # fixed, not a parameter (made per call, no buffer)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, idx: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -333,8 +336,9 @@ class Embedding(nn.Module):
         T = idx.shape[1]
         if self.wpe is not None:
             x = x + (self.wpe.weight[start:start + T] if positions is None else self.wpe(positions))
-        elif self.sin_pos is not None:
-            x = x + (self.sin_pos[start:start + T] if positions is None else self.sin_pos[positions]).to(x.dtype)
+        elif self.sinusoidal:
+            pos = torch.arange(start, start + T, device=idx.device) if positions is None else positions
+            x = x + sinusoidal_at(pos, x.shape[-1]).to(x.dtype)
         return self.drop(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -399,7 +403,9 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) ->
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig, seed: int = 0):
+    def __init__(self, cfg: ModelConfig, seed: int = 0, init: bool = True):
+        """``init=False`` leaves torch's default initialisation, for a caller that initialises each
+        piece itself (ZeRO-3 builds partitioned and initialises one gathered piece at a time)."""
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size must be set (the trainer takes it from the tokenizer)")
@@ -407,8 +413,13 @@ class GPT(nn.Module):
         self.embed = Embedding(cfg)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.head = Head(cfg)
-        for i, piece in enumerate([self.embed, *self.blocks, self.head]):
-            init_weights(piece, cfg, piece_seed(seed, i))
+        if init:
+            for i, (_, piece) in enumerate(self.pieces()):
+                init_weights(piece, cfg, piece_seed(seed, i))
+
+    def pieces(self) -> list[tuple[str, nn.Module]]:
+        """(state-dict prefix, module) of embed, blocks 0..L-1 and head, in the order piece_seed numbers them."""
+        return [("embed.", self.embed), *((f"blocks.{i}.", b) for i, b in enumerate(self.blocks)), ("head.", self.head)]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
@@ -480,14 +491,15 @@ def count_params(cfg: ModelConfig) -> dict:
             "n_params_active_non_embedding": n_active - emb}
 
 
-def flops_per_token(cfg: ModelConfig) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Training FLOPs per token counting every matmul (forward + backward = 3x forward):
     6 x (active non-embedding params + the V x d output projection) + 12 x n_layer x seq_len x
-    d_model for attention scores and values (causal masking not discounted, as in PaLM's MFU). Fewer
+    d_model for attention scores and values (causal masking not discounted, as in PaLM's MFU), where
+    seq_len is the window trained (train.seq_len; default the model's positions). Fewer
     key/value heads shrink only the qkv projection (in the parameters): every query head still
     scores seq_len keys. An MoE layer counts its router, shared experts and top_k routed experts
     (the active parameters), not the experts a token skips."""
     counts = count_params(cfg)
     matmul_params = (counts["n_params_active_non_embedding"]
                      + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0))
-    return 6.0 * matmul_params + 12.0 * cfg.n_layer * cfg.seq_len * cfg.d_model
+    return 6.0 * matmul_params + 12.0 * cfg.n_layer * (seq_len or cfg.seq_len) * cfg.d_model

@@ -106,7 +106,8 @@ def mup_param_groups(model, cfg: Config) -> list[dict]:
     every step. Under the standard parametrisation: two groups, decay and no-decay, at train.lr."""
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
-        decay = cfg.train.weight_decay if p.dim() >= 2 and "wpe" not in name else 0.0
+        ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition keeps its full shape in ds_shape
+        decay = cfg.train.weight_decay if ndim >= 2 and "wpe" not in name else 0.0
         groups.setdefault((decay, lr_factor(cfg.model, name)), []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr_scale": scale, "lr": cfg.train.lr * scale}
             for (wd, scale), ps in groups.items()]

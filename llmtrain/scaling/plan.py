@@ -283,7 +283,7 @@ def plan(sw: dict, seq_len: int, vocab_size: int, base_model: ModelConfig) -> li
         base = dict(size=size, n_layer=L, d_model=d, n_head=h, n_params=counts["n_params"],
                     n_params_non_embedding=counts["n_params_non_embedding"], n_params_active=counts["n_params_active"],
                     n_basis=N, global_batch_size=G, warmup_steps=warmup)
-        fpt = flops_per_token(mcfg)
+        fpt = flops_per_token(mcfg, seq_len)
         for lr0, suffix in lr_values:
             lr = lr0 * (float(hp["lr_ref_params"]) / N) ** float(hp["lr_exponent"])
             runs += _size_runs(sw, base, steps_list, tokens_per_step, fpt, lr, suffix,
@@ -336,13 +336,17 @@ def estimate_seconds(run: RunSpec, seq_len: int, rate_flops: float, assumed_mfu:
     return run.compute_steps * per_step / (rate_flops * assumed_mfu)
 
 
-def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_mfu: float, nproc: int) -> str:
+def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_mfu: float, nproc: int,
+                 memory: list | None = None) -> str:
+    """The plan as a Markdown table; ``memory``: each run's MemoryPlan (llmtrain/scaling/memory.py),
+    shown as memory per rank, whether it fits and the largest micro-batch that does."""
     staged = any(r.cooldown_prefix for r in runs)  # a column for the cooldown's data when a run has one
     head = ("| run | L | d | N | N non-emb | D (tokens) | D/N | steps | FLOPs 6ND | lr | from | "
-            + ("cooldown data | " if staged else "") + "est. time | N active |\n"
-            + "|---" * (14 if staged else 13) + "|")
+            + ("cooldown data | " if staged else "") + "est. time | N active |"
+            + (" mem/rank | fits | max micro |" if memory else "") + "\n"
+            + "|---" * (13 + staged + (3 if memory else 0)) + "|")
     rows, total = [head], 0.0
-    for r in runs:
+    for i, r in enumerate(runs):
         t = estimate_seconds(r, seq_len, rate_flops * nproc, assumed_mfu)
         total += t
         src = f"{r.init_from}@{r.init_step}" if r.init_from else "-"
@@ -351,9 +355,14 @@ def format_table(runs: list[RunSpec], seq_len: int, rate_flops: float, assumed_m
             f"| {r.name} | {r.n_layer} | {r.d_model} | {r.n_params:,} | {r.n_params_non_embedding:,} | {r.tokens:,} | "
             f"{r.tokens / r.n_basis:.1f} | {r.steps} | {r.flops:.2e} | {r.lr:.2e} | {src} | {cd}{_fmt_time(t)} | "
             f"{r.n_params_active:,} |"
+            + (f" {memory[i].total / 2**30:.2f} GiB | {'yes' if memory[i].fits else 'NO'} | "
+               f"{memory[i].max_micro_batch or '-'} |" if memory else "")
         )
     rows.append(f"\n{len(runs)} runs; estimated total {_fmt_time(total)} at {assumed_mfu:.0%} of "
                 f"{rate_flops / 1e9:,.0f} GFLOP/s per process x {nproc} (measured matmul rate)")
+    if memory:
+        rows.append(f"memory per rank against {memory[0].budget / 2**30:.2f} GiB ({memory[0].budget_source}); "
+                    f"python launcher/pretrain.py --dry-run with a run's overrides shows its parts")
     return "\n".join(rows)
 
 
@@ -376,8 +385,9 @@ def resolve(path: str, sweep_path: str) -> str:
 
 
 def seq_len_and_model(sw: dict) -> tuple[int, ModelConfig, str]:
+    """(the window trained, train.seq_len; the base model; the base config's path)."""
     from llmtrain.config import load_config
 
     base = resolve(sw["base"], sw["_path"])
     cfg = load_config(base, [o for o in sw.get("overrides", []) if o.startswith(("model.", "train.", "data."))])
-    return cfg.model.seq_len, cfg.model, base
+    return cfg.train.seq_len, cfg.model, base

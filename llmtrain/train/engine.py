@@ -19,6 +19,72 @@ def enable_activation_checkpointing(blocks) -> None:
         checkpoint(blk)
 
 
+def _no_match(cfg: Config, src: str) -> ConfigError:
+    return ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from}: no matching weight for {src}; "
+                       f"the file is from another model shape")
+
+
+def build_partitioned(cfg: Config, ds_config: dict, state: dict | None):
+    """ZeRO-3: the GPT built under ``deepspeed.zero.Init``, each module's parameters partitioned
+    over the ranks as soon as the module is made, so no rank ever holds the whole model. Then
+    each piece in turn (the embedding, one block, the head) is gathered, set on rank 0 (the
+    position-seeded initialisation, or its tensors of the consolidated ``state``, which only
+    rank 0 needs to hold) and scattered back into the partitions: the same weights as every
+    other layout, with at most one piece whole at a time."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from llmtrain.model.gpt import GPT, piece_seed
+    from llmtrain.train.dist import broadcast_object
+
+    rank0 = dist.get_rank() == 0
+    # every rank raises the same error, before the collectives of the build
+    bad = broadcast_object(mismatched_weight(cfg, state) if rank0 and state is not None else None)
+    if bad is not None:
+        raise _no_match(cfg, bad)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = GPT(cfg.model, seed=cfg.train.seed, init=False)
+    for i, (prefix, piece) in enumerate(model.pieces()):
+        params = dict(piece.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0), torch.no_grad():
+            if not rank0:
+                continue
+            if state is None:
+                init_in_fp32(piece, cfg.model, piece_seed(cfg.train.seed, i))
+                continue
+            for name, p in params.items():
+                p.copy_(state.pop(prefix + name))  # copied: rank 0 lets go of it
+    return model
+
+
+def init_in_fp32(piece, cfg, seed: int) -> None:
+    """init_weights on fp32 stand-ins of ``piece``'s parameters, copied back into them: under
+    bf16, zero.Init makes the parameters bf16, and a draw straight into bf16 differs from the fp32
+    draw every other layout makes and then casts."""
+    from llmtrain.model.gpt import init_weights
+
+    params = [p for p in piece.parameters() if p.dtype != torch.float32]
+    held = [p.data for p in params]
+    for p in params:
+        p.data = p.data.float()  # what init leaves alone (the norms' ones) keeps its value
+    try:
+        init_weights(piece, cfg, seed)
+    finally:
+        for p, h in zip(params, held):
+            h.copy_(p.data)
+            p.data = h
+
+
+def mismatched_weight(cfg: Config, state: dict) -> str | None:
+    """The first GPT weight that ``state`` lacks or holds in another shape (shapes from a model
+    on the meta device, which allocates nothing); None when every weight matches."""
+    from llmtrain.model.gpt import GPT
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in GPT(cfg.model, init=False).state_dict().items()}
+    return next((k for k, s in shapes.items() if k not in state or state[k].shape != s), None)
+
+
 def load_weights(model, state: dict, cfg: Config, pipeline: bool) -> None:
     """Copy a consolidated GPT state dict into the model (or this rank's pipeline stages)."""
     from llmtrain.model.pipeline import pipeline_key_to_gpt
@@ -29,8 +95,7 @@ def load_weights(model, state: dict, cfg: Config, pipeline: bool) -> None:
             if src is None or name.endswith(("rope_cos", "rope_sin")):
                 continue
             if src not in state or state[src].shape != t.shape:
-                raise ConfigError(f"checkpoint.init_from={cfg.checkpoint.init_from}: no matching weight for {src}; "
-                                  f"the file is from another model shape")
+                raise _no_match(cfg, src)
             t.copy_(state[src])
 
 
@@ -41,10 +106,15 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
     GPT state dict to start from, at schedule position ``start_step``."""
     import deepspeed
 
+    from llmtrain.train.ds_config import zero_stage
     from llmtrain.train.schedule import lr_multiplier
 
     pipeline = cfg.parallel.pipeline_stages > 1
-    if pipeline:
+    if zero_stage(ds_config) == 3:
+        model = build_partitioned(cfg, ds_config, init_state)
+        if cfg.train.activation_checkpointing:
+            enable_activation_checkpointing(model.blocks)
+    elif pipeline:
         from llmtrain.model.pipeline import gpt_pipeline
 
         model = gpt_pipeline(cfg.model, cfg.parallel.pipeline_stages, seed=cfg.train.seed,
@@ -74,7 +144,6 @@ def build_engine(cfg: Config, ds_config: dict, total_steps: int, init_state: dic
     # fused AdamW: one kernel over all parameters; on CPU ~5x faster than the per-tensor loop.
     # Where DeepSpeed checks no gradient overflow itself (no ZeRO and no DeepSpeed bf16/fp16: fp32,
     # or bf16 under autocast), the optimizer skips non-finite steps on its own (llmtrain/train/module.py).
-    from llmtrain.train.ds_config import zero_stage
     from llmtrain.train.module import SkipNonFiniteAdamW
 
     own_check = zero_stage(ds_config) == 0 and not any(ds_config.get(k, {}).get("enabled") for k in ("bf16", "fp16"))

@@ -32,6 +32,7 @@ from llmtrain.data.dataset import DataBundle, load_data, padded_vocab
 from llmtrain.data.sampler import SAMPLE_ORDER
 from llmtrain.train.callbacks import Callback, StopOnSignal, default_callbacks
 from llmtrain.train.dist import apply_launcher_env, broadcast_object, env_int, init_distributed, set_cpu_threads
+from llmtrain.train.ds_config import zero_stage
 from llmtrain.train.start import Start, agree_on_start, model_from_hf_folder
 from llmtrain.train.trainer import Trainer
 
@@ -63,8 +64,9 @@ def validate(config: str | None = None, overrides: list[str] = (), deepspeed_con
     or OSError: one line naming the file and the fix)."""
     from llmtrain.train.ds_config import load_ds_json
 
-    cfg = load_config(config, overrides)
     config_path = config or "configs/tiny.yaml"
+    cfg = load_config(config, overrides,
+                      before_validate=lambda c: model_from_hf_folder(c, list(overrides), config_path))
     if cfg.train.eval_tasks:  # every task file read and checked now, before any run folder is written
         from llmtrain.eval.tasks import load_tasks
 
@@ -78,7 +80,6 @@ def validate(config: str | None = None, overrides: list[str] = (), deepspeed_con
         raise ConfigError(f"{config_path}: data.prefix is not set; set it to token data made by "
                           f"data_prep/tokenize_corpus.py, or use launcher/pretrain.py for the bundled corpus")
     user_ds, ds_path = load_ds_json(deepspeed_config)
-    model_from_hf_folder(cfg, list(overrides), config_path)
     ds_config = check_layout(cfg, user_ds, ds_path, config_path, world or env_int("WORLD_SIZE", 1))
     data = load_data(cfg, cfg.data.prefix, config_path) if cfg.data.prefix is not None else None
     return RunSpec(cfg, ds_config, config_path, data, run_dir, prepare_sample)
@@ -133,7 +134,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     import torch.distributed as dist
 
     from llmtrain.model.gpt import count_params, flops_per_token
-    from llmtrain.train.ds_config import layout_of, zero_stage
+    from llmtrain.train.ds_config import layout_of
     from llmtrain.train.engine import build_engine, data_parallel_rank, precision_in_use
     from llmtrain.train.loader import BatchPlan
     from llmtrain.train.metrics import peak_flops
@@ -158,7 +159,8 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     spec.run_dir, spec.errors = str(run_dir), run_dir / "errors" / launch
     total_steps = total_steps_of(cfg)
     layout = layout_of(cfg, spec.ds_config, world)
-    start = agree_on_start(cfg, run_dir, data, total_steps, rank, layout)
+    start = agree_on_start(cfg, run_dir, data, total_steps, rank, layout,
+                           weights_on_every_rank=zero_stage(spec.ds_config) != 3)
     if start.kind == "finished":
         say(f"{run_dir}: this run already finished at step {start.step} (summary.json); nothing to do. Raise "
             f"train.max_steps to train on, or use a new --run-dir")
@@ -178,7 +180,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     module = train_module(engine, cfg.parallel.pipeline_stages > 1, dp_world, masked)
     t = Trainer(cfg, run_dir, engine, module, data, callbacks, rank=rank, world=world, device=device,
                 total_steps=total_steps, plan=plan, param_counts=count_params(cfg.model),
-                flops_per_token=flops_per_token(cfg.model), peak_flops=peak)
+                flops_per_token=flops_per_token(cfg.model, cfg.train.seq_len), peak_flops=peak)
     t.layout = layout
 
     # Training randomness (dropout) starts from a known state whatever set-up consumed: a
@@ -300,8 +302,9 @@ def describe(t: Trainer, stage: int, threads: int | None) -> str:
     moe = (f", {m.moe_experts} experts top-{m.moe_top_k} ({counts['n_params_active'] / 1e6:.2f}M active), expert "
            f"parallel {cfg.parallel.expert_parallel_size}" if m.is_moe else "")
     return (f"model: {counts['n_params'] / 1e6:.2f}M params ({counts['n_params_non_embedding'] / 1e6:.2f}M "
-            f"non-embedding{moe}), {m.n_layer}L d{m.d_model} h{m.n_head} T{m.seq_len} V{m.vocab_size}; "
-            f"{t.world} rank(s), "
+            f"non-embedding{moe}), {m.n_layer}L d{m.d_model} h{m.n_head} T{cfg.train.seq_len}"
+            + (f" (of {m.seq_len} positions)" if cfg.train.seq_len != m.seq_len else "")
+            + f" V{m.vocab_size}; {t.world} rank(s), "
             f"ZeRO-{stage}, {cfg.parallel.pipeline_stages} stage(s), micro {plan.micro} x accum {plan.gas} x dp "
             f"{t.world // cfg.parallel.pipeline_stages} = {cfg.train.global_batch_size} seqs/step; {t.total_steps} "
             f"steps ({t.total_steps * t.tokens_per_step / 1e6:.2f}M tokens); device {t.device}"

@@ -113,7 +113,7 @@ def decide_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int,
                               f"consolidate the step folder (python launcher/consolidate.py)")
         return step_folder_start("branch", init, layout)
     step = cfg.checkpoint.init_step if cfg.checkpoint.init_step is not None else int(meta.get("step") or 0)
-    tokens = (step * cfg.train.global_batch_size * cfg.model.seq_len if cfg.checkpoint.init_step is not None
+    tokens = (step * cfg.train.global_batch_size * cfg.train.seq_len if cfg.checkpoint.init_step is not None
               else int(meta.get("tokens") or 0))
     return Start("weights", init, state, step, tokens)
 
@@ -130,11 +130,13 @@ def step_folder_start(kind: str, step_dir: Path, layout: dict | None) -> Start:
 
 
 def agree_on_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: int, rank: int,
-                   layout: dict | None = None) -> Start:
+                   layout: dict | None = None, weights_on_every_rank: bool = True) -> Start:
     """``decide_start`` on rank 0 only, told to every rank: on a shared filesystem another node may
     still see an older ``latest`` or no summary.json, and ranks that resumed from different steps
     would train apart. A refusal on rank 0 is raised on every rank (the same one line). The other
-    ranks open a ``weights`` start's file themselves (its path is in the config, not decided)."""
+    ranks open a ``weights`` start's file themselves (its path is in the config, not decided),
+    unless ``weights_on_every_rank`` is False (ZeRO-3: rank 0 fills every rank's partitions,
+    train/engine.build_partitioned)."""
     from llmtrain.train.dist import broadcast_object
 
     start, refusal = None, None
@@ -151,7 +153,7 @@ def agree_on_start(cfg: Config, run_dir: Path, data: DataBundle, total_steps: in
     if rank == 0:
         return start
     kind, source, step, tokens, saved = told
-    state = open_init_from(cfg, data)[0] if kind == "weights" else None
+    state = open_init_from(cfg, data)[0] if kind == "weights" and weights_on_every_rank else None
     return Start(kind, None if source is None else Path(source), state, step, tokens, saved)
 
 
@@ -168,8 +170,11 @@ def model_from_hf_folder(cfg: Config, overrides: list[str], where: str) -> None:
     given = {o.split("=", 1)[0].strip()[len("model."):] for o in overrides if o.strip().startswith("model.")}
     for key, value in folder.items():
         if key in given and key != "dropout" and getattr(cfg.model, key) != value:
+            fix = (f"; to train on shorter windows set train.seq_len={getattr(cfg.model, key)} instead"
+                   if key == "seq_len" else "")
             raise ConfigError(f"model.{key}={getattr(cfg.model, key)} (command line) conflicts with {source} "
-                              f"({key}={value}), the model checkpoint.init_from starts from; remove the override")
+                              f"({key}={value}), the model checkpoint.init_from starts from; remove the override"
+                              + fix)
         if key != "dropout" or key not in given:
             setattr(cfg.model, key, value)
     cfg.model.validate(where)

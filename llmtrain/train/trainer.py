@@ -41,7 +41,7 @@ class Trainer:
         self.callbacks = callbacks
         self.rank, self.world, self.device = rank, world, device
         self.total_steps, self.plan = total_steps, plan
-        self.tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
+        self.tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_len
         self.param_counts, self.flops_per_token, self.peak_flops = param_counts, flops_per_token, peak_flops
         self.step = self.tokens = 0
         self.wall_before = 0.0

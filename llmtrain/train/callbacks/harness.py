@@ -36,7 +36,7 @@ class HarnessEval(PeriodicEval):
 
         _, self.loaded = load_tasks(self.names, self.include_path or None, "train.harness_tasks", quiet=True)
         tok, eod = load_tokenizer(t.data.tokenizer_path, manifest_eod_token(t.data.manifests))
-        stages, seq_len, micro = t.cfg.parallel.pipeline_stages, t.cfg.model.seq_len, t.plan.micro
+        stages, seq_len, micro = t.cfg.parallel.pipeline_stages, t.cfg.train.seq_len, t.plan.micro  # the window
         fwd = Forward(logits=t.module.logits, device=t.device, seq_len=seq_len, batch_size=micro,
                       width=seq_len if stages > 1 else None,
                       dp_rank=t.plan.dp_rank, dp_world=t.world // stages, reduce=all_reduce)
@@ -62,7 +62,7 @@ class HarnessEval(PeriodicEval):
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
                 print(f"step {t.step:>6} harness:{task} {shown}", flush=True)
         if t.rank == 0 and self.lm.cut_continuations:
-            print(f"harness: {self.lm.cut_continuations} continuations longer than model.seq_len were scored on "
+            print(f"harness: {self.lm.cut_continuations} continuations longer than train.seq_len were scored on "
                   f"their last {self.lm.max_length} tokens (lm-eval's hf backend refuses them)", flush=True)
             self.lm.cut_continuations = 0
 

@@ -36,7 +36,8 @@ class Summary(Callback):
             "final_valid_loss": ev.last_valid_loss if ev else None,
             "wall_time_s": t.elapsed(),
             "world_size": t.world,
-            "seq_len": t.cfg.model.seq_len,
+            "seq_len": t.cfg.train.seq_len,  # the window trained (flops_per_token counts attention over it)
+            "positions": t.cfg.model.seq_len,
             "global_batch_size": t.cfg.train.global_batch_size,
             "lr": t.cfg.train.lr,
             "checkpoint": t.last_checkpoint,

@@ -31,14 +31,14 @@ class TaskEval(PeriodicEval):
 
         tok, eod = load_tokenizer(t.data.tokenizer_path, manifest_eod_token(t.data.manifests))
         shapes = 1 if t.cfg.parallel.pipeline_stages > 1 else SHAPES  # the pipeline's buffers: micro x seq_len
-        self.scorer = TaskScorer(self.tasks, tok, eod, t.cfg.model.seq_len, t.plan.micro, shapes=shapes,
+        self.scorer = TaskScorer(self.tasks, tok, eod, t.cfg.train.seq_len, t.plan.micro, shapes=shapes,
                                  dp_rank=t.plan.dp_rank, dp_world=t.world // t.cfg.parallel.pipeline_stages)
         calls = torch.tensor([float(self.scorer.n_calls)], device=t.device)
         self.scorer.n_calls = int(all_reduce(calls, "max").item())  # every rank makes as many forward calls
         if t.rank == 0:
             n = sum(len(task.examples) for task in self.tasks)
             cut = self.scorer.truncated
-            cut = f"; {cut} rows on rank 0 cut from the left to seq_len" if cut else ""
+            cut = f"; {cut} rows on rank 0 cut from the left to train.seq_len" if cut else ""
             print(f"tasks: {', '.join(task.name for task in self.tasks)} ({n} examples; {self.scorer.n_calls} "
                   f"forward calls per rank per evaluation{cut})", flush=True)
 
