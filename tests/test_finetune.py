@@ -95,8 +95,8 @@ def test_mask_that_does_not_match_its_tokens_is_refused(pairs, tmp_path):
     for f in Path(pairs[0]).parent.glob("ft*"):
         shutil.copy(f, tmp_path / f.name)
     bad = tmp_path / "ft_train_mask"
-    (tmp_path / "ft_valid_mask.bin").replace(f"{bad}.bin")
-    (tmp_path / "ft_valid_mask.idx").replace(f"{bad}.idx")
+    shutil.copy(tmp_path / "ft_valid_mask.bin", f"{bad}.bin")  # the valid split's mask on the train tokens
+    shutil.copy(tmp_path / "ft_valid_mask.idx", f"{bad}.idx")
     r = run_deepspeed(1, "--run-dir", tmp_path / "run", f"data.prefix={tmp_path / 'ft'}", *SMALL, "train.max_steps=1")
     assert_one_line_error(r, "ft_train_mask.bin", "does not match", "--format prompt-response")
 
