@@ -43,7 +43,7 @@ from llmtrain.core.errors import ConfigError
 from llmtrain_prep.cleaning.config import load_config
 from llmtrain_prep.cleaning.pipeline import (TASK_STAGES, canonical, expand, read_manifest, run_buckets, run_clusters,
                                              run_every_task, run_filter, run_write)
-from llmtrain_prep.executors import EXECUTORS, make_executor
+from llmtrain_prep.executors import add_executor_args, make_executor
 from llmtrain_prep.readers import DEFAULT_TEXT_KEY, InputError, add_input_args, reader_options
 from llmtrain_prep.runner import Task
 
@@ -69,12 +69,8 @@ def parse_args(argv=None):
                    help="this task's index (default: $SLURM_ARRAY_TASK_ID or 0)")
     p.add_argument("--num-tasks", type=int, default=None,
                    help="number of tasks (default: $SLURM_ARRAY_TASK_COUNT or 1)")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local: this task's share here, over --workers processes (a Slurm array task included); "
-                        "ray: every task on a Ray cluster (pip install 'llmtrain[ray]')")
-    p.add_argument("--ray-address", default=None,
-                   help="with --executor ray: the cluster to join (default: $RAY_ADDRESS, else a local cluster of "
-                        "--workers CPUs)")
+    add_executor_args(p, local="this task's share here, over --workers processes (a Slurm array task included)",
+                      ray="every task on a Ray cluster")
     p.add_argument("--quiet", action="store_true", help="only warnings")
     add_input_args(p)
     return p.parse_args(argv)

@@ -62,7 +62,7 @@ import sys
 
 from llmtrain.data.manifest import ManifestError
 from llmtrain.tokenizer import EOD_TOKEN
-from llmtrain_prep.executors import EXECUTORS, make_executor
+from llmtrain_prep.executors import add_executor_args, make_executor
 from llmtrain_prep.readers import InputError, add_input_args, reader_options
 from llmtrain.core.tasks import partition
 from llmtrain_prep.tokens import (DEFAULT_MAX_SHARD_TOKENS, DEFAULT_VALID_FRACTION, FORMATS, Job, Options,
@@ -109,12 +109,8 @@ def main(argv=None) -> int:
                          "a response, written with a loss mask (only the response counts in the loss)")
     ap.add_argument("--prompt-key", default="prompt", help="the prompt field with --format prompt-response")
     ap.add_argument("--response-key", default="response", help="the response field with --format prompt-response")
-    ap.add_argument("--executor", choices=EXECUTORS, default="local",
-                    help="local: this task here (a Slurm array task included); ray: every one of --num-tasks tasks "
-                         "on a Ray cluster, then the merge (pip install 'llmtrain[ray]')")
-    ap.add_argument("--ray-address", default=None,
-                    help="with --executor ray: the cluster to join (default: $RAY_ADDRESS, else a local cluster of "
-                         "--workers CPUs)")
+    add_executor_args(ap, local="this task here (a Slurm array task included)",
+                      ray="every one of --num-tasks tasks on a Ray cluster, then the merge")
     add_input_args(ap)
     args = ap.parse_args(argv)
     try:

@@ -26,4 +26,13 @@ def make_executor(name: str, workers: int = 1, address: str | None = None):
     raise ValueError(f"--executor {name!r} is not one of {', '.join(EXECUTORS)}")
 
 
-__all__ = ["EXECUTORS", "LocalExecutor", "RayExecutor", "make_executor"]
+def add_executor_args(parser, local: str, ray: str) -> None:
+    """``--executor`` (``local``/``ray``, described by the command) and ``--ray-address``."""
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help=f"local: {local}; ray: {ray} (pip install 'llmtrain[ray]')")
+    parser.add_argument("--ray-address", default=None,
+                        help="with --executor ray: the cluster to join (default: $RAY_ADDRESS, else a local cluster "
+                             "of --workers CPUs)")
+
+
+__all__ = ["EXECUTORS", "LocalExecutor", "RayExecutor", "add_executor_args", "make_executor"]
