@@ -253,6 +253,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile the model through DeepSpeed (engine.compile)
     threads: Optional[int] = None  # CPU: torch threads per rank; None: cores / ranks on the node
+    # CPU: glibc's malloc keeps freed tensors' memory for the next step instead of unmapping and faulting it in again
+    # (train/dist.py keep_freed_memory; ~1.3x on the default run); false: glibc's defaults
+    keep_freed_memory: bool = True
     profile_steps: list[int] = field(default_factory=list)  # [a, b]: torch.profiler trace of steps a..b-1
     # multiple-choice JSONL files ({"context", "choices", "label"} a line) scored at each evaluation (acc, acc_norm)
     eval_tasks: list[str] = field(default_factory=list)

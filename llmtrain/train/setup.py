@@ -31,7 +31,8 @@ from llmtrain.core.paths import REPO_ROOT
 from llmtrain.data.dataset import DataBundle, load_data, padded_vocab
 from llmtrain.data.sampler import SAMPLE_ORDER
 from llmtrain.train.callbacks import Callback, StopOnSignal, default_callbacks
-from llmtrain.train.dist import apply_launcher_env, broadcast_object, env_int, init_distributed, set_cpu_threads
+from llmtrain.train.dist import (apply_launcher_env, broadcast_object, env_int, init_distributed, keep_freed_memory,
+                                 set_cpu_threads)
 from llmtrain.train.ds_config import zero_stage
 from llmtrain.train.start import Start, agree_on_start, model_from_hf_folder
 from llmtrain.train.trainer import Trainer
@@ -143,6 +144,7 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
     cfg = spec.cfg
     rank, world, _, device = init_distributed()
     threads = set_cpu_threads(cfg.train.threads) if device.type == "cpu" else None
+    kept = device.type == "cpu" and cfg.train.keep_freed_memory and keep_freed_memory()
     say = print_on(rank)
 
     data = spec.data
@@ -191,7 +193,8 @@ def build_trainer(spec: RunSpec, callbacks: list[Callback] | None = None,
         stage = zero_stage(spec.ds_config)
         write_run_files(run_dir, cfg, spec.ds_config, data, {
             "world_size": world, "zero_stage": stage, "pipeline_stages": cfg.parallel.pipeline_stages,
-            "micro_batch": plan.micro, "grad_accum": plan.gas, "threads_per_rank": threads, "device": str(device),
+            "micro_batch": plan.micro, "grad_accum": plan.gas, "threads_per_rank": threads,
+            "malloc_keeps_freed_memory": kept, "device": str(device),
             "peak_flops": peak, "peak_flops_source": peak_src, "precision": precision_in_use(engine),
         })
         say(f"run folder: {run_dir}")
