@@ -1,10 +1,12 @@
 """Batches prepared ahead of the step that uses them.
 
-A background thread gathers each step's micro-batches (NumPy windows → int64 tensors, in
-pinned memory on a GPU) while the accelerator works on the previous step; the trainer copies
-them with ``non_blocking=True``. What a step reads is a pure function of the step number (the
-sampler's global sample index), so prefetching never changes the data and a resume at step s
-reads exactly what an uninterrupted run would.
+On an accelerator a background thread gathers each step's micro-batches (NumPy windows → int64
+tensors, in pinned memory) while the device works on the previous step; the trainer copies them
+with ``non_blocking=True``. On a CPU device the cores that would run that thread are the ones
+computing the step, so the batch is built in line (``depth=0``), as nanoGPT's get_batch does.
+What a step reads is a pure function of the step number (the sampler's global sample index),
+so prefetching never changes the data and a resume at step s reads exactly what an
+uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -52,15 +54,19 @@ def to_device(micro_batches, device: torch.device):
 
 class PrefetchLoader:
     """Iterates the micro-batches of steps first_step, first_step+1, ... (each a list of gas
-    (inputs, targets) pairs already on ``device``), built ``depth`` steps ahead in a thread."""
+    (inputs, targets) pairs already on ``device``), built ``depth`` steps ahead in a thread
+    (default: 2 on an accelerator; 0, in line, on a CPU device)."""
 
-    def __init__(self, samples, plan: BatchPlan, first_step: int, device: torch.device, depth: int = 2):
+    def __init__(self, samples, plan: BatchPlan, first_step: int, device: torch.device, depth: int | None = None):
         self.samples, self.plan, self.device = samples, plan, device
         self.next_step = first_step
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        depth = (0 if device.type == "cpu" else 2) if depth is None else depth
+        self._q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(first_step,), daemon=True, name="batch-prefetch")
-        self._thread.start()
+        self._thread = None
+        if depth > 0:
+            self._thread = threading.Thread(target=self._work, args=(first_step,), daemon=True, name="batch-prefetch")
+            self._thread.start()
 
     def _work(self, step: int) -> None:
         try:
@@ -74,6 +80,10 @@ class PrefetchLoader:
         return self
 
     def __next__(self):
+        if self._thread is None:
+            item = host_micro_batches(self.samples, self.plan, self.next_step)
+            self.next_step += 1
+            return to_device(item, self.device)
         step, item = self._q.get()
         if step is None:
             raise item
@@ -83,7 +93,8 @@ class PrefetchLoader:
 
     def close(self) -> None:
         self._stop.set()
-        while self._thread.is_alive():  # free the queue so a blocked put returns and the thread sees the stop
+        # free the queue so that a blocked put returns and the thread sees the stop
+        while self._thread is not None and self._thread.is_alive():
             try:
                 self._q.get(timeout=0.05)
             except queue.Empty:
