@@ -90,9 +90,11 @@ def test_single_process_run_folder_and_tensorboard(token_data, tmp_path):
 @pytest.mark.slow
 def test_layouts_agree_on_the_same_model(token_data, tmp_path):
     """1 process, ZeRO-2 x2, ZeRO-3 x2 and pipeline x2 (with activation checkpointing) give the same
-    losses for the same model, on a blend (each rank computes the blend's order of its own
-    samples: nothing is built or shared between ranks)."""
-    common = [f"data.prefix=0.7 {token_data} 0.3 {token_data}", *SMALL, "train.max_steps=3"]
+    losses and gradient norms (before clipping: the single process's torch foreach norm, DeepSpeed's
+    ZeRO and pipeline norms) for the same model, on a blend (each rank computes the blend's order
+    of its own samples: nothing is built or shared between ranks)."""
+    common = [f"data.prefix=0.7 {token_data} 0.3 {token_data}", *SMALL, "train.max_steps=3", "train.log_interval=1",
+              "train.grad_clip=0.5"]
     runs = {
         "single": run_python([PRETRAIN, "--run-dir", tmp_path / "single", *common]),
         "zero2": run_torchrun(2, "--deepspeed_config", REPO / "ds_configs/zero2.json", "--run-dir", tmp_path / "zero2",
@@ -105,12 +107,16 @@ def test_layouts_agree_on_the_same_model(token_data, tmp_path):
     for name, r in runs.items():
         assert r.returncode == 0, (name, r.stdout[-3000:], r.stderr[-3000:])
     ref = train_losses(tmp_path / "single")
+    norms = {name: {x["step"]: x["grad_norm"] for x in read_metrics(tmp_path / name) if "split" not in x}
+             for name in runs}
     assert len(ref) == 3
+    assert all(v > 0.5 for v in norms["single"].values()), norms  # clipping is active
     for name in ("zero2", "zero3", "pipe"):
         got = train_losses(tmp_path / name)
         assert json.loads((tmp_path / name / "summary.json").read_text())["world_size"] == 2
         for step in ref:
             assert got[step] == pytest.approx(ref[step], abs=2e-5), (name, step)
+            assert norms[name][step] == pytest.approx(norms["single"][step], rel=1e-4), (name, step)
 
 
 def wait_for(pred, timeout=300.0):

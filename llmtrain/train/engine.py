@@ -177,16 +177,23 @@ def expert_parallel_group(cfg: Config):
 def keep_clip_norm(engine, ep_group=None) -> None:
     """fp32 without ZeRO: DeepSpeed clips with a global norm (across pipeline stages too) but
     discards it; keep it, so the logged gradient norm is the pre-clipping one on every layout.
-    With experts (``ep_group``) the norm is our own: DeepSpeed's averages each rank's norm, which
-    is not the norm of the whole gradient when the ranks hold different experts."""
+    One replica holding the whole model (no pipeline, no experts): torch's foreach norm and scale
+    (a few kernels instead of two per tensor; the gradients are the same on every data-parallel
+    rank after their all-reduce, so no collective is needed). With experts (``ep_group``) the norm
+    is our own: DeepSpeed's averages each rank's norm, which is not the norm of the whole gradient
+    when the ranks hold different experts. Pipeline stages: DeepSpeed's, summed over the stages."""
     from deepspeed.runtime.utils import clip_grad_norm_
+
+    params = list(engine.module.parameters())
+    max_norm = engine.gradient_clipping()
 
     def clip() -> None:
         if ep_group is not None:
-            norm = clip_grad_norm_experts(list(engine.module.parameters()), engine.gradient_clipping(), ep_group)
+            norm = clip_grad_norm_experts(params, max_norm, ep_group)
+        elif engine.mpu is None:
+            norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm, foreach=True)
         else:
-            norm = clip_grad_norm_(parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(),
-                                   mpu=engine.mpu)
+            norm = clip_grad_norm_(parameters=params, max_norm=max_norm, mpu=engine.mpu)
         engine._global_grad_norm = engine.basic_optimizer.clip_norm = norm  # the optimizer's check reuses it
 
     engine.clip_fp32_gradients = clip
