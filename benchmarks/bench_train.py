@@ -2,23 +2,30 @@
 plain PyTorch loop, on the same model, weights, batches, optimizer settings and LR schedule.
 
     python benchmarks/bench_train.py [--rounds 5] [--steps 20] [model.n_layer=6 model.d_model=384 ...]
-    python benchmarks/bench_train.py --profile 10      # where each path's time goes (cProfile)
+    python benchmarks/bench_train.py --in-process      # the loops alone: every path in one process
+    python benchmarks/bench_train.py --profile 10      # where each path's time goes (cProfile; in one process)
     python benchmarks/bench_train.py --startup         # process start → first step of launcher/pretrain.py
 
-Paths, all in this one process with the same torch thread count, alternating in rounds (the
-order rotates every round) so that machine noise hits them alike:
+Each path runs in a process of its own, set up as its program sets its process up (by default;
+--in-process puts them all in this one, with the trainer's settings), taking turns in rounds
+(the order rotates every round, one path computes at a time) so that machine noise hits them
+alike:
 
 - ``plain``: nanoGPT's train.py loop, rewritten here: the LR set on every param group from the
   schedule, forward, the next batch fetched right after the forward (synchronously, as nanoGPT's
   get_batch), backward through a (disabled, as for fp32) GradScaler, ``clip_grad_norm_``, fused
-  AdamW step, ``zero_grad(set_to_none=True)``, ``loss.item()`` only at log steps.
+  AdamW step, ``zero_grad(set_to_none=True)``, ``loss.item()`` only at log steps. Its process as
+  nanoGPT's: glibc's malloc defaults, the same torch thread count.
 - ``trainer``: the project's ``Trainer.fit`` (llmtrain/train/trainer.py) over the DeepSpeed
-  engine of ``build_engine`` and ``DenseTrainModule`` with the prefetching loader and the
-  callbacks that act on every step of a default run (throughput/loss logging with its host read
-  every log_interval steps, the non-finite guard, the stop signal); only the file sinks
-  (metrics.jsonl, TensorBoard, console) are left out.
+  engine of ``build_engine`` and ``DenseTrainModule`` with the loader and the callbacks that act
+  on every step of a default run (throughput/loss logging with its host read every
+  log_interval steps, the non-finite guard, the stop signal); only the file sinks
+  (metrics.jsonl, TensorBoard, console) are left out. Its process as launcher/pretrain.py's
+  (build_trainer: threads, ``train.keep_freed_memory``).
+- ``plain_tuned`` (attribution): the plain loop in a process with the trainer's malloc setting:
+  the trainer against it is the loop alone.
 - ``module`` (attribution): ``DenseTrainModule.train_batch`` alone, batches built synchronously,
-  losses read every log_interval steps: the trainer minus its loader thread and callbacks.
+  losses read every log_interval steps: the trainer minus its loader and callbacks.
 
 Every path starts from the same weights (GPT(cfg.model, seed)) and reads the same samples of
 the bundled corpus (tokenised on first use), so their per-step losses must agree; the script
@@ -51,7 +58,7 @@ from llmtrain_prep.sample import prepare_sample_data
 from llmtrain.data.sampler import batch
 from llmtrain.model.gpt import GPT, count_params, flops_per_token
 from llmtrain.train.callbacks import Callback, NonFiniteGuard, StopOnSignal, Throughput
-from llmtrain.train.dist import init_distributed, set_cpu_threads
+from llmtrain.train.dist import init_distributed, keep_freed_memory, set_cpu_threads
 from llmtrain.train.ds_config import build_ds_config, load_ds_json
 from llmtrain.train.engine import build_engine
 from llmtrain.train.loader import BatchPlan, host_micro_batches, to_device
@@ -276,10 +283,15 @@ def overheads(cfg, data, ds_config, total_steps: int, device, peak: float, reps:
             dist.all_reduce(g)
         torch._foreach_mul_(grads, 1.0 / dist.get_world_size())
 
-    def ds_clip():  # the engine's clipping (deepspeed.runtime.utils.clip_grad_norm_ via keep_clip_norm)
+    def engine_clip():  # the engine's clipping (keep_clip_norm: torch's foreach norm and scale on one replica)
         engine.clip_fp32_gradients()
 
-    def torch_clip():  # the plain loop's (and proposed): foreach norm and foreach scale
+    def ds_clip():  # DeepSpeed's own clip_grad_norm_ (per-tensor norm and mul_, norm all-reduce)
+        from deepspeed.runtime.utils import clip_grad_norm_
+
+        clip_grad_norm_(params, clip, mpu=engine.mpu)
+
+    def torch_clip():  # the plain loop's: foreach norm and foreach scale
         torch.nn.utils.clip_grad_norm_(params, clip)
 
     def skip_adamw():  # SkipNonFiniteAdamW.step with the clip norm at hand: flag all-reduce + .item() + fused step
@@ -296,11 +308,12 @@ def overheads(cfg, data, ds_config, total_steps: int, device, peak: float, reps:
         all_reduce(total)
         engine.get_lr()
 
-    def batch_build():  # what the prefetch thread builds per step (the plain loop builds it in line)
+    def batch_build():  # what the loader builds per step (in line on CPU, as the plain loop)
         host_micro_batches(data.train, plan, 1)
 
     pieces = {"DeepSpeed ZeRO-0 gradient all-reduce (flatten + all-reduce + copy back)": ds_reduce,
               "proposed: in-place all-reduce of each gradient": inplace_reduce,
+              "the engine's clipping (keep_clip_norm: foreach on one replica)": engine_clip,
               "DeepSpeed clip_grad_norm_ (per-tensor norm and mul_, norm all-reduce)": ds_clip,
               "torch clip_grad_norm_ (foreach), as the plain loop": torch_clip,
               "SkipNonFiniteAdamW.step (flag all-reduce, host read, fused AdamW)": skip_adamw,
@@ -382,15 +395,142 @@ def profile_paths(paths: dict, steps: int, top: int) -> None:
         print("\n".join(s.getvalue().splitlines()[:top * 2 + 12]))
 
 
+def make_path(name: str, cfg, data, ds_config, total_steps: int, device, peak: float):
+    if name in ("plain", "plain_tuned"):
+        micro = cfg.train.micro_batch_size or cfg.train.global_batch_size
+        plan = BatchPlan(cfg.train.global_batch_size, micro, cfg.train.global_batch_size // micro, 0)
+        return PlainLoop(cfg, data.train, plan, total_steps)
+    if name == "trainer":
+        return TrainerPath(cfg, data, ds_config, total_steps, device, peak)
+    if name == "module":
+        return ModulePath(cfg, data, ds_config, total_steps, device, peak)
+    raise SystemExit(f"--paths: unknown path {name!r} (plain, plain_tuned, trainer, module)")
+
+
+def check_initial_weights(name: str, path, cfg) -> None:
+    ref = GPT(cfg.model, seed=cfg.train.seed).state_dict()
+    model = path.model if name.startswith("plain") else path.engine.module
+    same = all(torch.equal(ref[k], v) for k, v in model.state_dict().items() if k in ref)
+    assert same, f"{name}: initial weights differ from GPT(cfg.model, seed)"
+
+
+class LocalRunner:
+    """A path in this process."""
+
+    def __init__(self, name: str, path):
+        self.name, self.path = name, path
+
+    def run(self, steps: int) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.path.run(steps)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    def step_losses(self) -> list[float]:
+        return self.path.step_losses()
+
+    def valid_loss(self, valid, n_batches: int) -> float:
+        return self.path.valid_loss(valid, n_batches)
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessRunner:
+    """A path in a process of its own, set up as its program sets up its process: ``plain`` as
+    nanoGPT's train.py runs (glibc's malloc defaults), ``trainer``/``module`` as
+    launcher/pretrain.py (build_trainer: threads, train.keep_freed_memory), ``plain_tuned`` the
+    plain loop with the trainer's malloc setting (what the loop alone costs). Commands and replies
+    are JSON lines on the worker's stdin and its original stdout (its prints go to stderr); each
+    run is timed inside the worker, so the pipe's latency is not counted."""
+
+    def __init__(self, name: str, argv: list[str]):
+        self.name = name
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name] + argv
+        env = {k: v for k, v in os.environ.items()  # a process group of its own (this one's port is taken)
+               if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
+        self.ask({"op": "ready"})
+
+    def ask(self, cmd: dict):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench worker {self.name} exited with {self.proc.wait()} (its output is above)")
+        return json.loads(line)
+
+    def run(self, steps: int) -> tuple[float, float]:
+        r = self.ask({"op": "run", "steps": steps})
+        return r["wall"], r["cpu"]
+
+    def step_losses(self) -> list[float]:
+        return self.ask({"op": "losses"})
+
+    def valid_loss(self, valid, n_batches: int) -> float:
+        return self.ask({"op": "valid", "n_batches": n_batches})
+
+    def close(self) -> None:
+        self.ask({"op": "quit"})
+        self.proc.wait()
+
+
+def common_setup(args, apply_malloc: bool):
+    """Config, data, DeepSpeed config and the schedule length of every path (the same in every
+    process); the torch threads as the trainer picks them; glibc's malloc setting when asked."""
+    cfg = load_config(None, args.overrides)
+    rank, world, _, device = init_distributed()
+    threads = set_cpu_threads(args.threads or cfg.train.threads)
+    if apply_malloc and cfg.train.keep_freed_memory:
+        keep_freed_memory()
+    cfg.data.prefix = prepare_sample_data(cfg, rank)
+    data = load_data(cfg, cfg.data.prefix, "bench_train")
+    if cfg.model.vocab_size is None:
+        cfg.model.vocab_size = padded_vocab(data.vocab_size)
+    user, ds_path = load_ds_json(None)
+    ds_config = build_ds_config(cfg, user, ds_path, "bench_train", 1)
+    if args.threads:
+        cfg.train.threads = args.threads  # build_trainer sets the same count
+    total_steps = args.warmup + args.rounds * args.steps + args.profile
+    return cfg, data, ds_config, total_steps, device, threads
+
+
+def worker(name: str, args) -> None:
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # everything the path prints goes to stderr
+    cfg, data, ds_config, total_steps, device, _ = common_setup(args, apply_malloc=name == "plain_tuned")
+    path = make_path(name, cfg, data, ds_config, total_steps, device, 0.0)
+    check_initial_weights(name, path, cfg)
+    local = LocalRunner(name, path)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "run":
+            wall, cpu = local.run(cmd["steps"])
+            reply = {"wall": wall, "cpu": cpu}
+        elif op == "losses":
+            reply = local.step_losses()
+        elif op == "valid":
+            reply = local.valid_loss(data.valid, cmd["n_batches"])
+        else:
+            reply = op
+        proto.write(json.dumps(reply) + "\n")
+        if op == "quit":
+            break
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per path per round")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per path first")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: what the trainer picks)")
-    ap.add_argument("--paths", default="plain,trainer,module", help="comma-separated subset of plain,trainer,module")
+    ap.add_argument("--paths", default="plain,trainer,plain_tuned",
+                    help="comma-separated subset of plain,plain_tuned,trainer,module")
+    ap.add_argument("--in-process", action="store_true",
+                    help="every path in this one process, with the trainer's process settings (malloc, threads) "
+                         "for all: the loops alone, side by side")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                    help="after the rounds, cProfile STEPS steps of each path")
+                    help="after the rounds, cProfile STEPS steps of each path (with --in-process)")
     ap.add_argument("--overheads", type=int, default=0, metavar="REPS",
                     help="only time the per-step pieces the project's path adds (REPS interleaved repetitions)")
     ap.add_argument("--phases", type=int, default=0, metavar="STEPS",
@@ -398,8 +538,11 @@ def main() -> None:
     ap.add_argument("--startup", action="store_true", help="only measure start-up of launcher/pretrain.py")
     ap.add_argument("--startup-runs", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. model.n_layer=6")
     args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args)
     from benchutil import cpu_description
 
     if args.startup:
@@ -411,16 +554,8 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(res, indent=1))
         return
 
-    cfg = load_config(None, args.overrides)
-    rank, world, _, device = init_distributed()
-    threads = set_cpu_threads(args.threads or cfg.train.threads)
-    cfg.data.prefix = prepare_sample_data(cfg, rank)
-    data = load_data(cfg, cfg.data.prefix, "bench_train")
-    if cfg.model.vocab_size is None:
-        cfg.model.vocab_size = padded_vocab(data.vocab_size)
-    total_steps = args.warmup + args.rounds * args.steps + args.profile
-    user, ds_path = load_ds_json(None)
-    ds_config = build_ds_config(cfg, user, ds_path, "bench_train", 1)
+    isolate = not (args.in_process or args.profile or args.phases or args.overheads)
+    cfg, data, ds_config, total_steps, device, threads = common_setup(args, apply_malloc=not isolate)
     peak = max(measure_matmul_flops(seconds=0.3) for _ in range(3))
 
     if args.phases:
@@ -452,62 +587,60 @@ def main() -> None:
         return
 
     names = [n.strip() for n in args.paths.split(",") if n.strip()]
-    paths: dict = {}
+    worker_argv = [f"--rounds={args.rounds}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+    worker_argv += [f"--threads={args.threads}"] if args.threads else []
+    worker_argv += args.overrides
+    runners: dict = {}
     for name in names:
-        if name == "plain":
-            plan = BatchPlan(cfg.train.global_batch_size, cfg.train.micro_batch_size or cfg.train.global_batch_size,
-                             1, 0)
-            plan = BatchPlan(plan.global_batch, plan.micro, plan.global_batch // plan.micro, 0)
-            paths[name] = PlainLoop(cfg, data.train, plan, total_steps)
-        elif name == "trainer":
-            paths[name] = TrainerPath(cfg, data, ds_config, total_steps, device, peak)
-        elif name == "module":
-            paths[name] = ModulePath(cfg, data, ds_config, total_steps, device, peak)
+        if isolate:
+            runners[name] = ProcessRunner(name, worker_argv)
         else:
-            raise SystemExit(f"--paths: unknown path {name!r}")
-    ref = {k: v.clone() for k, v in GPT(cfg.model, seed=cfg.train.seed).state_dict().items()}
-    for name, p in paths.items():
-        model = p.model if name == "plain" else p.engine.module
-        same = all(torch.equal(ref[k], v) for k, v in model.state_dict().items() if k in ref)
-        assert same, f"{name}: initial weights differ from GPT(cfg.model, seed)"
+            path = make_path(name, cfg, data, ds_config, total_steps, device, peak)
+            check_initial_weights(name, path, cfg)
+            runners[name] = LocalRunner(name, path)
 
-    G, T = cfg.train.global_batch_size, cfg.model.seq_len
+    G, T = cfg.train.global_batch_size, cfg.train.seq_len
     load_start = load_average()
-    for p in paths.values():
-        p.run(args.warmup)
-    rates: dict[str, list[float]] = {n: [] for n in paths}
-    cpu: dict[str, list[float]] = {n: [] for n in paths}  # CPU seconds of the whole process per step
-    order = list(paths)
-    for r in range(args.rounds):
-        for name in order[r % len(order):] + order[:r % len(order)]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            paths[name].run(args.steps)
-            rates[name].append(args.steps * G * T / (time.perf_counter() - t0))
-            cpu[name].append((time.process_time() - c0) / args.steps)
-        print(f"round {r} (load {load_average()}): " + ", ".join(f"{k} {v[-1]:,.0f} tok/s" for k, v in rates.items()),
+    for r in runners.values():
+        r.run(args.warmup)
+    rates: dict[str, list[float]] = {n: [] for n in runners}
+    cpu: dict[str, list[float]] = {n: [] for n in runners}  # CPU seconds of the path's process per step
+    order = list(runners)
+    for rnd in range(args.rounds):
+        for name in order[rnd % len(order):] + order[:rnd % len(order)]:
+            wall, cpu_s = runners[name].run(args.steps)
+            rates[name].append(args.steps * G * T / wall)
+            cpu[name].append(cpu_s / args.steps)
+        print(f"round {rnd} (load {load_average()}): " + ", ".join(f"{k} {v[-1]:,.0f} tok/s" for k, v in rates.items()),
               flush=True)
     load_end = load_average()
 
     # the losses of the timed steps, step by step, and each model's valid loss
     first = args.warmup
-    losses = {n: p.step_losses()[: args.warmup + args.rounds * args.steps] for n, p in paths.items()}
+    losses = {n: r.step_losses()[: args.warmup + args.rounds * args.steps] for n, r in runners.items()}
     base = "plain" if "plain" in losses else names[0]
     loss_diff = {n: max(abs(a - b) for a, b in zip(losses[n][first:], losses[base][first:]))
                  for n in losses if n != base}
     n_valid = max(1, min(cfg.train.eval_batches, data.valid.num_samples // G)) if data.valid is not None else 0
-    valid = {n: p.valid_loss(data.valid, n_valid) for n, p in paths.items()} if n_valid else {}
+    valid = {n: r.valid_loss(data.valid, n_valid) for n, r in runners.items()} if n_valid else {}
+    if args.profile:
+        profile_paths({n: r.path for n, r in runners.items()}, args.profile, 25)
+    for r in runners.values():
+        r.close()
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratios = {k: statistics.median(a / b for a, b in zip(rates[k], rates[base])) for k in rates}
     cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     fpt = flops_per_token(cfg.model)
     n_params = count_params(cfg.model)["n_params"]
+    micro = cfg.train.micro_batch_size or G
     result = {
         "machine": cpu_description(), "python": platform.python_version(), "torch": torch.__version__,
-        "threads": threads, "load_average_start": load_start, "load_average_end": load_end,
+        "threads": threads, "processes": "one per path" if isolate else "one for all paths",
+        "load_average_start": load_start, "load_average_end": load_end,
         "model": {"n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model, "n_head": cfg.model.n_head,
                   "seq_len": T, "vocab_size": cfg.model.vocab_size, "n_params": n_params},
-        "batch": G, "micro": paths.get("trainer", paths[names[0]]).plan.micro, "rounds": args.rounds,
+        "batch": G, "micro": micro, "rounds": args.rounds,
         "steps": args.steps, "warmup": args.warmup, "tokens_per_s_rounds": rates, "tokens_per_s_median": med,
         "cpu_s_per_step_rounds": cpu, "cpu_s_per_step_median": cpu_med,
         "ratio_vs_plain_median_of_rounds": ratios, "max_loss_diff_vs_plain_timed_steps": loss_diff,
@@ -516,7 +649,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=1))
     print(f"\nmachine: {cpu_description()}, {threads} torch threads, torch {torch.__version__}; "
-          f"load average {load_start} at start, {load_end} at end")
+          f"{result['processes']}; load average {load_start} at start, {load_end} at end")
     print(f"model: {n_params / 1e6:.2f}M params, {cfg.model.n_layer}L d{cfg.model.d_model} h{cfg.model.n_head} "
           f"T{T} V{cfg.model.vocab_size}, batch {G}x{T}; {fpt / 1e6:.2f} MFLOP/token; fp32 matmul "
           f"{peak / 1e9:.0f} GFLOP/s (best of 3 at start)\n")
@@ -530,8 +663,6 @@ def main() -> None:
               f"| {vl} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    if args.profile:
-        profile_paths(paths, args.profile, 25)
 
 
 if __name__ == "__main__":
