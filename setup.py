@@ -43,8 +43,8 @@ setup(
         # README's test command installs these
         # (bounded: a new major, or a new minor of a 0.x package or of the linter, may change what
         # the tests rely on; CI installs today's releases inside these bounds in a fresh venv)
-        "test": ["pytest>=8,<10", "ruff>=0.17.6,<0.18", "megatron-core>=0.12,<0.17", "transformers>=4.40,<6",
-                 "warcio>=1.7,<2", "wandb>=0.16,<1", "ray>=2.9,<3", "lm_eval>=0.4.13,<0.5"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "ruff>=0.17.6,<0.18", "megatron-core>=0.12,<0.17",
+                 "transformers>=4.40,<6", "warcio>=1.7,<2", "wandb>=0.16,<1", "ray>=2.9,<3", "lm_eval>=0.4.13,<0.5"],
         # data_prep's Ray executor (clean.py / tokenize_corpus.py --executor ray)
         "ray": ["ray>=2.9,<3"],
         # lm-evaluation-harness: evaluate.py --harness-tasks and train.harness_tasks (llmtrain/eval/harness.py
