@@ -80,7 +80,7 @@ def test_loader_error_reaches_the_trainer_at_its_step(depth):
 
 
 FAULTS = textwrap.dedent("""
-    import resource, sys, torch
+    import resource, torch
     from llmtrain.train.dist import keep_freed_memory
 
     def faults_per_round(rounds=6, mib=64):

@@ -82,12 +82,11 @@ class PrefetchLoader:
     def __next__(self):
         if self._thread is None:
             item = host_micro_batches(self.samples, self.plan, self.next_step)
-            self.next_step += 1
-            return to_device(item, self.device)
-        step, item = self._q.get()
-        if step is None:
-            raise item
-        assert step == self.next_step, (step, self.next_step)
+        else:
+            step, item = self._q.get()
+            if step is None:
+                raise item
+            assert step == self.next_step, (step, self.next_step)
         self.next_step += 1
         return to_device(item, self.device)
 
