@@ -478,8 +478,10 @@ def common_setup(args, apply_malloc: bool):
     """Config, data, DeepSpeed config and the schedule length of every path (the same in every
     process); the torch threads as the trainer picks them; glibc's malloc setting when asked."""
     cfg = load_config(None, args.overrides)
+    if args.threads:
+        cfg.train.threads = args.threads  # build_trainer sets the same count
     rank, world, _, device = init_distributed()
-    threads = set_cpu_threads(args.threads or cfg.train.threads)
+    threads = set_cpu_threads(cfg.train.threads)
     if apply_malloc and cfg.train.keep_freed_memory:
         keep_freed_memory()
     cfg.data.prefix = prepare_sample_data(cfg, rank)
@@ -488,8 +490,6 @@ def common_setup(args, apply_malloc: bool):
         cfg.model.vocab_size = padded_vocab(data.vocab_size)
     user, ds_path = load_ds_json(None)
     ds_config = build_ds_config(cfg, user, ds_path, "bench_train", 1)
-    if args.threads:
-        cfg.train.threads = args.threads  # build_trainer sets the same count
     total_steps = args.warmup + args.rounds * args.steps + args.profile
     return cfg, data, ds_config, total_steps, device, threads
 
