@@ -7,12 +7,11 @@ import json
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from trainutil import REPO, env
+from trainutil import REPO, env, wait_for  # noqa: F401  (wait_for: re-exported for the Slurm tests)
 
 START_SLURM = REPO / "tests" / "slurm" / "start_slurm.sh"
 SBATCH_SCRIPT = REPO / "launcher" / "slurm" / "pretrain.sbatch"
@@ -74,16 +73,6 @@ def preempt(e: dict, job_id: str) -> None:
     r = subprocess.run(["scancel", "--signal=TERM", "--batch", job_id], env=e, capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0, r.stderr
-
-
-def wait_for(pred, timeout: float, what: str, every: float = 0.5):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def attempts(run: Path) -> list[str]:

@@ -15,7 +15,8 @@ import psutil
 import torch
 import pytest
 
-from trainutil import REPO, SMALL, env, read_metrics, run_python, run_torchrun, torchrun_cmd, train_losses
+from trainutil import (REPO, SMALL, env, run_python, run_torchrun, steps_logged, torchrun_cmd,
+                       train_losses)
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
@@ -33,13 +34,6 @@ LAYOUTS = {  # processes, DeepSpeed config, overrides
 # killed run was cut off (the schedule does not depend on train.max_steps).
 BF16 = ["train.precision=bf16", "train.micro_batch_size=2", "model.dropout=0.1", "train.schedule=constant",
         "checkpoint.save_steps=[3]", "train.peak_flops=1e12"]
-
-
-def steps_logged(run) -> int:
-    try:
-        return len(read_metrics(run))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
 
 
 def kill_one_rank(p: subprocess.Popen, nproc: int) -> None:

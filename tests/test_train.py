@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from trainutil import (REPO, SMALL, assert_one_line_error, deepspeed_cmd, env, free_port, read_metrics, run_deepspeed,
-                       run_python, run_torchrun, train_losses)
+                       run_python, run_torchrun, steps_logged, train_losses, wait_for)
 
 PRETRAIN = REPO / "launcher" / "pretrain.py"
 
@@ -119,22 +118,6 @@ def test_layouts_agree_on_the_same_model(token_data, tmp_path):
             assert norms[name][step] == pytest.approx(norms["single"][step], rel=1e-4), (name, step)
 
 
-def wait_for(pred, timeout=300.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def steps_logged(run: Path) -> int:
-    try:
-        return len(read_metrics(run))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-
-
 @pytest.mark.slow
 def test_resume_after_a_rank_is_killed_matches_uninterrupted(token_data, tmp_path):
     """SIGKILL one rank mid-run, relaunch the same command: step-by-step losses equal an
@@ -148,7 +131,7 @@ def test_resume_after_a_rank_is_killed_matches_uninterrupted(token_data, tmp_pat
     p = subprocess.Popen(deepspeed_cmd(2, "--run-dir", run, *common), cwd=REPO, env=env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        assert wait_for(lambda: steps_logged(run) >= 7), "run did not reach step 7"
+        wait_for(lambda: steps_logged(run) >= 7, 300, "the run to reach step 7", every=0.2)
         children = psutil.Process(p.pid).children(recursive=True)
         victims = [c for c in children if "--local_rank=1" in " ".join(c.cmdline())]
         assert victims
@@ -177,7 +160,7 @@ def test_sigterm_to_the_launcher_group_checkpoints_and_exits(token_data, tmp_pat
                          cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     try:
-        assert wait_for(lambda: steps_logged(run) >= 3)
+        wait_for(lambda: steps_logged(run) >= 3, 300, "the run to reach step 3", every=0.2)
         procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
         os.killpg(p.pid, signal.SIGTERM)  # what a scheduler does on preemption
         gone, alive = psutil.wait_procs(procs, timeout=120)

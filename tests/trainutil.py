@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,26 @@ def rewind(run: Path, step: int) -> None:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def steps_logged(run: Path) -> int:
+    """Records in RUN/metrics.jsonl so far (0 while the run has not written one)."""
+    try:
+        return len(read_metrics(run))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def wait_for(pred, timeout: float, what: str, every: float = 0.5):
+    """``pred()``'s first true value, polled every ``every`` seconds; fails naming ``what``
+    after ``timeout`` seconds."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        got = pred()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
