@@ -92,12 +92,16 @@ def test_a_save_slower_than_the_signal_lead_is_waited_for(slurm, token_data, tmp
     """Slurm's own time-limit signal (--signal=B:TERM@45 of a 1-minute job) while every save
     takes 20 s longer (as a big model's on a slow shared filesystem): the batch script keeps the
     ranks' step alive until each rank has saved, then requeues; the requeued job resumes from
-    that checkpoint at the next step of the data."""
+    that checkpoint at the next step of the data. A preemption's SIGTERM during the save is not
+    passed on again."""
     run, out = tmp_path / "run", tmp_path / "job.out"
     job_id = sbatch(slurm, ["--time=1", "--signal=B:TERM@45", f"--output={out}"], SBATCH_SCRIPT,
                     ["--run-dir", run, *ZERO2, f"data.prefix={token_data}", *SMALL, "train.max_steps=100000"],
                     extra_env="LLMTRAIN_TEST_SAVE_SECONDS=20")
     try:
+        wait_for(lambda: "received SIGTERM: saving a checkpoint" in output(out), 400,
+                 f"the time-limit signal ({output(out)[-3000:]})")
+        preempt(slurm, job_id)  # a preemption during the save, on top of the time-limit signal
         line = wait_for(lambda: next((a for a in attempts(run) if ": requeued" in a), None), 400,
                         f"a checkpoint before the time limit ({output(out)[-3000:]})")
         tag = line.split(" -> ")[1].split(":")[0]
@@ -108,6 +112,9 @@ def test_a_save_slower_than_the_signal_lead_is_waited_for(slurm, token_data, tmp
     text = output(out)
     assert re.search(rf"received SIGTERM: saving a checkpoint at step {step} and exiting", text), text[-3000:]
     assert "the ranks exited (srun status 0)" in text and "Force Terminated" not in text, text[-3000:]
+    first = text.split("requeueing job")[0]  # the first attempt's part
+    assert first.count("passing it to the tasks") == 1 and "SIGTERM again; the tasks have it already" in first, \
+        first[-3000:]
     folder = run / "checkpoints" / tag
     assert sorted(p.name for p in folder.iterdir()) == [
         "layout.json", "layout_free", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",

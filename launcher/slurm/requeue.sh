@@ -5,7 +5,8 @@
 #                     (sbatch --signal=B:TERM@SECONDS before the time limit, a preemption,
 #                     scancel --signal=TERM --batch) is passed on to the tasks of the job's steps
 #                     (scancel --signal=TERM), never to srun itself, which would kill the step:
-#                     the step lives on until every task has saved and exited.
+#                     the step lives on until every task has saved and exited. A second SIGTERM
+#                     is not passed on: the tasks have one already.
 #   requeue_unless_done WHAT DONE BEFORE AFTER LOG
 #                     after the step: DONE=1 when the work is finished (never requeued); else the
 #                     job requeues itself (scontrol requeue). BEFORE/AFTER: what the work had saved
@@ -16,11 +17,20 @@
 
 LLMTRAIN_REQUEUE_LIMIT=${LLMTRAIN_REQUEUE_LIMIT:-3}
 _terms_seen=0
+_term_passed=0
 
+# Only the first SIGTERM that reaches the tasks counts (they save once and exit); a second one
+# (a preemption on top of the time-limit signal) could reach a rank that has saved and is exiting,
+# past its handler, and end it by signal: srun then force-terminates the step. So it is passed on
+# once, again only if passing it on failed.
 _pass_term_on() {
     _terms_seen=$((_terms_seen + 1))
+    if [ "$_term_passed" = 1 ]; then
+        echo "$(date '+%F %T') job ${SLURM_JOB_ID}: SIGTERM again; the tasks have it already" >&2
+        return
+    fi
     echo "$(date '+%F %T') job ${SLURM_JOB_ID}: SIGTERM; passing it to the tasks, which save and exit" >&2
-    scancel --signal=TERM "$SLURM_JOB_ID" || true   # every step's tasks, not this shell
+    scancel --signal=TERM "$SLURM_JOB_ID" && _term_passed=1   # every step's tasks, not this shell
 }
 
 run_step() {
