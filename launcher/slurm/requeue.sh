@@ -45,6 +45,9 @@ run_step() {
         if [ "$rc" -gt 128 ] && [ "$seen" != "$_terms_seen" ]; then continue; fi
         break
     done
+    # the step is over: nothing left to pass a SIGTERM on to, and a handler run while bash parses
+    # the requeue decision's $(...) breaks the parse ("unexpected EOF while looking for matching )")
+    trap '' TERM
     return "$rc"
 }
 
